@@ -1,0 +1,236 @@
+"""Typed hyperparameters, their validation, and the identities derived from them.
+
+Following open_lth, a configuration is a dataclass. Two identities come out of it:
+
+* ``group``: a hash of the fields that are *not* the seed the experiment varies and
+  are not mere plumbing (device, data_dir). Separate ``mlflow run`` launches that
+  differ only in that seed compute the same group and so find each other as
+  siblings without any coordination.
+* ``run_key``: the group plus the seeds, i.e. everything that determines the
+  trajectory. The ``paper`` entry point reuses a FINISHED run with the same key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+EXPERIMENTS = ("single", "different_init", "same_init", "pretrain", "clone")
+DATASETS = ("mnist", "fashion_mnist", "digits")
+DEVICES = ("auto", "cpu", "cuda")
+
+# The seed each experiment varies between siblings; it stays out of the group hash.
+VARYING = {
+    "single": ("init_seed", "shuffle_seed"),
+    "different_init": ("init_seed", "shuffle_seed"),
+    "same_init": ("shuffle_seed",),
+    "pretrain": (),
+    "clone": ("shuffle_seed",),
+}
+# Fields that say where or how to run, not what to run.
+PLUMBING = ("device", "data_dir", "experiment")
+
+MAX_EPOCHS = 100_000
+
+
+class ParamError(ValueError):
+    """A user-supplied parameter is invalid. The message is one line and names it."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines one training run.
+
+    Defaults reproduce the paper's regime (see README, "Why these defaults").
+    """
+
+    experiment: str = "single"
+    dataset: str = "mnist"
+    data_dir: str = ""
+    train_subset: int = 0
+    batch_size: int = 128
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    dropout: float = 0.5
+    width: float = 1.0
+    device: str = "auto"
+    init_seed: int = 0
+    shuffle_seed: int = 0
+    epochs: int = 200
+    snapshot_every: int = 1
+    # clone / pretrain only
+    pretrain_epochs: int = 0
+    pretrain_run_id: str = ""
+
+    # -- identities -------------------------------------------------------------
+    def identity_fields(self, *, with_seeds: bool) -> dict[str, Any]:
+        default = TrainConfig()
+        out = {}
+        for f in fields(self):
+            if f.name in PLUMBING:
+                continue
+            if not with_seeds and f.name in VARYING[self.experiment]:
+                continue
+            v = getattr(self, f.name)
+            # open_lth: only non-default fields enter the hash, so adding a new
+            # field with a default later does not change existing groups.
+            if with_seeds and f.name in ("init_seed", "shuffle_seed"):
+                out[f.name] = v
+            elif v != getattr(default, f.name):
+                out[f.name] = v
+        return out
+
+    @property
+    def group(self) -> str:
+        return f"{self.experiment}-{_digest(self.identity_fields(with_seeds=False))}"
+
+    @property
+    def run_key(self) -> str:
+        return f"{self.experiment}-{_digest(self.identity_fields(with_seeds=True))}"
+
+    @property
+    def run_name(self) -> str:
+        if self.experiment == "single":
+            return f"single-init{self.init_seed}-shuffle{self.shuffle_seed}"
+        if self.experiment == "different_init":
+            return f"different_init-init{self.init_seed}"
+        if self.experiment == "pretrain":
+            return f"pretrain-init{self.init_seed}-{self.pretrain_epochs}ep"
+        return f"{self.experiment}-shuffle{self.shuffle_seed}"
+
+    def to_params(self) -> dict[str, str]:
+        """The resolved parameters, as MLflow stores them (strings)."""
+        return {f.name: _fmt(getattr(self, f.name)) for f in fields(self)}
+
+    def replace(self, **kw: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **kw)
+
+    def snapshot_epochs(self, start: int = 0) -> list[int]:
+        """Epochs whose parameter vector is logged: 0, every snapshot_every, and the last."""
+        eps = [e for e in range(start, self.epochs + 1) if e % self.snapshot_every == 0]
+        if self.epochs not in eps:
+            eps.append(self.epochs)
+        return eps
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def _digest(d: dict[str, Any]) -> str:
+    blob = json.dumps(d, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# -- parsing and validation ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Spec:
+    kind: type
+    allowed: str
+    check: Any = field(default=lambda v: True)
+
+
+SPECS: dict[str, Spec] = {
+    "dataset": Spec(str, f"one of {', '.join(DATASETS)}", lambda v: v in DATASETS),
+    "data_dir": Spec(str, "a directory path, or empty for the shipped MNIST"),
+    "train_subset": Spec(int, "an integer >= 0 (0 = the whole training set)", lambda v: 0 <= v <= 10**9),
+    "batch_size": Spec(int, "an integer from 1 to 65536", lambda v: 1 <= v <= 65536),
+    "lr": Spec(float, "a float > 0 and <= 10", lambda v: 0 < v <= 10),
+    "momentum": Spec(float, "a float in [0, 1)", lambda v: 0 <= v < 1),
+    "weight_decay": Spec(float, "a float in [0, 1)", lambda v: 0 <= v < 1),
+    "dropout": Spec(float, "a float in [0, 1)", lambda v: 0 <= v < 1),
+    "width": Spec(float, "a float in (0, 16]", lambda v: 0 < v <= 16),
+    "device": Spec(str, f"one of {', '.join(DEVICES)} (or cuda:N)",
+                   lambda v: v in DEVICES or (v.startswith("cuda:") and v[5:].isdigit())),
+    "init_seed": Spec(int, "an integer from 0 to 2**31-1", lambda v: 0 <= v < 2**31),
+    "shuffle_seed": Spec(int, "an integer from 0 to 2**31-1 (or -1: follow init_seed)",
+                         lambda v: -1 <= v < 2**31),
+    "epochs": Spec(int, f"an integer from 1 to {MAX_EPOCHS}", lambda v: 1 <= v <= MAX_EPOCHS),
+    "snapshot_every": Spec(int, "an integer >= 1", lambda v: 1 <= v <= MAX_EPOCHS),
+    "pretrain_epochs": Spec(int, "an integer >= 1 and < epochs", lambda v: 1 <= v <= MAX_EPOCHS),
+    "pretrain_run_id": Spec(str, "a run id of a FINISHED pretrain run, or empty"),
+}
+
+
+def parse_value(name: str, raw: Any, spec: Spec | None = None) -> Any:
+    """Convert one raw (string) value and check its range; raise ParamError naming it."""
+    spec = spec or SPECS[name]
+    text = str(raw).strip()
+    try:
+        if spec.kind is int:
+            if text == "" or not _is_int(text):
+                raise ValueError
+            value: Any = int(float(text)) if "e" in text.lower() else int(text)
+        elif spec.kind is float:
+            value = float(text)
+            if not math.isfinite(value):
+                raise ValueError
+        else:
+            value = text
+    except (ValueError, OverflowError):
+        raise ParamError(f"parameter '{name}': expected {spec.allowed}, got {_show(raw)}") from None
+    if not spec.check(value):
+        raise ParamError(f"parameter '{name}': expected {spec.allowed}, got {_show(raw)}")
+    return value
+
+
+def _is_int(text: str) -> bool:
+    t = text.lstrip("+-")
+    if t.isdigit():
+        return True
+    try:  # accept 1e3 style only when it is an exact integer
+        f = float(text)
+        return math.isfinite(f) and f == int(f) and abs(f) < 2**62
+    except ValueError:
+        return False
+
+
+def _show(raw: Any) -> str:
+    s = str(raw)
+    return repr(s if len(s) <= 40 else s[:37] + "...")
+
+
+def build_config(experiment: str, raw: dict[str, Any]) -> TrainConfig:
+    """Validate raw entry-point parameters into a TrainConfig for ``experiment``."""
+    if experiment not in EXPERIMENTS:
+        raise ParamError(f"experiment: expected one of {', '.join(EXPERIMENTS)}, got {_show(experiment)}")
+    values: dict[str, Any] = {"experiment": experiment}
+    for name, raw_value in raw.items():
+        if name not in SPECS:
+            raise ParamError(f"unknown parameter '{name}' for entry point {experiment}; "
+                             f"allowed: {', '.join(sorted(SPECS))}")
+        values[name] = parse_value(name, raw_value)
+    if values.get("shuffle_seed", 0) == -1:
+        # different_init: the data order follows the init seed unless given.
+        values["shuffle_seed"] = values.get("init_seed", 0)
+    cfg = TrainConfig(**values)
+    if experiment in ("clone", "pretrain"):
+        if cfg.pretrain_epochs < 1:
+            raise ParamError(f"parameter 'pretrain_epochs': expected an integer >= 1, got {cfg.pretrain_epochs}")
+    if experiment == "clone" and cfg.pretrain_epochs >= cfg.epochs:
+        raise ParamError(f"parameter 'pretrain_epochs': expected fewer than epochs={cfg.epochs} "
+                         f"(epochs count from the start), got {cfg.pretrain_epochs}")
+    if experiment == "pretrain" and cfg.epochs != cfg.pretrain_epochs:
+        cfg = cfg.replace(epochs=cfg.pretrain_epochs)
+    if cfg.dataset == "mnist" and cfg.data_dir == "":
+        pass  # the shipped copy
+    return cfg
+
+
+def pretrain_config(clone: TrainConfig) -> TrainConfig:
+    """The pretraining run a clone starts from: same init and hyperparameters.
+
+    Its data order is fixed (shuffle_seed = init_seed) so that every clone of a family
+    shares one pretraining run whatever shuffle the clone itself uses.
+    """
+    return clone.replace(experiment="pretrain", shuffle_seed=clone.init_seed,
+                         epochs=clone.pretrain_epochs, snapshot_every=clone.snapshot_every,
+                         pretrain_run_id="")

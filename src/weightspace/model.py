@@ -1,0 +1,123 @@
+"""The paper's three-layer CNN, and flat-vector views of its parameters.
+
+What counts as a layer: the three hidden layers that carry the representation,
+two convolutions and one fully connected layer, as the paper counts them; the linear
+read-out that produces the 10 logits is not counted (it is the softmax classifier).
+
+    conv 5x5, 1 -> 32, same padding, ReLU, max-pool 2      (28 -> 14)
+    conv 5x5, 32 -> 64, same padding, ReLU, max-pool 2     (14 -> 7)
+    dropout, fully connected 3136 -> 244, ReLU
+    dropout, linear 244 -> 10
+
+At width=1.0 this has 819,974 parameters, 0.05% above the paper's 819,557 (the paper
+does not give its layer sizes; 244 hidden units is the width that lands closest).
+``width`` scales the channels and the hidden units together.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+BASE_C1, BASE_C2, BASE_HIDDEN = 32, 64, 244
+PAPER_N_PARAMS = 819_557
+
+
+def widths(width: float) -> tuple[int, int, int]:
+    return tuple(max(1, round(b * width)) for b in (BASE_C1, BASE_C2, BASE_HIDDEN))  # type: ignore[return-value]
+
+
+class CNN(nn.Module):
+    def __init__(self, width: float = 1.0, dropout: float = 0.5, n_classes: int = 10):
+        super().__init__()
+        c1, c2, h = widths(width)
+        self.conv1 = nn.Conv2d(1, c1, 5, padding=2)
+        self.conv2 = nn.Conv2d(c1, c2, 5, padding=2)
+        self.fc1 = nn.Linear(c2 * 7 * 7, h)
+        self.fc2 = nn.Linear(h, n_classes)
+        self.p = dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = x.flatten(1)
+        x = F.dropout(x, self.p, self.training)
+        x = F.relu(self.fc1(x))
+        x = F.dropout(x, self.p, self.training)
+        return self.fc2(x)
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def build_model(width: float, dropout: float, init_seed: int) -> CNN:
+    """Build on the CPU from ``init_seed`` alone, so epoch 0 is the same on every device."""
+    g = torch.random.fork_rng(devices=[])
+    with g:
+        torch.manual_seed(init_seed)
+        model = CNN(width=width, dropout=dropout)
+    return model
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a flat parameter vector maps back to named tensors."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    offsets: tuple[int, ...]
+    dtype: str = "float32"
+
+    @property
+    def size(self) -> int:
+        return self.offsets[-1] + int(np.prod(self.shapes[-1])) if self.names else 0
+
+    @classmethod
+    def of(cls, model: nn.Module) -> "Layout":
+        names, shapes, offsets, off = [], [], [], 0
+        for name, p in model.named_parameters():
+            names.append(name)
+            shapes.append(tuple(p.shape))
+            offsets.append(off)
+            off += p.numel()
+        return cls(tuple(names), tuple(shapes), tuple(offsets))
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "dtype": self.dtype, "size": self.size,
+            "params": [{"name": n, "shape": list(s), "offset": o, "numel": int(np.prod(s))}
+                       for n, s, o in zip(self.names, self.shapes, self.offsets)],
+        }, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Layout":
+        d = json.loads(text)
+        ps = d["params"]
+        return cls(tuple(p["name"] for p in ps), tuple(tuple(p["shape"]) for p in ps),
+                   tuple(p["offset"] for p in ps), d.get("dtype", "float32"))
+
+    def unflatten(self, vec: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {n: vec[o:o + int(np.prod(s))].view(s) for n, s, o in zip(self.names, self.shapes, self.offsets)}
+
+
+def flat_params(model: nn.Module) -> torch.Tensor:
+    """The parameter vector in layout order, float32, on the CPU, as a fresh copy."""
+    return torch.cat([p.detach().reshape(-1).float().cpu() for p in model.parameters()])
+
+
+def load_flat(model: nn.Module, vec: torch.Tensor | np.ndarray) -> None:
+    vec = torch.as_tensor(np.asarray(vec) if not isinstance(vec, torch.Tensor) else vec)
+    off = 0
+    with torch.no_grad():
+        for p in model.parameters():
+            n = p.numel()
+            p.copy_(vec[off:off + n].view_as(p).to(p.device, p.dtype))
+            off += n
+    if off != vec.numel():
+        raise ValueError(f"vector has {vec.numel()} entries, model has {off} parameters")
