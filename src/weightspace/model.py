@@ -42,13 +42,30 @@ class CNN(nn.Module):
         self.fc2 = nn.Linear(h, n_classes)
         self.p = dropout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Dropout draws from this generator, not the global RNG, so the masks depend on
+        # shuffle_seed alone and can be replayed (resume) or drawn outside vmap (siblings).
+        self.dropout_gen: torch.Generator | None = None
+
+    def dropout_masks(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The two dropout masks of one training step, already scaled by 1/(1-p)."""
+        if not self.training or self.p == 0:
+            return None
+        keep = 1.0 - self.p
+        m1 = torch.empty(batch, self.fc1.in_features, device=device).bernoulli_(keep, generator=self.dropout_gen)
+        m2 = torch.empty(batch, self.fc1.out_features, device=device).bernoulli_(keep, generator=self.dropout_gen)
+        return m1.div_(keep), m2.div_(keep)
+
+    def forward(self, x: torch.Tensor, masks: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        if masks is None and self.training:
+            masks = self.dropout_masks(x.shape[0], x.device)
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
         x = F.max_pool2d(F.relu(self.conv2(x)), 2)
         x = x.flatten(1)
-        x = F.dropout(x, self.p, self.training)
+        if masks is not None:
+            x = x * masks[0]
         x = F.relu(self.fc1(x))
-        x = F.dropout(x, self.p, self.training)
+        if masks is not None:
+            x = x * masks[1]
         return self.fc2(x)
 
 

@@ -1,0 +1,8 @@
+"""Entry point `same_init` (see MLproject and README)."""
+
+import sys
+
+from weightspace.cli import train_entry
+
+if __name__ == "__main__":
+    train_entry("same_init", sys.argv[1:])

@@ -1,0 +1,344 @@
+"""One training run, logged to MLflow: tags, params, per-epoch metrics, snapshots, checkpoint.
+
+``train_run`` reads top to bottom as the life of a run:
+resume-or-start, epoch 0, then per epoch train -> measure -> log -> checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from mlflow.entities import Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from . import tracking as T
+from .config import SPECS, ParamError, TrainConfig, parse_value, pretrain_config
+from .data import Data, load_dataset
+from .model import Layout, n_params
+from .train import Trainer, is_finite, resolve_device, weight_stats
+
+CHECKPOINT = "checkpoint/state.safetensors"
+MODEL = "model/model.safetensors"
+
+
+@functools.lru_cache(maxsize=4)
+def _dataset(name: str, data_dir: str, subset: int, device: str) -> Data:
+    return load_dataset(name, data_dir, subset).to(device)
+
+
+def dataset_for(cfg: TrainConfig, device: torch.device) -> Data:
+    return _dataset(cfg.dataset, cfg.data_dir, cfg.train_subset, str(device))
+
+
+# -- parameters and tags ----------------------------------------------------------------------
+
+def log_params_and_tags(client: MlflowClient, run_id: str, cfg: TrainConfig, extra: dict[str, str],
+                        raw: dict[str, str] | None = None) -> None:
+    """Log every resolved parameter once; refuse a run whose stored parameters differ."""
+    existing = client.get_run(run_id).data.params
+    raw = raw or {}
+    new = []
+    for k, v in {**cfg.to_params(), **extra}.items():
+        if k not in existing:
+            new.append(Param(k, v))
+        elif existing[k] != v and existing[k] != raw.get(k) and not _same_value(k, existing[k], v):
+            raise ParamError(f"run {run_id} was started with {k}={existing[k]}, refusing to resume it with "
+                             f"{k}={v}; start a new run or resume with the original parameters")
+    tags = {T.TAG_EXPERIMENT: cfg.experiment, T.TAG_GROUP: cfg.group, T.TAG_RUN_KEY: cfg.run_key,
+            "weightspace.init_seed": str(cfg.init_seed), "weightspace.shuffle_seed": str(cfg.shuffle_seed),
+            "mlflow.runName": cfg.run_name}
+    T.retry(lambda: client.log_batch(run_id, params=new, tags=[RunTag(k, v) for k, v in tags.items()]),
+            "parameters and tags")
+
+
+def _same_value(name: str, a: str, b: str) -> bool:
+    spec = SPECS.get(name)
+    try:
+        return spec is not None and parse_value(name, a, spec) == parse_value(name, b, spec)
+    except ParamError:
+        return False
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+def _config_json(cfg: TrainConfig) -> str:
+    return json.dumps(cfg.to_params(), sort_keys=True)
+
+
+def save_checkpoint(trainer: Trainer, theta0: torch.Tensor, cfg: TrainConfig, path: Path) -> Path:
+    st = trainer.state_tensors()
+    st["theta0"] = theta0.contiguous()
+    save_file(st, str(path), metadata={"config": _config_json(cfg), "format": "weightspace-checkpoint-1"})
+    return path
+
+
+def download_checkpoint(client: MlflowClient, run_id: str, dst: Path) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """The run's checkpoint tensors and config, or None when it has none yet."""
+    names = [f.path for f in client.list_artifacts(run_id, "checkpoint")]
+    if CHECKPOINT not in names:
+        return None
+    local = client.download_artifacts(run_id, CHECKPOINT, str(dst))
+    from safetensors import safe_open
+
+    with safe_open(local, "pt") as f:
+        meta = f.metadata() or {}
+    return load_file(local), json.loads(meta.get("config", "{}"))
+
+
+def logged_steps(client: MlflowClient, run_id: str) -> set[int]:
+    """Epochs whose metrics are already stored (one log_batch per epoch, so train_loss tells)."""
+    return {m.step for m in client.get_metric_history(run_id, "train_loss")}
+
+
+# -- a run --------------------------------------------------------------------------------------
+
+def train_run(client: MlflowClient, run_id: str, cfg: TrainConfig, *, raw: dict[str, str] | None = None,
+              start_from: str | None = None, progress: bool = True, asynchronous: bool = True) -> Trainer:
+    """Train ``cfg`` into the existing MLflow run ``run_id`` (resuming it if it has a checkpoint).
+
+    ``start_from``: the run id of a FINISHED pretraining run whose final checkpoint a clone continues.
+    """
+    device = resolve_device(cfg.device)
+    data = dataset_for(cfg, device)
+    trainer = Trainer(cfg, data, device)
+    layout = Layout.of(trainer.model)
+    extra = {"n_params": str(n_params(trainer.model)), "resolved_device": str(device),
+             "n_train": str(len(data.y_train)), "n_test": str(len(data.y_test))}
+    if start_from:
+        extra["pretrain_run_id"] = start_from
+    log_params_and_tags(client, run_id, cfg, {k: v for k, v in extra.items() if k != "pretrain_run_id"}, raw)
+    if start_from:
+        T.retry(lambda: client.set_tag(run_id, T.TAG_PRETRAIN, start_from), "pretrain tag")
+
+    up = T.Uploader(client, run_id, asynchronous=asynchronous)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            ck = download_checkpoint(client, run_id, Path(tmp))
+            if ck is not None:
+                state, stored = ck
+                _refuse_changed(run_id, stored, cfg)
+                trainer.load_state_tensors(state)
+                theta0 = state["theta0"]
+                first = trainer.epoch
+                tqdm.write(f"[{cfg.run_name}] resuming run {run_id} from its checkpoint at epoch {first}",
+                           file=sys.stderr)
+            else:
+                if start_from:
+                    pre = download_checkpoint(client, start_from, Path(tmp))
+                    if pre is None:
+                        raise ParamError(f"parameter 'pretrain_run_id': run {start_from} has no {CHECKPOINT}")
+                    # A clone keeps weights and momentum, but draws its own data order and masks.
+                    trainer.load_state_tensors(pre[0], rng=False)
+                    trainer.reseed(cfg.shuffle_seed)
+                theta0 = trainer.theta()
+                first = trainer.epoch
+            done = logged_steps(client, run_id)
+        up.text(layout.to_json(), "trajectory/layout.json")
+        manifest = _Manifest(up, _existing_manifest(client, run_id))
+        snap_epochs = set(cfg.snapshot_epochs()) | {first}
+
+        prev = trainer.theta()
+        if first not in done:
+            _log_epoch(up, trainer, cfg, first, prev, theta0, None, None)
+        if first in snap_epochs:
+            manifest.add(first, prev)
+        bar = tqdm(range(first + 1, cfg.epochs + 1), desc=cfg.run_name, unit="epoch", disable=not progress,
+                   file=sys.stderr, dynamic_ncols=True, initial=first, total=cfg.epochs)
+        for epoch in bar:
+            t0 = time.perf_counter()
+            trainer.train_epoch()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - t0
+            theta = trainer.theta()
+            m = _log_epoch(up, trainer, cfg, epoch, theta, theta0, prev,
+                           seconds) if epoch not in done else None
+            if epoch in snap_epochs:
+                manifest.add(epoch, theta)
+            ck_path = Path(tempfile.mkdtemp(dir=up.spool)) / "state.safetensors"
+            up.file(save_checkpoint(trainer, theta0, cfg, ck_path), "checkpoint", cleanup=True)
+            prev = theta
+            if m is not None:
+                bar.set_postfix(loss=f"{m['train_loss']:.2e}", acc=f"{m['test_accuracy']:.4f}",
+                                pending=up.pending)
+        manifest.complete = True
+        manifest.publish()
+        model_path = up.spool / "model.safetensors"
+        save_file({k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()},
+                  str(model_path), metadata={"config": _config_json(cfg), "layout": layout.to_json()})
+        up.file(model_path, "model", cleanup=True)
+        up.flush()
+    finally:
+        up.close()
+    return trainer
+
+
+def _log_epoch(up: T.Uploader, trainer: Trainer, cfg: TrainConfig, epoch: int, theta: torch.Tensor,
+               theta0: torch.Tensor, prev: torch.Tensor | None, seconds: float | None) -> dict[str, float]:
+    m = trainer.epoch_metrics()
+    if not is_finite(m):
+        raise FloatingPointError(f"training diverged at epoch {epoch} (train_loss={m['train_loss']}); "
+                                 f"lower parameter 'lr' (now {cfg.lr})")
+    m.update(weight_stats(theta, theta0, prev))
+    if seconds is not None:
+        m["epoch_seconds"] = seconds
+    up.metrics(m, step=epoch)
+    return m
+
+
+def _refuse_changed(run_id: str, stored: dict, cfg: TrainConfig) -> None:
+    now = cfg.to_params()
+    for k, v in stored.items():
+        if k in now and now[k] != v and not _same_value(k, v, now[k]):
+            raise ParamError(f"run {run_id} was started with {k}={v}, refusing to resume it with {k}={now[k]}; "
+                             "start a new run or resume with the original parameters")
+
+
+class _Manifest:
+    """trajectory/manifest.json: the snapshots stored so far with their sha256.
+
+    Uploaded after each snapshot file, so it never lists a file that is not stored;
+    ``complete`` turns true only once the last epoch is in.
+    """
+
+    def __init__(self, up: T.Uploader, existing: dict | None):
+        self.up = up
+        self.files: dict[str, dict] = dict((existing or {}).get("files", {}))
+        self.complete = False
+
+    def add(self, epoch: int, theta: torch.Tensor) -> None:
+        name = f"epoch_{epoch:04d}.npy"
+        local = Path(tempfile.mkdtemp(dir=self.up.spool)) / name
+        arr = theta.numpy().astype(np.float32, copy=False)
+        np.save(local, arr, allow_pickle=False)
+        self.files[name] = {"epoch": epoch, "sha256": T.sha256_file(local), "size": local.stat().st_size}
+        self.up.file(local, "trajectory", cleanup=True)
+        self.publish()
+
+    def publish(self) -> None:
+        doc = {"format": "weightspace-trajectory-1", "complete": self.complete,
+               "epochs": sorted(v["epoch"] for v in self.files.values()), "files": self.files}
+        self.up.text(json.dumps(doc, indent=1, sort_keys=True), "trajectory/manifest.json")
+
+
+def _existing_manifest(client: MlflowClient, run_id: str) -> dict | None:
+    try:
+        names = [f.path for f in client.list_artifacts(run_id, "trajectory")]
+        if "trajectory/manifest.json" not in names:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            return json.loads(Path(client.download_artifacts(run_id, "trajectory/manifest.json", tmp)).read_text())
+    except (MlflowException, OSError, ValueError):
+        return None
+
+
+# -- pretraining for clones --------------------------------------------------------------------
+
+def find_runs(client: MlflowClient, experiment_ids: list[str], key: str, statuses: tuple[str, ...]) -> list:
+    flt = f"tags.`{T.TAG_RUN_KEY}` = '{key}'"
+    runs = client.search_runs(experiment_ids, flt, max_results=1000)
+    return [r for r in runs if r.info.status in statuses]
+
+
+def check_pretrain_run(client: MlflowClient, run_id: str, clone: TrainConfig) -> None:
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise ParamError(f"parameter 'pretrain_run_id': no run with id {run_id!r} in this tracking store") from None
+    if run.data.tags.get(T.TAG_EXPERIMENT) != "pretrain":
+        raise ParamError(f"parameter 'pretrain_run_id': run {run_id} is not a pretraining run "
+                         f"(its weightspace.experiment is {run.data.tags.get(T.TAG_EXPERIMENT)!r})")
+    if run.info.status != "FINISHED":
+        raise ParamError(f"parameter 'pretrain_run_id': run {run_id} is {run.info.status}, not FINISHED")
+    p = run.data.params
+    want = pretrain_config(clone)
+    for k in ("dataset", "train_subset", "width", "dropout", "batch_size", "lr", "momentum", "weight_decay",
+              "init_seed"):
+        if k in p and not _same_value(k, p[k], want.to_params()[k]):
+            raise ParamError(f"parameter 'pretrain_run_id': run {run_id} has {k}={p[k]}, this clone has "
+                             f"{k}={want.to_params()[k]}")
+    if "epochs" in p and int(p["epochs"]) != clone.pretrain_epochs:
+        raise ParamError(f"parameter 'pretrain_epochs': {clone.pretrain_epochs} does not match the "
+                         f"{p['epochs']} epochs of pretrain_run_id {run_id}")
+
+
+def ensure_pretrain(client: MlflowClient, experiment_id: str, clone: TrainConfig, *, parent_id: str | None = None,
+                    progress: bool = True, wait_timeout: float = 6 * 3600) -> str:
+    """The id of a FINISHED pretraining run for ``clone``: reused, awaited, or trained here.
+
+    Two clones started together must not both train it. Each creates a candidate run,
+    then the oldest candidate (by start time, then id) wins; the others delete theirs
+    and wait for it. The store itself is the lock.
+    """
+    pcfg = pretrain_config(clone)
+    key = pcfg.run_key
+    done = find_runs(client, [experiment_id], key, ("FINISHED",))
+    if done:
+        return sorted(done, key=lambda r: r.info.start_time)[-1].info.run_id
+    tags = {T.TAG_RUN_KEY: key, T.TAG_EXPERIMENT: "pretrain", T.TAG_GROUP: pcfg.group}
+    if parent_id:
+        tags[T.TAG_PARENT] = parent_id
+    mine = client.create_run(experiment_id, run_name=pcfg.run_name, tags=tags).info.run_id
+    live = find_runs(client, [experiment_id], key, ("RUNNING", "FINISHED"))
+    winner = min(live, key=lambda r: (r.info.status != "FINISHED", r.info.start_time, r.info.run_id))
+    if winner.info.run_id != mine:
+        client.delete_run(mine)
+        return _await(client, winner.info.run_id, wait_timeout)
+    tqdm.write(f"[clone] training pretraining run {mine} ({pcfg.pretrain_epochs} epochs)", file=sys.stderr)
+    run_child(client, mine, pcfg, progress=progress)
+    return mine
+
+
+def _await(client: MlflowClient, run_id: str, timeout: float) -> str:
+    tqdm.write(f"[clone] waiting for pretraining run {run_id}, trained by another process", file=sys.stderr)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.get_run(run_id).info.status
+        if status == "FINISHED":
+            return run_id
+        if status in ("FAILED", "KILLED"):
+            raise RuntimeError(f"pretraining run {run_id}, trained by another process, ended {status}; "
+                               "relaunch the clone to train a new one")
+        time.sleep(2)
+    raise TimeoutError(f"pretraining run {run_id} did not finish within {timeout:.0f} s")
+
+
+def run_child(client: MlflowClient, run_id: str, cfg: TrainConfig, **kw) -> None:
+    """Train into a run this process owns, and close it FINISHED or FAILED."""
+    try:
+        train_run(client, run_id, cfg, **kw)
+    except BaseException as e:
+        mark_failed(client, run_id, e)
+        raise
+    T.retry(lambda: client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED)), "finishing run")
+
+
+def mark_failed(client: MlflowClient, run_id: str, error: BaseException) -> None:
+    msg = one_line(error)
+    try:
+        client.set_tag(run_id, T.TAG_ERROR, msg[:5000])
+        client.set_terminated(run_id, "FAILED")
+    except Exception:  # noqa: BLE001 - the store may be what failed; the exit code still tells
+        pass
+
+
+def one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    msg = text[0] if text else e.__class__.__name__
+    return msg if isinstance(e, (ParamError,)) else f"{e.__class__.__name__}: {msg}" if not msg.startswith(
+        e.__class__.__name__) else msg
+
+
+def finite(x: float) -> bool:
+    return math.isfinite(x)

@@ -1,0 +1,169 @@
+"""Programmatic access to logged runs: find siblings, load trajectories (cached, verified).
+
+    >>> from weightspace.runs import find_siblings, load_trajectory
+    >>> runs = find_siblings("same_init-59a6c1da4329")
+    >>> X, epochs = load_trajectory(runs[0].info.run_id)          # (T, P) float32, (T,)
+
+A run's ``trajectory/`` directory is downloaded in one call into a local cache keyed by
+run id and by the checksum of its manifest; every file is checked against the sha256
+recorded when it was logged, so a corrupted or truncated snapshot is reported with
+its run and file instead of being analysed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from . import tracking as T
+
+METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "weight_norm", "distance_from_init",
+           "step_length", "epoch_seconds")
+
+
+class TrajectoryError(RuntimeError):
+    """A run's trajectory cannot be used. The message names the run and the file."""
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("WEIGHTSPACE_CACHE", Path.home() / ".cache" / "weightspace" / "trajectories"))
+
+
+def _all_experiments(client: MlflowClient) -> list[str]:
+    return [e.experiment_id for e in client.search_experiments(max_results=50000)]
+
+
+def _seed_order(r: Run) -> tuple:
+    t = r.data.tags
+    return (int(t.get("weightspace.init_seed", 0)), int(t.get("weightspace.shuffle_seed", 0)), r.info.start_time)
+
+
+def find_runs(filter_string: str, client: MlflowClient | None = None, experiment_ids: list[str] | None = None,
+              warn: bool = True) -> list[Run]:
+    """FINISHED runs matching an MLflow filter; RUNNING/FAILED/KILLED ones are named and skipped."""
+    client = client or MlflowClient()
+    exp = experiment_ids or _all_experiments(client)
+    runs = client.search_runs(exp, filter_string, max_results=50000)
+    ok = [r for r in runs if r.info.status == "FINISHED"]
+    if warn:
+        for r in runs:
+            if r.info.status != "FINISHED":
+                print(f"weightspace: warning: skipping run {r.info.run_id} ({r.info.run_name}): "
+                      f"{r.info.status}", file=sys.stderr)
+    return sorted(ok, key=_seed_order)
+
+
+def find_siblings(group: str, client: MlflowClient | None = None, experiment_ids: list[str] | None = None,
+                  warn: bool = True) -> list[Run]:
+    """The FINISHED runs tagged ``weightspace.group = group``, ordered by seed."""
+    return find_runs(f"tags.`{T.TAG_GROUP}` = '{group}'", client, experiment_ids, warn)
+
+
+def _download(client: MlflowClient, run_id: str, path: str, dst: Path) -> Path:
+    try:
+        return Path(client.download_artifacts(run_id, path, str(dst)))
+    except (MlflowException, OSError) as e:
+        raise TrajectoryError(f"run {run_id}: cannot download {path} ({str(e).splitlines()[0]})") from None
+
+
+def fetch_trajectory_dir(run_id: str, client: MlflowClient | None = None, cache_dir: Path | None = None) -> tuple[Path, dict]:
+    """Local directory with the run's verified trajectory files, and its manifest."""
+    client = client or MlflowClient()
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        manifest_path = _download(client, run_id, "trajectory/manifest.json", Path(tmp))
+        raw = manifest_path.read_bytes()
+    manifest = json.loads(raw)
+    if not manifest.get("complete"):
+        raise TrajectoryError(f"run {run_id}: trajectory/manifest.json says the trajectory is incomplete "
+                              "(the run did not finish); resume it first")
+    target = cache / f"{run_id}-{hashlib.sha256(raw).hexdigest()[:16]}"
+    if not target.is_dir():
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            # One call for the whole directory, not one per file.
+            got = _download(client, run_id, "trajectory", Path(tmp))
+            verify(run_id, got, manifest)
+            try:
+                os.replace(got, target)
+            except OSError:  # another process cached it meanwhile
+                if not target.is_dir():
+                    raise
+    else:
+        verify(run_id, target, manifest)
+    return target, manifest
+
+
+def verify(run_id: str, directory: Path, manifest: dict) -> None:
+    for name, info in sorted(manifest.get("files", {}).items()):
+        p = directory / name
+        if not p.is_file():
+            raise TrajectoryError(f"run {run_id}: snapshot trajectory/{name} is missing")
+        if p.stat().st_size != info["size"] or T.sha256_file(p) != info["sha256"]:
+            raise TrajectoryError(f"run {run_id}: snapshot trajectory/{name} is corrupted or truncated "
+                                  f"(sha256 differs from the one recorded when it was logged)")
+        try:
+            arr = np.load(p, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise TrajectoryError(f"run {run_id}: snapshot trajectory/{name} is unreadable ({e})") from None
+        if arr.ndim != 1 or arr.dtype != np.float32:
+            raise TrajectoryError(f"run {run_id}: snapshot trajectory/{name} is not a flat float32 vector")
+
+
+def metric_histories(client: MlflowClient, run_id: str, names=METRICS) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    out = {}
+    for name in names:
+        hist = sorted(client.get_metric_history(run_id, name), key=lambda m: (m.step, m.timestamp))
+        if hist:
+            steps = np.array([m.step for m in hist], dtype=np.int64)
+            vals = np.array([m.value for m in hist], dtype=np.float64)
+            _, first = np.unique(steps, return_index=True)
+            out[name] = (steps[first], vals[first])
+    return out
+
+
+def trajectory(run: Run | str, client: MlflowClient | None = None, cache_dir: Path | None = None):
+    """The run as an ``analysis.trajectory.Trajectory`` (files in the local cache)."""
+    from analysis.trajectory import Trajectory
+
+    client = client or MlflowClient()
+    if isinstance(run, str):
+        try:
+            run = client.get_run(run)
+        except MlflowException:
+            raise TrajectoryError(f"run {run}: no such run in this tracking store") from None
+    rid = run.info.run_id
+    directory, manifest = fetch_trajectory_dir(rid, client, cache_dir)
+    items = sorted(manifest["files"].items(), key=lambda kv: kv[1]["epoch"])
+    layout_path = directory / "layout.json"
+    tags = run.data.tags
+    return Trajectory(
+        run_id=rid, name=run.info.run_name or rid,
+        experiment=tags.get(T.TAG_EXPERIMENT, ""),
+        init_seed=int(tags.get("weightspace.init_seed", 0)), shuffle_seed=int(tags.get("weightspace.shuffle_seed", 0)),
+        epochs=np.array([v["epoch"] for _, v in items], dtype=np.int64),
+        files=[directory / k for k, _ in items],
+        metrics=metric_histories(client, rid), params=dict(run.data.params),
+        layout=json.loads(layout_path.read_text()) if layout_path.is_file() else None,
+    )
+
+
+def load_trajectory(run_id: str, client: MlflowClient | None = None, cache_dir: Path | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The run's snapshots as a (T, P) float32 array, and their epochs (T,)."""
+    tr = trajectory(run_id, client, cache_dir)
+    return tr.stack(), tr.epochs
+
+
+def clear_cache(cache_dir: Path | None = None) -> None:
+    shutil.rmtree(Path(cache_dir) if cache_dir else default_cache_dir(), ignore_errors=True)

@@ -1,0 +1,155 @@
+"""Logging to MLflow off the training thread, with retries, in order, never losing a job.
+
+Every epoch produces, in this order: a snapshot file (when due), the metrics batch, the
+manifest, and last the checkpoint. One background thread uploads them FIFO, so a
+checkpoint for epoch k is only ever visible after everything of epoch k is stored:
+a run killed at any moment resumes from a checkpoint whose epoch is complete.
+
+A job that fails (tracking server down, network blip) is retried with exponential
+backoff until ``WEIGHTSPACE_UPLOAD_TIMEOUT`` seconds (default 900) have passed; the
+files stay in a local spool directory meanwhile, so a 30 s outage costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger("weightspace")
+
+TAG_EXPERIMENT = "weightspace.experiment"
+TAG_GROUP = "weightspace.group"
+TAG_RUN_KEY = "weightspace.run_key"
+TAG_PRETRAIN = "weightspace.pretrain_run_id"
+TAG_ERROR = "weightspace.error"
+TAG_SOURCES = "weightspace.source_run_ids"
+TAG_PARENT = "mlflow.parentRunId"
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def upload_timeout() -> float:
+    return float(os.environ.get("WEIGHTSPACE_UPLOAD_TIMEOUT", "900"))
+
+
+def retry(fn: Callable[[], Any], what: str, timeout: float | None = None) -> Any:
+    """Call fn until it succeeds or ``timeout`` seconds have passed (backoff 0.5 s .. 15 s)."""
+    deadline = time.monotonic() + (upload_timeout() if timeout is None else timeout)
+    delay = 0.5
+    while True:
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - any failure of the store is retried
+            if time.monotonic() + delay > deadline:
+                raise RuntimeError(f"giving up on {what} after retries: {e.__class__.__name__}: "
+                                   f"{str(e).splitlines()[0] if str(e) else ''}") from e
+            log.warning("retrying %s in %.1fs: %s", what, delay, str(e).splitlines()[0] if str(e) else e)
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
+
+
+class Uploader:
+    """A FIFO of upload jobs, run by one daemon thread (or inline when ``asynchronous=False``)."""
+
+    def __init__(self, client: MlflowClient, run_id: str, asynchronous: bool = True):
+        self.client, self.run_id = client, run_id
+        self.spool = Path(tempfile.mkdtemp(prefix=f"weightspace-{run_id[:8]}-"))
+        self.asynchronous = asynchronous
+        self.error: BaseException | None = None
+        self._q: queue.Queue = queue.Queue()
+        if asynchronous:
+            self._thread = threading.Thread(target=self._work, name="weightspace-uploader", daemon=True)
+            self._thread.start()
+
+    # -- jobs --------------------------------------------------------------------------
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, step) for k, v in values.items()]
+        self._submit(lambda: self.client.log_batch(self.run_id, metrics=batch), f"metrics of step {step}")
+
+    def file(self, local: Path, artifact_dir: str, cleanup: bool = False) -> None:
+        def job() -> None:
+            self.client.log_artifact(self.run_id, str(local), artifact_dir)
+            if cleanup:
+                local.unlink(missing_ok=True)
+        self._submit(job, f"artifact {artifact_dir}/{local.name}")
+
+    def text(self, text: str, artifact_path: str) -> None:
+        """Write text into the spool under its artifact path, then upload it (overwrites)."""
+        d, name = os.path.split(artifact_path)
+        # A subdirectory per job keeps successive versions of one file apart in the spool.
+        sub = Path(tempfile.mkdtemp(dir=self.spool))
+        local = sub / name
+        local.write_text(text)
+        self.file(local, d, cleanup=True)
+
+    def call(self, fn: Callable[[], Any], what: str) -> None:
+        self._submit(fn, what)
+
+    # -- machinery ---------------------------------------------------------------------
+    def _submit(self, job: Callable[[], None], what: str) -> None:
+        if self.error is not None:
+            raise RuntimeError(f"an earlier upload failed: {self.error}") from self.error
+        if self.asynchronous:
+            self._q.put((job, what))
+        else:
+            retry(job, what)
+
+    def _work(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                self._q.task_done()
+                return
+            job, what = item
+            try:
+                if self.error is None:
+                    retry(job, what)
+            except BaseException as e:  # noqa: BLE001 - surfaced by flush()
+                self.error = e
+            finally:
+                self._q.task_done()
+
+    def flush(self) -> None:
+        """Block until every submitted job is stored; raise if one could not be."""
+        if self.asynchronous:
+            self._q.join()
+        if self.error is not None:
+            raise RuntimeError(str(self.error)) from self.error
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            if self.asynchronous:
+                self._q.put(None)
+                self._thread.join(timeout=5)
+            shutil.rmtree(self.spool, ignore_errors=True)
+
+    @property
+    def pending(self) -> int:
+        return self._q.unfinished_tasks if self.asynchronous else 0
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    return path

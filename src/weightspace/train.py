@@ -1,0 +1,155 @@
+"""The training loop: whole dataset as device tensors, one index permutation per epoch.
+
+Seeds (issue 2):
+* ``init_seed`` alone fixes the initial weights (built on the CPU, then moved);
+* ``shuffle_seed`` alone fixes the data order and the dropout masks, through two
+  dedicated generators, never the global RNG;
+* the state of both generators is part of the checkpoint, so a resumed run replays
+  exactly the batches and masks an uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from .config import TrainConfig
+from .data import Data
+from .model import CNN, build_model, flat_params
+
+# Offset so the dropout stream and the data-order stream of one shuffle_seed differ.
+DROPOUT_STREAM = 0x5EED
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from .config import ParamError
+        raise ParamError(f"parameter 'device': {name} requested but CUDA is not available; use auto or cpu")
+    return torch.device(name)
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    accuracy: float
+
+
+class Trainer:
+    """One model, its optimizer and its two RNG streams."""
+
+    def __init__(self, cfg: TrainConfig, data: Data, device: torch.device):
+        self.cfg, self.data, self.device = cfg, data, device
+        self.model: CNN = build_model(cfg.width, cfg.dropout, cfg.init_seed)
+        self.model.to(device, memory_format=torch.channels_last)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay)
+        self.reseed(cfg.shuffle_seed)
+        self.epoch = 0
+
+    def reseed(self, shuffle_seed: int) -> None:
+        """Start fresh data-order and dropout streams (a clone does this after pretraining)."""
+        # The permutation is drawn on the CPU so the data order is the same on every device.
+        self.order_gen = torch.Generator().manual_seed(shuffle_seed)
+        self.model.dropout_gen = torch.Generator(device=self.device).manual_seed(shuffle_seed + DROPOUT_STREAM)
+
+    # -- training ------------------------------------------------------------------------
+    def train_epoch(self) -> torch.Tensor:
+        """One pass over a fresh permutation; returns the mean minibatch loss (a 0-d tensor)."""
+        model, opt, bs = self.model, self.opt, self.cfg.batch_size
+        x, y = self.data.x_train, self.data.y_train
+        n = len(y)
+        perm = torch.randperm(n, generator=self.order_gen).to(self.device)
+        model.train()
+        total = torch.zeros((), device=self.device)
+        for i in range(0, n, bs):
+            idx = perm[i:i + bs]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            # Accumulate on the device: a .item() per step would sync every batch.
+            total += loss.detach() * len(idx)
+        self.epoch += 1
+        return total / n
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch: int = 2048) -> EvalResult:
+        """Loss and accuracy in eval mode (no dropout) over the whole set."""
+        self.model.eval()
+        loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        for i in range(0, len(y), batch):
+            out = self.model(x[i:i + batch])
+            loss += F.cross_entropy(out, y[i:i + batch], reduction="sum").double()
+            correct += (out.argmax(1) == y[i:i + batch]).sum()
+        n = max(1, len(y))
+        return EvalResult(float(loss) / n, float(correct) / n)
+
+    def epoch_metrics(self) -> dict[str, float]:
+        tr = self.evaluate(self.data.x_train, self.data.y_train)
+        te = self.evaluate(self.data.x_test, self.data.y_test)
+        return {"train_loss": tr.loss, "train_accuracy": tr.accuracy,
+                "test_loss": te.loss, "test_accuracy": te.accuracy}
+
+    def theta(self) -> torch.Tensor:
+        return flat_params(self.model)
+
+    # -- checkpoint ------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Everything needed to continue bit-exactly, as named CPU tensors (safetensors-ready)."""
+        out = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        for i, p in enumerate(self.model.parameters()):
+            buf = self.opt.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                out[f"opt.momentum.{i}"] = buf.detach().cpu().contiguous()
+        out["rng.order"] = self.order_gen.get_state()
+        out["rng.dropout"] = self.model.dropout_gen.get_state().cpu()
+        out["epoch"] = torch.tensor(self.epoch, dtype=torch.int64)
+        return out
+
+    def load_state_tensors(self, st: dict[str, torch.Tensor], *, rng: bool = True) -> None:
+        sd = {k[len("model."):]: v for k, v in st.items() if k.startswith("model.")}
+        self.model.load_state_dict(sd)
+        # The optimizer keeps its momentum buffers in channels_last like the parameters.
+        for i, p in enumerate(self.model.parameters()):
+            key = f"opt.momentum.{i}"
+            if key in st:
+                buf = torch.empty_like(p)
+                buf.copy_(st[key].to(self.device))
+                self.opt.state[p]["momentum_buffer"] = buf
+        self.epoch = int(st["epoch"])
+        if rng:
+            self.order_gen.set_state(st["rng.order"])
+            self.model.dropout_gen.set_state(st["rng.dropout"].to(self.model.dropout_gen.get_state().device))
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.dot(a.double(), b.double()) / (a.double().norm() * b.double().norm() + 1e-300))
+
+
+def weight_stats(theta: torch.Tensor, theta0: torch.Tensor, prev: torch.Tensor | None) -> dict[str, float]:
+    """‖θ‖, ‖θ−θ0‖ and, after epoch 0, the step since the previous epoch; in float64."""
+    t = theta.double()
+    out = {"weight_norm": float(t.norm()), "distance_from_init": float((t - theta0.double()).norm())}
+    if prev is not None:
+        out["step_length"] = float((t - prev.double()).norm())
+    return out
+
+
+class Timer:
+    def __enter__(self) -> "Timer":
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.t0
+
+
+def is_finite(metrics: dict[str, float]) -> bool:
+    return all(math.isfinite(v) for v in metrics.values())
