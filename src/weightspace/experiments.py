@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import sys
 import tempfile
 import time
@@ -110,28 +109,61 @@ def train_run(client: MlflowClient, run_id: str, cfg: TrainConfig, *, raw: dict[
     ``start_from``: the run id of a FINISHED pretraining run whose final checkpoint a clone continues.
     """
     device = resolve_device(cfg.device)
-    data = dataset_for(cfg, device)
-    trainer = Trainer(cfg, data, device)
-    layout = Layout.of(trainer.model)
-    extra = {"n_params": str(n_params(trainer.model)), "resolved_device": str(device),
-             "n_train": str(len(data.y_train)), "n_test": str(len(data.y_test))}
-    if start_from:
-        extra["pretrain_run_id"] = start_from
-    log_params_and_tags(client, run_id, cfg, {k: v for k, v in extra.items() if k != "pretrain_run_id"}, raw)
-    if start_from:
-        T.retry(lambda: client.set_tag(run_id, T.TAG_PRETRAIN, start_from), "pretrain tag")
-
-    up = T.Uploader(client, run_id, asynchronous=asynchronous)
+    trainer = Trainer(cfg, dataset_for(cfg, device), device)
+    session = RunSession(client, run_id, cfg, trainer, raw=raw, start_from=start_from, asynchronous=asynchronous)
     try:
+        bar = tqdm(range(session.first + 1, cfg.epochs + 1), desc=cfg.run_name, unit="epoch",
+                   disable=not progress, file=sys.stderr, dynamic_ncols=True, initial=session.first,
+                   total=cfg.epochs)
+        for _ in bar:
+            t0 = time.perf_counter()
+            trainer.train_epoch()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            m = session.end_epoch(time.perf_counter() - t0)
+            if m is not None:
+                bar.set_postfix(loss=f"{m['train_loss']:.2e}", acc=f"{m['test_accuracy']:.4f}",
+                                pending=session.up.pending)
+        session.finish()
+    finally:
+        session.close()
+    return trainer
+
+
+class RunSession:
+    """The logging side of one run: resume or start, then one ``end_epoch`` per trained epoch.
+
+    Kept apart from the Trainer so that siblings trained together (siblings.py) each
+    still log into their own run through their own session.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str, cfg: TrainConfig, trainer: Trainer, *,
+                 raw: dict[str, str] | None = None, start_from: str | None = None, asynchronous: bool = True):
+        self.client, self.run_id, self.cfg, self.trainer = client, run_id, cfg, trainer
+        self.layout = Layout.of(trainer.model)
+        data = trainer.data
+        extra = {"n_params": str(n_params(trainer.model)), "resolved_device": str(trainer.device),
+                 "n_train": str(len(data.y_train)), "n_test": str(len(data.y_test))}
+        log_params_and_tags(client, run_id, cfg, extra, raw)
+        if start_from:
+            T.retry(lambda: client.set_tag(run_id, T.TAG_PRETRAIN, start_from), "pretrain tag")
+        self.up = T.Uploader(client, run_id, asynchronous=asynchronous)
+        try:
+            self._start(start_from)
+        except BaseException:
+            self.up.close()
+            raise
+
+    def _start(self, start_from: str | None) -> None:
+        client, run_id, cfg, trainer = self.client, self.run_id, self.cfg, self.trainer
         with tempfile.TemporaryDirectory() as tmp:
             ck = download_checkpoint(client, run_id, Path(tmp))
             if ck is not None:
                 state, stored = ck
                 _refuse_changed(run_id, stored, cfg)
                 trainer.load_state_tensors(state)
-                theta0 = state["theta0"]
-                first = trainer.epoch
-                tqdm.write(f"[{cfg.run_name}] resuming run {run_id} from its checkpoint at epoch {first}",
+                self.theta0 = state["theta0"]
+                tqdm.write(f"[{cfg.run_name}] resuming run {run_id} from its checkpoint at epoch {trainer.epoch}",
                            file=sys.stderr)
             else:
                 if start_from:
@@ -141,47 +173,43 @@ def train_run(client: MlflowClient, run_id: str, cfg: TrainConfig, *, raw: dict[
                     # A clone keeps weights and momentum, but draws its own data order and masks.
                     trainer.load_state_tensors(pre[0], rng=False)
                     trainer.reseed(cfg.shuffle_seed)
-                theta0 = trainer.theta()
-                first = trainer.epoch
-            done = logged_steps(client, run_id)
-        up.text(layout.to_json(), "trajectory/layout.json")
-        manifest = _Manifest(up, _existing_manifest(client, run_id))
-        snap_epochs = set(cfg.snapshot_epochs()) | {first}
+                self.theta0 = trainer.theta()
+            self.done = logged_steps(client, run_id)
+        self.first = trainer.epoch
+        self.up.text(self.layout.to_json(), "trajectory/layout.json")
+        self.manifest = _Manifest(self.up, _existing_manifest(client, run_id))
+        self.snap_epochs = set(cfg.snapshot_epochs()) | {self.first}
+        self.prev = trainer.theta()
+        if self.first not in self.done:
+            _log_epoch(self.up, trainer, cfg, self.first, self.prev, self.theta0, None, None)
+        if self.first in self.snap_epochs:
+            self.manifest.add(self.first, self.prev)
 
-        prev = trainer.theta()
-        if first not in done:
-            _log_epoch(up, trainer, cfg, first, prev, theta0, None, None)
-        if first in snap_epochs:
-            manifest.add(first, prev)
-        bar = tqdm(range(first + 1, cfg.epochs + 1), desc=cfg.run_name, unit="epoch", disable=not progress,
-                   file=sys.stderr, dynamic_ncols=True, initial=first, total=cfg.epochs)
-        for epoch in bar:
-            t0 = time.perf_counter()
-            trainer.train_epoch()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - t0
-            theta = trainer.theta()
-            m = _log_epoch(up, trainer, cfg, epoch, theta, theta0, prev,
-                           seconds) if epoch not in done else None
-            if epoch in snap_epochs:
-                manifest.add(epoch, theta)
-            ck_path = Path(tempfile.mkdtemp(dir=up.spool)) / "state.safetensors"
-            up.file(save_checkpoint(trainer, theta0, cfg, ck_path), "checkpoint", cleanup=True)
-            prev = theta
-            if m is not None:
-                bar.set_postfix(loss=f"{m['train_loss']:.2e}", acc=f"{m['test_accuracy']:.4f}",
-                                pending=up.pending)
-        manifest.complete = True
-        manifest.publish()
-        model_path = up.spool / "model.safetensors"
-        save_file({k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()},
-                  str(model_path), metadata={"config": _config_json(cfg), "layout": layout.to_json()})
-        up.file(model_path, "model", cleanup=True)
-        up.flush()
-    finally:
-        up.close()
-    return trainer
+    def end_epoch(self, seconds: float) -> dict[str, float] | None:
+        """Measure and log the epoch the trainer just finished; checkpoint after everything else."""
+        trainer, epoch = self.trainer, self.trainer.epoch
+        theta = trainer.theta()
+        m = None
+        if epoch not in self.done:
+            m = _log_epoch(self.up, trainer, self.cfg, epoch, theta, self.theta0, self.prev, seconds)
+        if epoch in self.snap_epochs:
+            self.manifest.add(epoch, theta)
+        ck_path = Path(tempfile.mkdtemp(dir=self.up.spool)) / "state.safetensors"
+        self.up.file(save_checkpoint(trainer, self.theta0, self.cfg, ck_path), "checkpoint", cleanup=True)
+        self.prev = theta
+        return m
+
+    def finish(self) -> None:
+        self.manifest.complete = True
+        self.manifest.publish()
+        model_path = Path(tempfile.mkdtemp(dir=self.up.spool)) / "model.safetensors"
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.trainer.model.state_dict().items()},
+                  str(model_path), metadata={"config": _config_json(self.cfg), "layout": self.layout.to_json()})
+        self.up.file(model_path, "model", cleanup=True)
+        self.up.flush()
+
+    def close(self) -> None:
+        self.up.close()
 
 
 def _log_epoch(up: T.Uploader, trainer: Trainer, cfg: TrainConfig, epoch: int, theta: torch.Tensor,
@@ -334,11 +362,9 @@ def mark_failed(client: MlflowClient, run_id: str, error: BaseException) -> None
 
 
 def one_line(e: BaseException) -> str:
+    """The first line of an error; our own error types speak for themselves, others get their class."""
     text = str(e).strip().splitlines()
     msg = text[0] if text else e.__class__.__name__
-    return msg if isinstance(e, (ParamError,)) else f"{e.__class__.__name__}: {msg}" if not msg.startswith(
-        e.__class__.__name__) else msg
-
-
-def finite(x: float) -> bool:
-    return math.isfinite(x)
+    own = isinstance(e, (ParamError, ConnectionError, FloatingPointError, TimeoutError)) or \
+        e.__class__.__module__.startswith("weightspace")
+    return msg if own else f"{e.__class__.__name__}: {msg}"

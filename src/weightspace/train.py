@@ -126,7 +126,7 @@ class Trainer:
         self.epoch = int(st["epoch"])
         if rng:
             self.order_gen.set_state(st["rng.order"])
-            self.model.dropout_gen.set_state(st["rng.dropout"].to(self.model.dropout_gen.get_state().device))
+            self.model.dropout_gen.set_state(st["rng.dropout"])
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:

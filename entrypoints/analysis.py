@@ -1,0 +1,8 @@
+"""Entry point `analysis`: from sibling runs to PCA and distance figures and a claims report."""
+
+import sys
+
+from weightspace.analysis_run import analysis_entry
+
+if __name__ == "__main__":
+    analysis_entry(sys.argv[1:])

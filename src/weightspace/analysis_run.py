@@ -1,0 +1,223 @@
+"""The analysis entry point's MLflow side: choose runs, fetch trajectories, log the results.
+
+The science lives in the ``analysis`` package as plain functions over arrays; this
+module only turns tracking-store runs into ``Trajectory`` objects and logs back what
+``analysis.pipeline.analyse_family`` (and the issue-4 probes) produce.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from mlflow.entities import Metric, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from tqdm.auto import tqdm
+
+from . import tracking as T
+from .config import ParamError, parse_value, Spec
+from .runs import TrajectoryError, find_runs, find_siblings, trajectory
+
+FAMILIES = ("single", "different_init", "same_init", "clone")
+
+
+@dataclass
+class AnalysisOptions:
+    cache_dir: str = ""
+    probes: int = 1
+    interp_points: int = 25
+    probe_subset: int = 10000
+    hessian_epochs: str = "0,10,50,100,200"
+    hessian_iters: int = 20
+    surface_grid: int = 31
+    device: str = "auto"
+
+
+OPTION_SPECS = {
+    "cache_dir": Spec(str, "a directory path, or empty for ~/.cache/weightspace"),
+    "probes": Spec(int, "0 or 1", lambda v: v in (0, 1)),
+    "interp_points": Spec(int, "0 (off) or an integer from 3 to 1000", lambda v: v == 0 or 3 <= v <= 1000),
+    "probe_subset": Spec(int, "an integer >= 0 (0 = the whole dataset)", lambda v: 0 <= v <= 10**7),
+    "hessian_epochs": Spec(str, "comma-separated epochs such as 0,10,50, or empty (off)",
+                           lambda v: all(p.strip().isdigit() for p in v.split(",")) if v.strip() else True),
+    "hessian_iters": Spec(int, "an integer from 1 to 1000", lambda v: 1 <= v <= 1000),
+    "surface_grid": Spec(int, "0 (off) or an integer from 3 to 201", lambda v: v == 0 or 3 <= v <= 201),
+    "device": Spec(str, "auto, cpu, cuda or cuda:N",
+                   lambda v: v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit())),
+}
+SELECTORS = ("group", "run_ids", "parent_run_id")
+
+
+def parse_options(raw: dict[str, str]) -> tuple[dict[str, str], AnalysisOptions]:
+    sel = {k: raw.get(k, "").strip() for k in SELECTORS}
+    given = [k for k, v in sel.items() if v]
+    if len(given) != 1:
+        raise ParamError("parameters 'group', 'run_ids', 'parent_run_id': give exactly one of them "
+                         f"(got {', '.join(given) or 'none'})")
+    opts = AnalysisOptions(**{k: parse_value(k, raw[k], OPTION_SPECS[k]) for k in OPTION_SPECS if k in raw})
+    return sel, opts
+
+
+# -- choosing runs --------------------------------------------------------------------------------
+
+def select_families(client: MlflowClient, sel: dict[str, str], experiment_id: str) -> dict[str, list]:
+    """{label: [Run, ...]} to analyse, one label per family of siblings (within the experiment)."""
+    if sel["group"]:
+        runs = find_siblings(sel["group"], client, [experiment_id])
+        if not runs:
+            raise ParamError(f"parameter 'group': no FINISHED runs tagged weightspace.group={sel['group']!r}")
+        return {sel["group"]: runs}
+    if sel["run_ids"]:
+        runs = []
+        for rid in [r.strip() for r in sel["run_ids"].split(",") if r.strip()]:
+            try:
+                run = client.get_run(rid)
+            except MlflowException:
+                raise ParamError(f"parameter 'run_ids': no run with id {rid!r}") from None
+            if run.info.status != "FINISHED":
+                print(f"weightspace: warning: skipping run {rid} ({run.info.run_name}): {run.info.status}",
+                      file=sys.stderr)
+                continue
+            runs.append(run)
+        if not runs:
+            raise ParamError("parameter 'run_ids': none of the runs is FINISHED")
+        return {"runs": runs}
+    parent = sel["parent_run_id"]
+    try:
+        client.get_run(parent)
+    except MlflowException:
+        raise ParamError(f"parameter 'parent_run_id': no run with id {parent!r}") from None
+    children = find_runs(f"tags.`{T.TAG_PARENT}` = '{parent}'", client, [experiment_id])
+    reused = client.get_run(parent).data.tags.get("weightspace.reused_run_ids", "")
+    for rid in filter(None, reused.split(",")):
+        children.append(client.get_run(rid))
+    fams: dict[str, list] = defaultdict(list)
+    for r in children:
+        exp = r.data.tags.get(T.TAG_EXPERIMENT)
+        if exp in FAMILIES:
+            fams[r.data.tags[T.TAG_GROUP]].append(r)
+    if not fams:
+        raise ParamError(f"parameter 'parent_run_id': run {parent} has no FINISHED training children")
+    return dict(fams)
+
+
+def check_architecture(trajs) -> None:
+    ref = trajs[0]
+    for t in trajs[1:]:
+        if t.P != ref.P or (t.layout and ref.layout and t.layout.get("params") != ref.layout.get("params")):
+            raise TrajectoryError(f"run {t.run_id} ({t.name}) has a different architecture ({t.P} parameters) "
+                                  f"from run {ref.run_id} ({ref.P}); analyse runs of one architecture together")
+
+
+# -- one analysis run -------------------------------------------------------------------------------
+
+def analyse_runs(client: MlflowClient, run_id: str, runs: list, opts: AnalysisOptions, label: str,
+                 progress: bool = True) -> dict[str, float]:
+    """Analyse ``runs`` (siblings) and log everything into the analysis run ``run_id``."""
+    from analysis.pipeline import analyse_family
+
+    ids = [r.info.run_id for r in runs]
+    exps = {r.data.tags.get(T.TAG_EXPERIMENT, "") for r in runs}
+    family = exps.pop() if len(exps) == 1 else "mixed"
+    family = family if family in FAMILIES else "mixed"
+    tags = {T.TAG_EXPERIMENT: "analysis", T.TAG_SOURCES: ",".join(ids)[:5000], "weightspace.family": family,
+            "mlflow.runName": f"analysis-{label}"}
+    groups = {r.data.tags.get(T.TAG_GROUP, "") for r in runs}
+    if len(groups) == 1:
+        tags[T.TAG_GROUP] = groups.pop()
+    T.retry(lambda: client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()]), "analysis tags")
+    # The note shows in the MLflow UI beside the run: the runs it read, as links.
+    note = "Analysis of runs:\n" + "\n".join(f"- {r.info.run_name}: `{r.info.run_id}`" for r in runs)
+    client.set_tag(run_id, "mlflow.note.content", note)
+
+    cache = Path(opts.cache_dir) if opts.cache_dir else None
+    trajs = [trajectory(r, client, cache) for r in tqdm(runs, desc="fetch trajectories", unit="run",
+                                                         disable=not progress, file=sys.stderr)]
+    check_architecture(trajs)
+    pretrain = None
+    if family == "clone":
+        pre_id = runs[0].data.tags.get(T.TAG_PRETRAIN)
+        if pre_id:
+            pretrain = trajectory(pre_id, client, cache)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        extra_claims, extra_metrics = [], {}
+        if opts.probes:
+            probe = run_probes(trajs, out, opts, progress)
+            if probe is not None:
+                extra_claims, extra_metrics = probe.claims, probe.metrics
+        res = analyse_family(trajs, family, out, pretrain=pretrain, extra_claims=extra_claims,
+                             extra_metrics=extra_metrics, progress=progress)
+        metrics = {k: float(v) for k, v in res.metrics.items() if np.isfinite(v)}
+        batch = [Metric(k, v, 0, 0) for k, v in metrics.items()]
+        for i in range(0, len(batch), 900):  # log_batch takes at most 1000 metrics
+            T.retry(lambda b=batch[i:i + 900]: client.log_batch(run_id, metrics=b), "analysis metrics")
+        T.retry(lambda: client.log_artifacts(run_id, str(out)), "analysis artifacts")
+    print(f"\n== {label}: {family}, {len(runs)} run(s) ==\n{res.report_text}", file=sys.stderr)
+    return metrics
+
+
+def run_probes(trajs, out: Path, opts: AnalysisOptions, progress: bool):
+    """The issue-4 probes (interpolation, stationarity, loss surface, disagreement)."""
+    from analysis.beyond import ProbeOptions, run_probes as probes
+
+    from .data import load_dataset
+    from .train import resolve_device
+
+    p = trajs[0].params
+    try:
+        data = load_dataset(p["dataset"], p.get("data_dir", ""), int(p.get("train_subset", 0)))
+        width, dropout, wd = float(p["width"]), float(p["dropout"]), float(p["weight_decay"])
+    except KeyError as e:
+        print(f"weightspace: warning: run {trajs[0].run_id} lacks param {e}; probes skipped", file=sys.stderr)
+        return None
+    po = ProbeOptions(interp_points=opts.interp_points, probe_subset=opts.probe_subset,
+                      hessian_epochs=opts.hessian_epochs, hessian_iters=opts.hessian_iters,
+                      surface_grid=opts.surface_grid)
+    return probes(trajs, out, width=width, dropout=dropout, weight_decay=wd, data=data, options=po,
+                  device=str(resolve_device(opts.device)), progress=progress)
+
+
+def analyse_selection(client: MlflowClient, run_id: str, sel: dict[str, str], opts: AnalysisOptions,
+                      progress: bool = True) -> None:
+    exp_id = client.get_run(run_id).info.experiment_id
+    fams = select_families(client, sel, exp_id)
+    if len(fams) == 1:
+        label, runs = next(iter(fams.items()))
+        analyse_runs(client, run_id, runs, opts, label, progress)
+        return
+    # Several families (a paper run): one nested analysis run each, under this one.
+    client.log_batch(run_id, tags=[RunTag(T.TAG_EXPERIMENT, "analysis"),
+                                   RunTag(T.TAG_SOURCES, sel["parent_run_id"])])
+    for label, runs in fams.items():
+        child = client.create_run(exp_id, tags={T.TAG_PARENT: run_id}).info.run_id
+        try:
+            analyse_runs(client, child, runs, opts, label, progress)
+        except BaseException as e:
+            from .experiments import mark_failed
+            mark_failed(client, child, e)
+            raise
+        client.set_terminated(child, "FINISHED")
+
+
+def analysis_entry(argv: list[str]) -> None:
+    from .cli import entry_run, fail_env_run, main, parse_argv
+
+    def body() -> None:
+        try:
+            raw = parse_argv(argv, SELECTORS + tuple(OPTION_SPECS), "analysis")
+            sel, opts = parse_options(raw)
+        except ParamError as e:
+            fail_env_run(e)
+            raise
+        with entry_run("analysis") as (c, run_id, _):
+            analyse_selection(c, run_id, sel, opts)
+        print(f"weightspace: analysis run {run_id} done; figures and report.md are its artifacts", file=sys.stderr)
+
+    main("analysis", body)

@@ -1,0 +1,166 @@
+"""The ``paper`` entry point: the whole suite as child runs of one parent, then its analyses.
+
+    1 single            init_seed, snapshot every `single_snapshot_every` epochs
+    R different_init    init seeds init_seed .. init_seed+R-1 (data order follows each)
+    R same_init         one init, shuffle seeds 0 .. R-1
+    1 pretrain + R clone  pretrain_epochs on one shuffle, then shuffle seeds 0 .. R-1
+
+A child whose exact configuration (``weightspace.run_key``) already has a FINISHED run
+in the experiment is reused, not retrained: relaunching a crashed suite only trains
+what is missing.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from mlflow.entities import Param, RunTag
+from mlflow.tracking import MlflowClient
+from tqdm.auto import tqdm
+
+from . import tracking as T
+from .config import ParamError, Spec, TrainConfig, build_config, parse_value
+from .experiments import RunSession, dataset_for, ensure_pretrain, find_runs, mark_failed, run_child
+from .train import Trainer, resolve_device
+
+PAPER_SPECS = {
+    "replicas": Spec(int, "an integer from 1 to 100", lambda v: 1 <= v <= 100),
+    "single_snapshot_every": Spec(int, "an integer >= 1", lambda v: v >= 1),
+    "siblings": Spec(str, "sequential or batched", lambda v: v in ("sequential", "batched")),
+    "analysis": Spec(int, "0 or 1", lambda v: v in (0, 1)),
+}
+TRAIN_KEYS = ("epochs", "snapshot_every", "init_seed", "pretrain_epochs")
+
+
+def suite(raw: dict[str, str]) -> tuple[dict[str, list[TrainConfig]], dict]:
+    """The suite's configurations by family, and the paper-only options."""
+    opts = {"replicas": 5, "single_snapshot_every": 1, "siblings": "sequential", "analysis": 1}
+    common = {}
+    for k, v in raw.items():
+        if k in PAPER_SPECS:
+            opts[k] = parse_value(k, v, PAPER_SPECS[k])
+        else:
+            common[k] = v
+    pre_epochs = common.pop("pretrain_epochs", "10")
+    init = parse_value("init_seed", common.pop("init_seed", "0"))
+    common.setdefault("snapshot_every", "10")
+    R = opts["replicas"]
+    fams = {
+        "single": [build_config("single", {**common, "init_seed": init, "shuffle_seed": init,
+                                           "snapshot_every": opts["single_snapshot_every"]})],
+        "different_init": [build_config("different_init", {**common, "init_seed": init + i, "shuffle_seed": -1})
+                           for i in range(R)],
+        "same_init": [build_config("same_init", {**common, "init_seed": init, "shuffle_seed": i}) for i in range(R)],
+        "clone": [build_config("clone", {**common, "init_seed": init, "shuffle_seed": i,
+                                         "pretrain_epochs": pre_epochs}) for i in range(R)],
+    }
+    return fams, opts
+
+
+def run_suite(client: MlflowClient, parent_id: str, fams: dict[str, list[TrainConfig]], opts: dict,
+              progress: bool = True) -> list[str]:
+    exp_id = client.get_run(parent_id).info.experiment_id
+    reused: list[str] = []
+    n = sum(len(v) for v in fams.values())
+    outer = tqdm(total=n, desc="paper suite", unit="run", disable=not progress, file=sys.stderr, position=0)
+    for family, cfgs in fams.items():
+        start_from = None
+        if family == "clone":
+            start_from = ensure_pretrain(client, exp_id, cfgs[0], parent_id=parent_id, progress=progress)
+        todo = []
+        for cfg in cfgs:
+            done = find_runs(client, [exp_id], cfg.run_key, ("FINISHED",))
+            if done:
+                reused.append(done[-1].info.run_id)
+                tqdm.write(f"[paper] reusing FINISHED run {done[-1].info.run_id} ({cfg.run_name})", file=sys.stderr)
+                outer.update(1)
+                continue
+            tags = {T.TAG_PARENT: parent_id, T.TAG_RUN_KEY: cfg.run_key}
+            todo.append((client.create_run(exp_id, run_name=cfg.run_name, tags=tags).info.run_id, cfg))
+        if opts["siblings"] == "batched" and len(todo) > 1:
+            train_batched(client, todo, start_from, progress)
+            outer.update(len(todo))
+        else:
+            for rid, cfg in todo:
+                run_child(client, rid, cfg, start_from=start_from, progress=progress)
+                outer.update(1)
+    outer.close()
+    if reused:
+        client.set_tag(parent_id, "weightspace.reused_run_ids", ",".join(reused)[:5000])
+    return reused
+
+
+def train_batched(client: MlflowClient, todo: list[tuple[str, TrainConfig]], start_from: str | None,
+                  progress: bool) -> None:
+    """Train sibling runs together in one process; each still logs into its own run."""
+    from .siblings import BatchedTrainer
+
+    sessions = []
+    try:
+        for rid, cfg in todo:
+            device = resolve_device(cfg.device)
+            sessions.append(RunSession(client, rid, cfg, Trainer(cfg, dataset_for(cfg, device), device),
+                                       start_from=start_from))
+        if len({s.trainer.epoch for s in sessions}) != 1:
+            raise RuntimeError("batched siblings must resume from the same epoch; use siblings=sequential")
+        batched = BatchedTrainer([s.trainer for s in sessions])
+        cfg = todo[0][1]
+        bar = tqdm(range(sessions[0].first + 1, cfg.epochs + 1), desc=f"{cfg.experiment} x{len(todo)}",
+                   unit="epoch", disable=not progress, file=sys.stderr, initial=sessions[0].first, total=cfg.epochs)
+        for _ in bar:
+            t0 = time.perf_counter()
+            batched.train_epoch()
+            seconds = (time.perf_counter() - t0) / len(sessions)
+            for s in sessions:
+                s.end_epoch(seconds)
+        for s in sessions:
+            s.finish()
+    except BaseException as e:
+        for rid, _ in todo:
+            mark_failed(client, rid, e)
+        raise
+    finally:
+        for s in sessions:
+            s.close()
+    for rid, _ in todo:
+        T.retry(lambda r=rid: client.set_terminated(r, "FINISHED"), "finishing run")
+
+
+def paper_entry(argv: list[str]) -> None:
+    from .analysis_run import AnalysisOptions, analyse_runs
+    from .cli import COMMON, entry_run, fail_env_run, main, parse_argv
+    from .runs import find_siblings
+
+    allowed = tuple(PAPER_SPECS) + TRAIN_KEYS + COMMON
+
+    def body() -> None:
+        try:
+            raw = parse_argv(argv, allowed, "paper")
+            fams, opts = suite(raw)
+        except ParamError as e:
+            fail_env_run(e)
+            raise
+        with entry_run("paper") as (c, run_id, _):
+            have = c.get_run(run_id).data.params
+            resolved = {**{k: str(v) for k, v in opts.items()}, **raw}
+            c.log_batch(run_id, tags=[RunTag(T.TAG_EXPERIMENT, "paper"), RunTag("mlflow.runName", "paper")],
+                        params=[Param(k, v) for k, v in resolved.items() if k not in have])
+            run_suite(c, run_id, fams, opts)
+            if opts["analysis"]:
+                exp_id = c.get_run(run_id).info.experiment_id
+                for family, cfgs in fams.items():
+                    runs = find_siblings(cfgs[0].group, c, [exp_id])
+                    child = c.create_run(exp_id, tags={T.TAG_PARENT: run_id}).info.run_id
+                    try:
+                        analyse_runs(c, child, runs, AnalysisOptions(device=cfgs[0].device), family)
+                    except BaseException as e:
+                        mark_failed(c, child, e)
+                        raise
+                    c.set_terminated(child, "FINISHED")
+        print(f"weightspace: paper suite {run_id} done. Open the UI with:\n"
+              f"  mlflow ui --backend-store-uri {__import__('mlflow').get_tracking_uri()}\n"
+              f"then the experiment's runs; figures and report.md are artifacts of the analysis-* runs.",
+              file=sys.stderr)
+
+    main("paper", body)

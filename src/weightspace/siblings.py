@@ -1,0 +1,147 @@
+"""Train K sibling models together: one vmapped forward/backward for all of them per step.
+
+Siblings share architecture, batch size and dataset, and differ in their initial weights
+and/or their shuffle seeds. ``BatchedTrainer.train_epoch()`` leaves every ``Trainer`` in
+the state its own ``Trainer.train_epoch()`` would have left it in:
+
+* each model's permutation is drawn from its own ``order_gen``, and each step's dropout
+  masks from its own ``model.dropout_gen`` through ``model.dropout_masks`` (m1 then m2,
+  once per step), outside vmap, so both generators advance exactly as in train.py;
+* the update is torch.optim.SGD's (weight decay added to the gradient, then momentum,
+  dampening 0, no Nesterov), done once on the stacked (K, ...) tensors with foreach ops;
+* parameters and momentum buffers are copied back into each model and its optimizer at
+  the end of the epoch, and ``trainer.epoch`` is incremented.
+
+The parameters agree with sequential training within float tolerance, not bitwise: the
+vmapped convolution is a grouped convolution, which sums in a different order.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.func import functional_call, stack_module_state, vmap
+from torch.nn import functional as F
+
+from .train import Trainer
+
+
+class BatchedTrainer:
+    """K sibling ``Trainer``s trained in lockstep, one vmapped step for all of them."""
+
+    def __init__(self, trainers: list[Trainer]):
+        if not trainers:
+            raise ValueError("BatchedTrainer needs at least one trainer")
+        t0 = trainers[0]
+        self.trainers = list(trainers)
+        self.device = t0.device
+        self.batch_size = t0.cfg.batch_size
+        self.hyper = _sgd_hyper(t0.opt)
+        arch = _arch(t0.model)
+        for t in trainers[1:]:
+            if t.device != self.device or t.cfg.batch_size != self.batch_size:
+                raise ValueError("siblings must share device and batch_size")
+            if _arch(t.model) != arch or len(t.data.y_train) != len(t0.data.y_train):
+                raise ValueError("siblings must share architecture, dropout and dataset")
+            if _sgd_hyper(t.opt) != self.hyper:
+                raise ValueError("siblings must share lr, momentum and weight_decay")
+        # Same data object in the common case; identical contents are the caller's promise.
+        self.x, self.y = t0.data.x_train, t0.data.y_train
+        # A template on the meta device: functional_call only needs the module's code.
+        self.base = _meta_copy(t0.model)
+        self._step = vmap(self._loss, in_dims=(0, 0, 0, 0, 0))
+
+    def _loss(self, params, x, y, m1, m2):
+        return F.cross_entropy(functional_call(self.base, params, (x,), {"masks": (m1, m2)}), y)
+
+    def train_epoch(self) -> list[torch.Tensor]:
+        """One epoch for every sibling; returns each one's mean minibatch loss (0-d tensors)."""
+        ts, bs, dev = self.trainers, self.batch_size, self.device
+        lr, momentum, wd = self.hyper
+        n = len(self.y)
+        perms = torch.stack([torch.randperm(n, generator=t.order_gen) for t in ts]).to(dev)
+        names = [name for name, _ in ts[0].model.named_parameters()]
+        params, _ = stack_module_state([t.model for t in ts])
+        params = {k: params[k].detach().requires_grad_() for k in names}
+        plist = [params[k] for k in names]
+        bufs = self._stack_momentum(names) if momentum != 0 else None
+        self.base.train()
+        for t in ts:
+            t.model.train()
+        total = torch.zeros(len(ts), device=dev)
+        for i in range(0, n, bs):
+            idx = perms[:, i:i + bs]                       # (K, B)
+            b = idx.shape[1]
+            masks = [t.model.dropout_masks(b, dev) for t in ts]
+            m1 = torch.stack([m[0] for m in masks])
+            m2 = torch.stack([m[1] for m in masks])
+            losses = self._step(params, self.x[idx], self.y[idx], m1, m2)  # (K,)
+            # Siblings are independent, so the gradient of the sum is each one's own gradient.
+            grads = torch.autograd.grad(losses.sum(), plist)
+            with torch.no_grad():
+                _sgd(plist, list(grads), bufs, lr, momentum, wd)
+                total += losses.detach() * b
+        self._write_back(names, plist, bufs)
+        return list(total / n)
+
+    # -- state in and out ---------------------------------------------------------------------
+    def _stack_momentum(self, names: list[str]) -> list[torch.Tensor]:
+        """The optimizers' momentum buffers as (K, ...) tensors; zeros before the first step.
+
+        A zero buffer gives exactly SGD's first step (0 * momentum + g == g), so a mix of
+        fresh and resumed siblings trains correctly.
+        """
+        out = []
+        for j in range(len(names)):
+            per = []
+            for t in self.trainers:
+                p = list(t.model.parameters())[j]
+                buf = t.opt.state.get(p, {}).get("momentum_buffer")
+                per.append(torch.zeros_like(p) if buf is None else buf.detach())
+            out.append(torch.stack(per))
+        return out
+
+    @torch.no_grad()
+    def _write_back(self, names: list[str], plist: list[torch.Tensor], bufs: list[torch.Tensor] | None) -> None:
+        for k, t in enumerate(self.trainers):
+            for j, p in enumerate(t.model.parameters()):
+                p.copy_(plist[j][k])
+                if bufs is not None:
+                    buf = torch.empty_like(p)  # keeps the parameter's (channels_last) layout
+                    buf.copy_(bufs[j][k])
+                    t.opt.state[p]["momentum_buffer"] = buf
+            t.epoch += 1
+
+
+def _sgd(params, grads, bufs, lr: float, momentum: float, wd: float) -> None:
+    """torch.optim.SGD's update (dampening 0, no Nesterov) on all stacked tensors at once."""
+    if wd != 0:
+        grads = torch._foreach_add(grads, params, alpha=wd)
+    if bufs is not None:
+        torch._foreach_mul_(bufs, momentum)
+        torch._foreach_add_(bufs, grads)
+        grads = bufs
+    torch._foreach_add_(params, grads, alpha=-lr)
+
+
+def _sgd_hyper(opt: torch.optim.Optimizer) -> tuple[float, float, float]:
+    if not isinstance(opt, torch.optim.SGD) or len(opt.param_groups) != 1:
+        raise ValueError("BatchedTrainer supports a single-group torch.optim.SGD")
+    g = opt.param_groups[0]
+    if g["dampening"] != 0 or g["nesterov"] or g.get("maximize", False):
+        raise ValueError("BatchedTrainer supports SGD without dampening, nesterov or maximize")
+    return float(g["lr"]), float(g["momentum"]), float(g["weight_decay"])
+
+
+def _arch(model: torch.nn.Module) -> tuple:
+    return tuple((n, tuple(p.shape)) for n, p in model.named_parameters()) + (model.p,)
+
+
+def _meta_copy(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    gen, model.dropout_gen = model.dropout_gen, None  # generators do not deepcopy to meta
+    try:
+        base = copy.deepcopy(model)
+    finally:
+        model.dropout_gen = gen
+    return base.to("meta")

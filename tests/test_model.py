@@ -1,0 +1,50 @@
+import numpy as np
+import torch
+
+from weightspace.model import CNN, PAPER_N_PARAMS, Layout, build_model, flat_params, load_flat, n_params
+
+
+def closed_form(c1, c2, h):
+    # conv 5x5 (1->c1), conv 5x5 (c1->c2), fc (c2*7*7 -> h), fc (h -> 10), each with biases
+    return (25 * 1 + 1) * c1 + (25 * c1 + 1) * c2 + (c2 * 49 + 1) * h + (h + 1) * 10
+
+
+def test_paper_sized_parameter_count():
+    n = n_params(CNN(width=1.0))
+    assert n == closed_form(32, 64, 244) == 819_974
+    assert abs(n - PAPER_N_PARAMS) / PAPER_N_PARAMS < 0.01
+
+
+def test_width_scales_channels_and_hidden():
+    assert n_params(CNN(width=0.5)) == closed_form(16, 32, 122)
+    assert n_params(CNN(width=0.125)) == closed_form(4, 8, 30)
+
+
+def test_layout_roundtrip_and_forward():
+    m = build_model(0.25, 0.5, init_seed=3)
+    lay = Layout.of(m)
+    v = flat_params(m)
+    assert lay.size == v.numel() == n_params(m)
+    lay2 = Layout.from_json(lay.to_json())
+    assert lay2 == lay
+    parts = lay.unflatten(v)
+    for name, p in m.named_parameters():
+        assert torch.equal(parts[name], p.detach())
+    m2 = build_model(0.25, 0.5, init_seed=4)
+    load_flat(m2, v.numpy())
+    assert torch.equal(flat_params(m2), v)
+    m.eval()
+    assert m(torch.zeros(5, 1, 28, 28)).shape == (5, 10)
+
+
+def test_eval_has_no_dropout_and_masks_are_scaled():
+    m = build_model(0.125, 0.5, 0)
+    x = torch.randn(8, 1, 28, 28)
+    m.eval()
+    assert torch.equal(m(x), m(x))
+    m.train()
+    m.dropout_gen = torch.Generator().manual_seed(1)
+    m1, m2 = m.dropout_masks(1000, torch.device("cpu"))
+    vals = set(np.unique(m1.numpy()).tolist())
+    assert vals == {0.0, 2.0}
+    assert abs(m1.mean().item() - 1.0) < 0.05
