@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shlex
 import sys
 import tempfile
 import time
@@ -62,11 +63,23 @@ def log_params_and_tags(client: MlflowClient, run_id: str, cfg: TrainConfig, ext
 
 
 def _same_value(name: str, a: str, b: str) -> bool:
+    # `mlflow run` logs an empty default as the shell-quoted string ''.
+    a, b = _unquote(a), _unquote(b)
+    if a == b:
+        return True
     spec = SPECS.get(name)
     try:
         return spec is not None and parse_value(name, a, spec) == parse_value(name, b, spec)
     except ParamError:
         return False
+
+
+def _unquote(v: str) -> str:
+    try:
+        parts = shlex.split(v)
+    except ValueError:
+        return v
+    return parts[0] if len(parts) == 1 else ("" if not parts else v)
 
 
 # -- checkpoints -------------------------------------------------------------------------------
