@@ -1,0 +1,130 @@
+"""The CNN as a function of a flat parameter vector θ (float32, P), for the probes.
+
+Everything here is functional (torch.func.functional_call), so one module instance
+serves any number of θ and vmap can batch over θ. Always eval mode: the probes
+measure the deterministic network, not a dropout sample of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.func import functional_call, vmap
+from torch.nn import functional as F
+
+from weightspace.model import CNN, Layout
+
+LossFn = Callable[[torch.Tensor], torch.Tensor]
+
+# Samples per forward call, and θ per vmap call. On the CPU, vmap over conv weights
+# becomes a grouped convolution that measured ~2x slower than a plain loop, hence 1.
+AUTO_BATCH = {"cuda": 4096, "cpu": 1024}
+AUTO_THETA_CHUNK = {"cuda": 8, "cpu": 1}
+
+
+class FlatModel:
+    def __init__(self, width: float, dropout: float, device: str | torch.device = "cpu",
+                 batch_size: int = 0, theta_chunk: int = 0):
+        self.device = torch.device(device)
+        self.module = CNN(width=width, dropout=dropout).to(self.device).eval()
+        self.layout = Layout.of(self.module)
+        kind = "cuda" if self.device.type == "cuda" else "cpu"
+        self.batch_size = batch_size or AUTO_BATCH[kind]
+        self.theta_chunk = theta_chunk or AUTO_THETA_CHUNK[kind]
+
+    @property
+    def P(self) -> int:
+        return self.layout.size
+
+    def theta(self, vec) -> torch.Tensor:
+        """A snapshot (numpy or tensor) as a float32 tensor on the model's device."""
+        t = torch.as_tensor(np.asarray(vec) if not isinstance(vec, torch.Tensor) else vec)
+        if t.shape != (self.P,):
+            raise ValueError(f"parameter vector has shape {tuple(t.shape)}, model expects ({self.P},)")
+        return t.to(self.device, torch.float32)
+
+    def logits(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.module, self.layout.unflatten(theta), (x,))
+
+    def batches(self, n: int) -> Iterator[slice]:
+        for s in range(0, n, self.batch_size):
+            yield slice(s, min(n, s + self.batch_size))
+
+    # -- evaluation (no grad) -------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """(mean cross-entropy, error rate) of one θ on (x, y)."""
+        loss, err = self.evaluate_many(theta[None], x, y)
+        return float(loss[0]), float(err[0])
+
+    @torch.no_grad()
+    def evaluate_many(self, thetas: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                      use_vmap: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(K,) mean losses and error rates for K parameter vectors (K, P).
+
+        θ are evaluated ``theta_chunk`` at a time with vmap, and the data in batches
+        so that one call holds at most theta_chunk × batch_size activations.
+        """
+        thetas = thetas.to(self.device, torch.float32)
+        K, n = thetas.shape[0], len(y)
+        chunk = self.theta_chunk if use_vmap is not False else 1
+        if use_vmap is True:
+            chunk = max(chunk, 2)
+        bs = max(1, self.batch_size // chunk)
+        loss = torch.zeros(K, dtype=torch.float64, device=self.device)
+        wrong = torch.zeros(K, dtype=torch.float64, device=self.device)
+
+        def sums(th, xb, yb):
+            out = self.logits(th, xb)
+            return F.cross_entropy(out, yb, reduction="sum"), (out.argmax(1) != yb).sum()
+
+        batched = vmap(sums, in_dims=(0, None, None))
+        for k in range(0, K, chunk):
+            th = thetas[k:k + chunk]
+            for s in range(0, n, bs):
+                xb, yb = x[s:s + bs].to(self.device), y[s:s + bs].to(self.device)
+                if len(th) == 1:
+                    l, w = sums(th[0], xb, yb)
+                    l, w = l[None], w[None]
+                else:
+                    l, w = batched(th, xb, yb)
+                loss[k:k + len(th)] += l.double()
+                wrong[k:k + len(th)] += w.double()
+        return (loss / n).cpu().numpy(), (wrong / n).cpu().numpy()
+
+    @torch.no_grad()
+    def predict(self, theta: torch.Tensor, x: torch.Tensor) -> np.ndarray:
+        """Argmax class of every sample, (N,) int64."""
+        return torch.cat([self.logits(theta, x[s].to(self.device)).argmax(1)
+                          for s in self.batches(len(x))]).cpu().numpy()
+
+    # -- differentiable objective, as pieces --------------------------------------
+    def loss_pieces(self, x: torch.Tensor, y: torch.Tensor) -> list[LossFn]:
+        """Closures whose sum is the mean cross-entropy over (x, y).
+
+        One per data batch, so a gradient or Hessian-vector product is a sum of
+        per-batch ones and memory stays bounded by the batch, not the data set.
+        """
+        n = len(y)
+        # Backward holds ~3x the activations of a no-grad forward; keep the batch smaller.
+        bs = max(1, self.batch_size // 4)
+
+        def piece(xb, yb):
+            return lambda th: F.cross_entropy(self.logits(th, xb), yb, reduction="sum") / n
+
+        return [piece(x[s:s + bs].to(self.device), y[s:s + bs].to(self.device)) for s in range(0, n, bs)]
+
+
+def weight_decay_piece(wd: float) -> LossFn:
+    """PyTorch SGD's weight_decay=wd adds wd·θ to the gradient: objective term wd/2·‖θ‖²."""
+    return lambda th: 0.5 * wd * th.dot(th)
+
+
+def subset(x: torch.Tensor, y: torch.Tensor, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed seeded subset of n samples (all when n is 0 or too large), in original order."""
+    if not n or n >= len(y):
+        return x, y
+    idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return x[idx], y[idx]

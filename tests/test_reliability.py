@@ -1,0 +1,172 @@
+"""Issue 5: exact resume after SIGKILL, parallel siblings, faults, bad input, nothing lost."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, SERVER_URI, TINY
+from weightspace.runs import TrajectoryError, load_trajectory, trajectory
+
+pytestmark = pytest.mark.e2e
+# ~0.3 s per epoch here: slow enough to be killed mid-run, fast enough for CI.
+SLOW = {**TINY, "train_subset": "1400", "width": "0.25", "epochs": "8", "snapshot_every": "1", "batch_size": "32"}
+METRICS = ("train_loss", "test_loss", "weight_norm", "distance_from_init", "step_length", "epoch_seconds")
+
+
+def wait_for_steps(store, n: int, timeout: float = 240) -> str:
+    """Poll the store until the single RUNNING run has metrics for n epochs; return its id."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = store.runs(status="RUNNING")
+        if runs:
+            rid = runs[0].info.run_id
+            if len(store.client().get_metric_history(rid, "train_loss")) >= n:
+                return rid
+        time.sleep(0.2)
+    raise AssertionError("run did not reach the kill point")
+
+
+def history(client, rid, name):
+    return [(m.step, m.value) for m in sorted(client.get_metric_history(rid, name), key=lambda m: m.step)]
+
+
+def test_sigkill_then_resume_is_bitwise_identical(any_store):
+    s = any_store
+    proc = s.mlflow_run("single", SLOW, popen=True)
+    rid = wait_for_steps(s, 4)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert s.client().get_run(rid).info.status == "RUNNING"  # killed: nobody closed it
+    p = s.mlflow_run("single", SLOW, run_id=rid)
+    assert "resuming run" in p.stderr
+    # reference: the same configuration, uninterrupted
+    s.mlflow_run("single", SLOW)
+    ref = [r for r in s.runs(status="FINISHED") if r.info.run_id != rid][0].info.run_id
+    c = s.client()
+    assert c.get_run(rid).info.status == "FINISHED"
+    Xa, ea = load_trajectory(rid, c)
+    Xb, eb = load_trajectory(ref, c)
+    assert ea.tolist() == eb.tolist() == list(range(9))
+    assert np.array_equal(Xa, Xb)  # bitwise
+    for m in METRICS:
+        ha, hb = history(c, rid, m), history(c, ref, m)
+        assert [st for st, _ in ha] == [st for st, _ in hb]  # no epoch duplicated or missing
+        if m != "epoch_seconds":
+            assert [v for _, v in ha] == [v for _, v in hb]
+
+
+def test_resume_with_different_parameters_is_refused(store):
+    proc = store.mlflow_run("single", SLOW, popen=True)
+    rid = wait_for_steps(store, 2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # Through the entry point directly (mlflow run itself refuses changed -P values too).
+    env = {**store.env, "MLFLOW_RUN_ID": rid}
+    args = [f"--{k}={v}" for k, v in {**SLOW, "lr": "0.1"}.items()]
+    p = subprocess.run([sys.executable, "-m", "entrypoints.single", *args], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2
+    assert "refusing to resume" in p.stderr and "lr=" in p.stderr and "Traceback" not in p.stderr
+    p2 = store.mlflow_run("single", {**SLOW, "lr": "0.1"}, run_id=rid, check=False)
+    assert p2.returncode != 0 and "lr" in p2.stderr
+
+
+def test_five_parallel_same_init_runs(any_store):
+    s = any_store
+    params = {**TINY, "snapshot_every": "1"}
+    procs = [s.mlflow_run("same_init", {**params, "shuffle_seed": i}, popen=True) for i in range(5)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-1500:] for o in outs]
+    runs = s.runs(status="FINISHED")
+    assert len(runs) == 5 and len({r.data.tags["weightspace.group"] for r in runs}) == 1
+    c = s.client()
+    for r in runs:
+        for m in METRICS:
+            want = [1, 2, 3] if m in ("step_length", "epoch_seconds") else [0, 1, 2, 3]
+            assert [st for st, _ in history(c, r.info.run_id, m)] == want
+        X, e = load_trajectory(r.info.run_id, c)
+        assert e.tolist() == [0, 1, 2, 3]
+
+
+def test_launcher_initialises_a_fresh_sqlite_store(tmp_path):
+    """Parallel launches on a store that does not exist yet: the launcher creates the schema first."""
+    db = tmp_path / "fresh.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    extra = [x for k, v in {**TINY, "epochs": "2"}.items() for x in ("-P", f"{k}={v}")]
+    p = subprocess.run([sys.executable, "-m", "weightspace.store", "launch", "same_init", "shuffle_seed=0,1,2,3,4",
+                        "--", *extra], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    from mlflow.tracking import MlflowClient
+
+    runs = MlflowClient(f"sqlite:///{db}").search_runs(["0"])
+    assert len(runs) == 5 and all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_two_clones_started_together_share_one_pretraining_run(store):
+    params = {**TINY, "epochs": "4", "pretrain_epochs": "2", "train_subset": "1000"}
+    procs = [store.mlflow_run("clone", {**params, "shuffle_seed": i}, popen=True) for i in (1, 2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-1500:] for o in outs]
+    pre = store.runs("tags.`weightspace.experiment` = 'pretrain'")
+    assert len(pre) == 1 and pre[0].info.status == "FINISHED"  # losers deleted their candidate
+    clones = store.runs("tags.`weightspace.experiment` = 'clone'")
+    assert {r.data.tags["weightspace.pretrain_run_id"] for r in clones} == {pre[0].info.run_id}
+    assert sum("waiting for pretraining run" in o[1] for o in outs) <= 1
+
+
+def _artifact_file(client, run_id: str, rel: str) -> Path:
+    uri = client.get_run(run_id).info.artifact_uri
+    assert uri.startswith(("file://", "/")), uri
+    return Path(uri.replace("file://", "")) / rel
+
+
+def test_corrupted_snapshot_is_reported_with_run_and_file(store):
+    store.mlflow_run("single", {**TINY, "snapshot_every": "1"})
+    [run] = store.runs()
+    rid = run.info.run_id
+    f = _artifact_file(store.client(), rid, "trajectory/epoch_0002.npy")
+    f.write_bytes(f.read_bytes()[:-100])  # truncate it in the artifact store
+    with pytest.raises(TrajectoryError, match=rf"run {rid}: snapshot trajectory/epoch_0002.npy is corrupted"):
+        trajectory(rid, store.client(), store.workdir / "fresh-cache")
+    # and through the analysis entry point: one line, non-zero exit, analysis run FAILED
+    p = store.mlflow_run("analysis", {"run_ids": rid, "cache_dir": str(store.workdir / "c2")}, check=False)
+    assert p.returncode != 0
+    assert re.search(rf"weightspace: error: run {rid}: snapshot trajectory/epoch_0002.npy", p.stderr)
+    ana = store.runs("tags.`weightspace.experiment` = 'analysis'") or \
+        [r for r in store.runs() if r.info.run_id != rid]
+    assert ana and ana[0].info.status == "FAILED"
+
+
+@pytest.mark.server
+@pytest.mark.skipif(not SERVER_URI, reason="needs the tracking server (WEIGHTSPACE_TEST_SERVER_URI)")
+def test_server_outage_of_30s_loses_nothing(any_store):
+    s = any_store
+    if s.uri != SERVER_URI:
+        pytest.skip("outage is a server test")
+    state = Path(os.environ.get("WEIGHTSPACE_SERVER_DIR", REPO / ".weightspace" / "server"))
+    params = {**SLOW, "epochs": "40"}
+    proc = s.mlflow_run("single", params, popen=True)
+    rid = wait_for_steps(s, 3)
+    pid = int((state / "run" / "mlflow.pid").read_text())
+    os.killpg(pid, signal.SIGKILL)
+    time.sleep(30)
+    subprocess.run(["bash", str(REPO / "scripts" / "server.sh"), "start"], check=True, capture_output=True)
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-2000:]
+    c = s.client()
+    assert c.get_run(rid).info.status == "FINISHED"
+    for m in METRICS:
+        steps = [st for st, _ in history(c, rid, m)]
+        assert steps == (list(range(1, 41)) if m in ("step_length", "epoch_seconds") else list(range(41)))
+    X, e = load_trajectory(rid, c)
+    assert e.tolist() == list(range(41))
