@@ -31,9 +31,10 @@ class AnalysisOptions:
     cache_dir: str = ""
     probes: int = 1
     interp_points: int = 25
-    probe_subset: int = 10000
+    probe_subset: int = 2000
     hessian_epochs: str = "0,10,50,100,200"
     hessian_iters: int = 20
+    hessian_runs: int = 1
     surface_grid: int = 31
     device: str = "auto"
 
@@ -46,6 +47,7 @@ OPTION_SPECS = {
     "hessian_epochs": Spec(str, "comma-separated epochs such as 0,10,50, or empty (off)",
                            lambda v: all(p.strip().isdigit() for p in v.split(",")) if v.strip() else True),
     "hessian_iters": Spec(int, "an integer from 1 to 1000", lambda v: 1 <= v <= 1000),
+    "hessian_runs": Spec(int, "an integer >= 0 (0 = every run)", lambda v: 0 <= v <= 1000),
     "surface_grid": Spec(int, "0 (off) or an integer from 3 to 201", lambda v: v == 0 or 3 <= v <= 201),
     "device": Spec(str, "auto, cpu, cuda or cuda:N",
                    lambda v: v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit())),
@@ -147,15 +149,18 @@ def analyse_runs(client: MlflowClient, run_id: str, runs: list, opts: AnalysisOp
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        extra_claims, extra_metrics = [], {}
+        extra_claims, extra_metrics, series = [], {}, {}
         if opts.probes:
-            probe = run_probes(trajs, out, opts, progress)
+            probe = run_probes(trajs, out / "figures", opts, progress)
             if probe is not None:
-                extra_claims, extra_metrics = probe.claims, probe.metrics
+                extra_claims, extra_metrics, series = probe.claims, probe.metrics, probe.series
         res = analyse_family(trajs, family, out, pretrain=pretrain, extra_claims=extra_claims,
                              extra_metrics=extra_metrics, progress=progress)
         metrics = {k: float(v) for k, v in res.metrics.items() if np.isfinite(v)}
         batch = [Metric(k, v, 0, 0) for k, v in metrics.items()]
+        # per-epoch probe values (gradient norms, ...) keep their epochs as steps
+        batch += [Metric(k, float(v), 0, int(e)) for k, (es, vs) in series.items()
+                  for e, v in zip(es, vs) if np.isfinite(v)]
         for i in range(0, len(batch), 900):  # log_batch takes at most 1000 metrics
             T.retry(lambda b=batch[i:i + 900]: client.log_batch(run_id, metrics=b), "analysis metrics")
         T.retry(lambda: client.log_artifacts(run_id, str(out)), "analysis artifacts")
@@ -179,7 +184,7 @@ def run_probes(trajs, out: Path, opts: AnalysisOptions, progress: bool):
         return None
     po = ProbeOptions(interp_points=opts.interp_points, probe_subset=opts.probe_subset,
                       hessian_epochs=opts.hessian_epochs, hessian_iters=opts.hessian_iters,
-                      surface_grid=opts.surface_grid)
+                      hessian_runs=opts.hessian_runs, surface_grid=opts.surface_grid)
     return probes(trajs, out, width=width, dropout=dropout, weight_decay=wd, data=data, options=po,
                   device=str(resolve_device(opts.device)), progress=progress)
 

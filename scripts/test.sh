@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test suite, as the README and CI run it: set up .venv, start the PostgreSQL-backed
+# tracking server (the end-to-end tests run against it and against sqlite), run pytest,
+# stop the server. Extra arguments go to pytest, e.g. scripts/test.sh -k resume -x
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh
+bash scripts/install_server_deps.sh
+bash scripts/server.sh start
+trap 'bash scripts/server.sh stop' EXIT
+export WEIGHTSPACE_TEST_SERVER_URI="$(bash scripts/server.sh uri)"
+.venv/bin/python -m pytest "$@"
