@@ -1,0 +1,145 @@
+"""analyse_family end to end on small synthetic sibling runs: files, metrics and the claims report."""
+
+import json
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import pdist
+from sklearn.decomposition import PCA
+
+from analysis.claims import Claim
+from analysis.nullmodel import null_evr
+from analysis.pipeline import analyse_family
+from analysis.trajectory import Trajectory
+
+P = 2000
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _metrics(rng, last):
+    ep = np.arange(0, last + 1)
+    loss = np.exp(-ep / 8.0) + 5e-5
+    return {"train_loss": (ep, loss), "test_loss": (ep, loss + 0.03),
+            "train_accuracy": (ep, 1 - loss), "test_accuracy": (ep, 0.98 - loss),
+            "step_length": (ep[1:], 0.5 + 0.1 * rng.random(last))}
+
+
+def _family(tmp, kind, n, epochs, seed=0, start=None, experiment=None):
+    rng = np.random.default_rng(seed)
+    trajs, arrays = [], []
+    for r in range(n):
+        s = start if start is not None else rng.standard_normal(P) * 2
+        drift = rng.standard_normal(P) * 0.3
+        steps = rng.standard_normal((len(epochs), P)) * 0.05
+        steps[0] = 0
+        X = (s + np.cumsum(steps, axis=0) + np.linspace(0, 1, len(epochs))[:, None] * drift).astype(np.float32)
+        name = f"{kind}-seed{r}"
+        trajs.append(Trajectory.from_arrays(X, epochs, tmp / name, name=name, run_id=f"id{kind}{r}",
+                                            experiment=experiment or kind, init_seed=0 if start is not None else r,
+                                            shuffle_seed=r, metrics=_metrics(rng, int(epochs[-1]))))
+        arrays.append(X.astype(np.float64))
+    return trajs, arrays
+
+
+BASE_KEYS = ["pca_evr_top2", "pca_evr_top10", "pca_uncentred_evr_top2", "pca_uncentred_evr_top10",
+             "null_evr_top2", "null_evr_top10", "null_uncentred_evr_top2", "null_uncentred_evr_top10",
+             "final_origin_dist_mean", "final_origin_dist_std", "final_origin_dist_cv"]
+PAIR_KEYS = ["final_pairwise_dist_mean", "final_pairwise_dist_std", "final_pairwise_dist_cv"]
+
+
+def _check_common(res, out, n, arrays, figures):
+    for k in BASE_KEYS + (PAIR_KEYS if n > 1 else []):
+        assert k in res.metrics, k
+    for r in range(n):
+        for k in ("pca_evr_top2_run", "pca_evr_top10_run", "path_length_run", "displacement_run"):
+            assert f"{k}{r}" in res.metrics
+    assert all(c.isalnum() or c in "_-./" for k in res.metrics for c in k)
+    # the joint metric is sklearn's, on the stacked snapshots
+    X = np.vstack(arrays)
+    sk = PCA(svd_solver="full").fit(X)
+    assert res.metrics["pca_evr_top2"] == pytest.approx(sk.explained_variance_ratio_[:2].sum(), rel=1e-6)
+    assert res.metrics["pca_evr_top10"] == pytest.approx(sk.explained_variance_ratio_[:10].sum(), rel=1e-6)
+    F = np.stack([A[-1] for A in arrays])
+    assert res.metrics["final_origin_dist_mean"] == pytest.approx(np.linalg.norm(F, axis=1).mean(), rel=1e-9)
+    if n > 1:
+        d = pdist(F)
+        assert res.metrics["final_pairwise_dist_mean"] == pytest.approx(d.mean(), rel=1e-9)
+        assert res.metrics["final_pairwise_dist_cv"] == pytest.approx(d.std() / d.mean(), rel=1e-6)
+    else:
+        assert "final_pairwise_dist_mean" not in res.metrics
+    # files
+    names = sorted(p.name for p in res.figures)
+    assert names == sorted(figures)
+    for p in res.figures:
+        assert p.parent == out / "figures" and p.stat().st_size > 1000 and p.read_bytes()[:8] == PNG
+    spec = json.loads((out / "pca_spectrum.json").read_text())
+    assert spec["joint"]["centred"]["ratio"][0] == pytest.approx(sk.explained_variance_ratio_[0], rel=1e-6)
+    dist = json.loads((out / "distances.json").read_text())
+    assert len(dist["final"]["dist"]) == n
+    md = (out / "report.md").read_text()
+    assert md == res.report_md
+    for c in res.claims:
+        assert c.claim in md and c.claim[:20] in res.report_text
+    return md
+
+
+def test_single_run(tmp_path):
+    trajs, arrays = _family(tmp_path, "single", 1, np.arange(0, 121, 4))
+    res = analyse_family(trajs, "single", tmp_path / "out", progress=False)
+    _check_common(res, tmp_path / "out", 1, arrays,
+                  ["pca_paths.png", "fig3a_distance_from_origin.png", "scree.png", "loss_curves.png",
+                   "step_length.png"])
+    # for one run the null is the closed form at its epochs
+    assert res.metrics["null_evr_top2"] == pytest.approx(null_evr(np.arange(0, 121, 4))[:2].sum(), rel=1e-9)
+    texts = " ".join(c.claim for c in res.claims)
+    assert "top-2" in texts and "top-10" in texts and "1e-4" in texts and "straight" in texts
+    # the low-loss claim reads train_loss at epoch 100
+    low = next(c for c in res.claims if "1e-4" in c.claim)
+    assert f"{np.exp(-100 / 8) + 5e-5:.2e}" in low.measured
+
+
+def test_different_init_with_extras(tmp_path):
+    trajs, arrays = _family(tmp_path, "different_init", 5, np.arange(0, 101, 10))
+    extra = Claim("flat minima (probe)", "-", "0.1", "-", "made up for the test")
+    res = analyse_family(trajs, "different_init", tmp_path / "out", extra_claims=[extra],
+                         extra_metrics={"probe_metric": 1.5}, progress=False)
+    md = _check_common(res, tmp_path / "out", 5, arrays,
+                       ["fig1_pca_different_init.png", "fig3a_distance_from_origin.png", "scree.png",
+                        "loss_curves.png", "step_length.png", "pairwise_distance_heatmap.png",
+                        "pairwise_distance_over_epochs.png"])
+    assert "flat minima (probe)" in md and res.metrics["probe_metric"] == 1.5
+    assert any("equidistant from each other" in c.claim for c in res.claims)
+    assert any("equidistant from the origin" in c.claim for c in res.claims)
+    sk1 = PCA(svd_solver="full").fit(arrays[3])
+    assert res.metrics["pca_evr_top2_run3"] == pytest.approx(sk1.explained_variance_ratio_[:2].sum(), rel=1e-6)
+
+
+def test_clone_with_pretrain_stem(tmp_path):
+    rng = np.random.default_rng(9)
+    stem_X = np.cumsum(rng.standard_normal((11, P)) * 0.05, axis=0).astype(np.float32)
+    pre = Trajectory.from_arrays(stem_X, np.arange(11), tmp_path / "pre", name="pretrain", experiment="pretrain")
+    trajs, arrays = _family(tmp_path, "clone", 3, np.arange(10, 61, 10), start=stem_X[-1])
+    res = analyse_family(trajs, "clone", tmp_path / "out", pretrain=pre, progress=False)
+    _check_common(res, tmp_path / "out", 3, arrays,
+                  ["fig3b_pca_clones.png", "fig3c_clone_divergence.png", "fig3a_distance_from_origin.png",
+                   "scree.png", "loss_curves.png", "step_length.png", "pairwise_distance_heatmap.png"])
+    div = next(c for c in res.claims if "diverge" in c.claim)
+    assert div.verdict.startswith("reproduced")          # clones start at one point and drift apart
+    assert res.metrics["pairwise_dist_first_common"] == 0.0
+
+
+def test_mixed_epochs_and_bad_input(tmp_path):
+    a, xa = _family(tmp_path / "a", "same_init", 1, np.arange(0, 41, 10), seed=1)
+    b, xb = _family(tmp_path / "b", "same_init", 1, np.arange(0, 31, 5), seed=2)
+    b[0].name = "other"
+    res = analyse_family(a + b, "mixed", tmp_path / "out", progress=False)
+    _check_common(res, tmp_path / "out", 2, xa + xb,
+                  ["pca_paths.png", "fig3a_distance_from_origin.png", "scree.png", "loss_curves.png",
+                   "step_length.png", "pairwise_distance_heatmap.png", "pairwise_distance_over_epochs.png"])
+    dist = json.loads((tmp_path / "out" / "distances.json").read_text())
+    assert dist["over_epochs"]["epochs"] == [0, 10, 20, 30]
+    with pytest.raises(ValueError, match="family"):
+        analyse_family(a, "bogus", tmp_path / "x", progress=False)
+    small = Trajectory.from_arrays(np.zeros((2, 10)), [0, 1], tmp_path / "small", name="tiny")
+    with pytest.raises(ValueError, match="tiny"):
+        analyse_family(a + [small], "mixed", tmp_path / "y", progress=False)
