@@ -130,8 +130,8 @@ def analyse_runs(client: MlflowClient, run_id: str, runs: list, opts: AnalysisOp
     tags = {T.TAG_EXPERIMENT: "analysis", T.TAG_SOURCES: ",".join(ids)[:5000], "weightspace.family": family,
             "mlflow.runName": f"analysis-{label}"}
     groups = {r.data.tags.get(T.TAG_GROUP, "") for r in runs}
-    if len(groups) == 1:
-        tags[T.TAG_GROUP] = groups.pop()
+    if len(groups) == 1:  # not weightspace.group: the analysis must not become a sibling
+        tags["weightspace.analysed_group"] = groups.pop()
     T.retry(lambda: client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()]), "analysis tags")
     # The note shows in the MLflow UI beside the run: the runs it read, as links.
     note = "Analysis of runs:\n" + "\n".join(f"- {r.info.run_name}: `{r.info.run_id}`" for r in runs)

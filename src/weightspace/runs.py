@@ -65,8 +65,9 @@ def find_runs(filter_string: str, client: MlflowClient | None = None, experiment
 
 def find_siblings(group: str, client: MlflowClient | None = None, experiment_ids: list[str] | None = None,
                   warn: bool = True) -> list[Run]:
-    """The FINISHED runs tagged ``weightspace.group = group``, ordered by seed."""
-    return find_runs(f"tags.`{T.TAG_GROUP}` = '{group}'", client, experiment_ids, warn)
+    """The FINISHED training runs tagged ``weightspace.group = group``, ordered by seed."""
+    runs = find_runs(f"tags.`{T.TAG_GROUP}` = '{group}'", client, experiment_ids, warn)
+    return [r for r in runs if r.data.tags.get(T.TAG_EXPERIMENT) not in ("analysis", "paper", "tune")]
 
 
 def _download(client: MlflowClient, run_id: str, path: str, dst: Path) -> Path:

@@ -1,0 +1,177 @@
+"""The tune entry point end to end through `mlflow run`, on tiny data (digits, 200 samples, width 1/8).
+
+One tracking store for the module (creating an MLflow sqlite schema costs seconds); each test
+uses its own study name, so the tests stay independent.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from weightspace.config import ParamError
+from weightspace.tune import best_params_from_run, default_storage, parse_tune
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TINY = {"dataset": "digits", "train_subset": "200", "width": "0.125", "epochs": "2"}
+SEARCHED = ("lr", "momentum", "batch_size", "weight_decay", "dropout")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tune")
+    uri = f"sqlite:///{d / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "WEIGHTSPACE_TUNE_HEARTBEAT": "2", "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_RUN_ID", None)
+    env.pop("MLFLOW_EXPERIMENT_ID", None)
+    env.pop("MLFLOW_EXPERIMENT_NAME", None)
+    return {"dir": d, "uri": uri, "env": env, "client": MlflowClient(tracking_uri=uri),
+            "optuna": f"sqlite:///{d / 'optuna.db'}"}
+
+
+def mlflow_run(store, params: dict, popen: bool = False):
+    cmd = [str(BIN / "mlflow"), "run", ".", "--env-manager", "local", "-e", "tune"]
+    for k, v in params.items():
+        cmd += ["-P", f"{k}={v}"]
+    if popen:  # own session, so the test can SIGKILL mlflow and its python child together
+        return subprocess.Popen(cmd, cwd=ROOT, env=store["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+    return subprocess.run(cmd, cwd=ROOT, env=store["env"], capture_output=True, text=True, timeout=300)
+
+
+def study_runs(client, study: str):
+    runs = client.search_runs(["0"], f"tags.`weightspace.study` = '{study}'", max_results=500)
+    parents = [r for r in runs if r.data.tags.get("weightspace.experiment") == "tune"]
+    trials = [r for r in runs if r.data.tags.get("weightspace.experiment") == "tune_trial"]
+    return parents, trials
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def test_two_workers_share_one_study(store):
+    """Two concurrent workers on the default storage (sqlite next to mlflow.db) run 4 trials, none twice."""
+    params = {**TINY, "n_trials": 4, "study_name": "two-workers"}
+    procs = [mlflow_run(store, params, popen=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+    assert (store["dir"] / "optuna.db").exists()  # the default storage sits next to the tracking store
+    study = optuna.load_study(study_name="two-workers", storage=store["optuna"])
+    assert finished_count(study) == 4
+    # A trial both workers start as the last one is failed at once by the later ("surplus"), never trained.
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+
+    client = store["client"]
+    parents, trials = study_runs(client, "two-workers")
+    assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
+    numbers = sorted(int(t.data.tags["optuna.trial_number"]) for t in trials)
+    assert numbers == [0, 1, 2, 3]
+    parent_ids = {p.info.run_id for p in parents}
+    for t in trials:
+        assert t.data.tags["mlflow.parentRunId"] in parent_ids
+        assert t.data.tags["optuna.state"] in ("COMPLETE", "PRUNED")
+        assert t.info.status == ("FINISHED" if t.data.tags["optuna.state"] == "COMPLETE" else "KILLED")
+        assert set(SEARCHED) <= set(t.data.params)
+        hist = client.get_metric_history(t.info.run_id, "train_loss")
+        assert [m.step for m in hist][:1] == [1]  # per-epoch metrics, step = epoch
+        assert {"test_loss", "train_accuracy", "epoch_seconds"} <= set(t.data.metrics)
+    # Every worker used both (its own and the other's trials pick no duplicate configuration).
+    assert len({tuple(t.data.params[k] for k in SEARCHED) for t in trials}) == 4
+
+    for p in parents:
+        best = {k[len("best_"):]: v for k, v in p.data.params.items() if k.startswith("best_")}
+        assert set(SEARCHED) <= set(best)
+        assert int(best["trial"]) == study.best_trial.number
+        assert p.data.metrics["best_value"] == pytest.approx(study.best_value)
+        arts = {a.path for a in client.list_artifacts(p.info.run_id, "figures")}
+        assert arts == {"figures/optimization_history.png", "figures/param_importances.png"}
+        assert "best_params.json" in {a.path for a in client.list_artifacts(p.info.run_id)}
+    out = outs[0]
+    assert "-P lr=" in out and "-P dropout=" in out
+
+    # best_params_from_run: the best trial's params as raw strings, and clear errors otherwise.
+    got = best_params_from_run(client, parents[0].info.run_id)
+    assert set(got) == set(SEARCHED)
+    assert float(got["lr"]) == study.best_params["lr"] and int(got["batch_size"]) == study.best_params["batch_size"]
+    with pytest.raises(ParamError, match="TUNE_RUN_ID.*not a tune run"):
+        best_params_from_run(client, trials[0].info.run_id)
+    with pytest.raises(ParamError, match="TUNE_RUN_ID.*no run"):
+        best_params_from_run(client, "0" * 32)
+
+
+def test_killed_study_resumes(store):
+    """SIGKILL a worker mid-trial; relaunching the same command finishes the study."""
+    params = {**TINY, "epochs": 3, "n_trials": 4, "study_name": "killed"}
+    proc = mlflow_run(store, params, popen=True)
+    killed_trial = None
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and killed_trial is None:
+            time.sleep(0.1)
+            try:
+                study = optuna.load_study(study_name="killed", storage=store["optuna"])
+            except KeyError:
+                continue
+            trials = study.get_trials()
+            running = [t for t in trials if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs]
+            if running and any(t.state == TrialState.COMPLETE for t in trials):
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed_trial = running[0]
+    finally:
+        if proc.poll() is None and killed_trial is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert killed_trial is not None, "the worker never had a trial RUNNING after a COMPLETE one"
+
+    res = mlflow_run(store, params)
+    assert res.returncode == 0, res.stderr[-3000:]
+    study = optuna.load_study(study_name="killed", storage=store["optuna"])
+    assert finished_count(study) == 4
+    assert study.trials[killed_trial.number].state == TrialState.FAIL  # failed by the heartbeat
+    run = store["client"].get_run(killed_trial.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["optuna.state"] == "FAIL"
+
+
+def test_bad_input_one_line(store):
+    res = mlflow_run(store, {**TINY, "n_trials": 0})
+    assert res.returncode != 0
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("weightspace: error:")]
+    assert lines == ["weightspace: error: parameter 'n_trials': expected an integer from 1 to 10000, got '0'"]
+    assert "Traceback" not in res.stderr
+    failed = store["client"].search_runs(["0"], "tags.`weightspace.error` LIKE '%n_trials%'")
+    assert failed and failed[0].info.status == "FAILED"
+
+    # The entry point itself, without mlflow run's start-up cost.
+    res = subprocess.run([sys.executable, "-m", "entrypoints.tune", "--objective", "foo"], cwd=ROOT,
+                         env=store["env"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "weightspace: error: parameter 'objective': expected one of epochs_to_loss, test_loss, got 'foo'"]
+
+
+def test_defaults_resume_the_same_study(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert default_storage("sqlite:////data/x/mlflow.db") == "sqlite:////data/x/optuna.db"
+    assert default_storage("http://host:5000") == f"sqlite:///{tmp_path / 'optuna.db'}"
+    name = lambda **kw: parse_tune({**TINY, **kw})[0]["study_name"]  # noqa: E731
+    # What only says how long or how to search keeps the study; what changes the problem starts a new one.
+    assert name() == name(n_trials="50", sampler_seed="3", device="cpu", lr="0.5")
+    assert name() != name(width="0.25") != name(objective="test_loss")
+    assert name(objective="test_loss") == name(objective="test_loss", target_loss="0.1")
+    with pytest.raises(ParamError, match="parameter 'storage'"):
+        parse_tune({"storage": "not a url"})
