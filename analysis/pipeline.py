@@ -116,7 +116,13 @@ def analyse_family(trajs: Sequence[Trajectory], family: str, out_dir: Path, *, p
         m["final_pairwise_dist_by_path_mean"] = float(np.nanmean(upper_values(dist_by_path)))
         m["final_pairwise_dist_by_norm_mean"] = float(np.nanmean(upper_values(dist_by_norm)))
         m["final_cosine_mean"] = float(upper_values(fd.cosine).mean())
+    # The paper's "by epoch 100" is the midpoint of its 200 epochs; shorter runs use their midpoint.
+    last = max(int(t.epochs[-1]) for t in trajs)
+    mid = 100 if last >= 200 else max(1, last // 2)
+    m["claims_midpoint_epoch"] = mid
     for r, g in enumerate(geoms):
+        m[f"train_loss_midpoint_run{r}"] = R.value_at(trajs[r], "train_loss", mid)[0]
+        m[f"step_ratio_after_before_midpoint_run{r}"] = R.step_ratio(trajs[r], mid)
         m[f"path_length_run{r}"] = g.total_path
         m[f"displacement_run{r}"] = g.displacement
         m[f"path_ratio_run{r}"] = g.path_ratio
@@ -179,7 +185,7 @@ def analyse_family(trajs: Sequence[Trajectory], family: str, out_dir: Path, *, p
     if family in ("same_init", "clone") and pw is not None:
         what = "same-init runs (different data order)" if family == "same_init" else "clones of one pretrained model"
         claims.append(R.claim_divergence(pw.epochs, pw.mean_pairwise(), what))
-    claims += [R.claim_low_loss(trajs), R.claim_still_moving(trajs), R.claim_path_vs_displacement(geoms)]
+    claims += [R.claim_low_loss(trajs, mid), R.claim_still_moving(trajs, mid), R.claim_path_vs_displacement(geoms)]
     claims += list(extra_claims)
 
     # --- files
