@@ -1,0 +1,167 @@
+"""Training throughput (samples/s): weightspace's Trainer vs a PyTorch-MNIST-example loop.
+
+Both train the same paper-sized CNN, batch size and SGD (momentum, weight decay) on the
+first --n MNIST training images, one epoch per timing repeat, after one warm-up epoch.
+
+The reference follows github.com/pytorch/examples mnist/main.py: torchvision.datasets.MNIST
+(read offline from the IDX files shipped with weightspace), ToTensor + Normalize, a
+DataLoader with shuffle=True (num_workers=0, as the example uses on the CPU), standard
+F.dropout, and loss.item() every log_interval=10 batches.
+
+    python benchmarks/train_throughput.py --n 6400 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _common as C  # noqa: E402
+
+from weightspace.config import TrainConfig  # noqa: E402
+from weightspace.data import Data, load_dataset, shipped_mnist_dir  # noqa: E402
+from weightspace.model import CNN  # noqa: E402
+from weightspace.train import Trainer  # noqa: E402
+
+
+class RefNet(nn.Module):
+    """The same layers as weightspace.model.CNN, with the usual nn.Dropout."""
+
+    def __init__(self, width: float, p: float):
+        super().__init__()
+        m = CNN(width, p)
+        self.conv1, self.conv2, self.fc1, self.fc2 = m.conv1, m.conv2, m.fc1, m.fc2
+        self.drop = nn.Dropout(p)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.relu(self.fc1(self.drop(x.flatten(1))))
+        return self.fc2(self.drop(x))
+
+
+def reference_loader(n: int, batch: int):
+    from torchvision import datasets, transforms
+
+    root = Path(tempfile.mkdtemp(prefix="mnist-ref-"))
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    # download=False wants the uncompressed IDX files in root/MNIST/raw, so nothing is fetched.
+    for f in shipped_mnist_dir().glob("*.gz"):
+        with gzip.open(f) as src, open(raw / f.stem, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+    ds = datasets.MNIST(str(root), train=True, download=False, transform=tf)
+    sub = torch.utils.data.Subset(ds, range(n))
+    return torch.utils.data.DataLoader(sub, batch_size=batch, shuffle=True), root
+
+
+def reference_epoch(model, opt, loader, device):
+    model.train()
+    for batch_idx, (data, target) in enumerate(loader):
+        data, target = data.to(device), target.to(device)
+        opt.zero_grad()
+        loss = F.cross_entropy(model(data), target)
+        loss.backward()
+        opt.step()
+        if batch_idx % 10 == 0:
+            loss.item()
+
+
+def item_per_step_epoch(t: Trainer) -> None:
+    """Trainer.train_epoch with a .item() per step (the lever issue 6 names)."""
+    model, opt, bs = t.model, t.opt, t.cfg.batch_size
+    x, y = t.data.x_train, t.data.y_train
+    perm = torch.randperm(len(y), generator=t.order_gen).to(t.device)
+    model.train()
+    for i in range(0, len(y), bs):
+        idx = perm[i:i + bs]
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss.item()
+
+
+def flops_per_sample(width: float, device) -> tuple[float, float]:
+    """(forward, forward+backward) FLOPs per sample, counted by FlopCounterMode (2 per MAC)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m = CNN(width, 0.5).to(device)
+    x = torch.randn(64, 1, 28, 28, device=device)
+    with FlopCounterMode(display=False) as fc:
+        out = m(x)
+    fwd = fc.get_total_flops() / 64
+    with FlopCounterMode(display=False) as fc:
+        F.cross_entropy(m(x), torch.zeros(64, dtype=torch.long, device=device)).backward()
+    return fwd, fc.get_total_flops() / 64
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=6400, help="training samples per timed epoch")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--width", type=float, default=1.0)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, nargs="*", default=None,
+                    help="thread counts to try for the weightspace trainer (default: all CPUs only)")
+    ap.add_argument("--levers", action="store_true", help="also time channels_last off and .item() per step")
+    args = ap.parse_args()
+    dev = torch.device(args.device)
+    cfg = TrainConfig(width=args.width, batch_size=args.batch, lr=0.01, momentum=0.9, weight_decay=1e-5,
+                      dropout=0.5, train_subset=args.n, device=args.device)
+    full = load_dataset("mnist")
+    data = Data(full.x_train[:args.n].contiguous(), full.y_train[:args.n], full.x_test[:1000], full.y_test[:1000],
+                name="mnist").to(dev)
+
+    fwd, fwdbwd = flops_per_sample(args.width, dev)
+    peak, how = C.peak_fp32_flops()
+    print(f"machine: {C.machine()}")
+    print(f"FLOPs/sample (FlopCounterMode, 2 per MAC): forward {fwd / 1e6:.2f} M, forward+backward {fwdbwd / 1e6:.2f} M")
+    print(f"peak FP32: {how}\n")
+
+    # (name, threads, one epoch). Repeats are interleaved across variants, so a burst of
+    # load from other processes on a shared machine hits every variant alike.
+    variants: list[tuple[str, int, object]] = []
+    loader, root = reference_loader(args.n, args.batch)
+    for th in args.threads or [torch.get_num_threads()]:
+        ref = RefNet(args.width, 0.5).to(dev)
+        ref_opt = torch.optim.SGD(ref.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-5)
+        variants.append((f"reference (torchvision MNIST + DataLoader), {th} thr", th,
+                         lambda ref=ref, ref_opt=ref_opt: reference_epoch(ref, ref_opt, loader, dev)))
+        t = Trainer(cfg, data, dev)
+        variants.append((f"weightspace Trainer.train_epoch, {th} thr", th, t.train_epoch))
+        if args.levers:
+            t2 = Trainer(cfg, data, dev)
+            variants.append((f"weightspace + .item() per step, {th} thr", th, lambda t2=t2: item_per_step_epoch(t2)))
+            t3 = Trainer(cfg, data, dev)
+            t3.model.to(memory_format=torch.contiguous_format)
+            variants.append((f"weightspace, channels_last off, {th} thr", th, t3.train_epoch))
+    try:
+        times = C.interleaved([(th, fn) for _, th, fn in variants], args.repeats, dev)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    ref_s = {th: C.med(ts) for (name, th, _), ts in zip(variants, times) if name.startswith("reference")}
+    rows = [(name, th, ts) for (name, th, _), ts in zip(variants, times)]
+
+    print(C.row("variant", "median samples/s", "range samples/s", "vs reference (same threads)", "GFLOP/s", "% of peak"))
+    print(C.row(*["---"] * 6))
+    for name, th, secs in rows:
+        sps = args.n / C.med(secs)
+        gf = sps * fwdbwd
+        print(C.row(name, f"{sps:.0f}", f"{args.n / max(secs):.0f}-{args.n / min(secs):.0f}",
+                    f"{ref_s[th] / C.med(secs):.2f}x", f"{gf / 1e9:.1f}", f"{100 * gf / peak:.1f}%"))
+
+
+if __name__ == "__main__":
+    main()
