@@ -26,7 +26,7 @@ from .flatmodel import FlatModel, subset, weight_decay_piece
 from .function_space import disagreement, pairwise_distances, upper
 from .interpolation import Curve, interpolate, is_monotone_decreasing
 from .stationarity import EigResult, gradient, top_hessian_eig
-from .surface import Surface, grid_axes, grid_loss, gram_pca, orthonormalize, plane_points, project
+from .surface import Surface, gram_pca, grid_axes, grid_loss, orthonormalize, plane_points, project
 from .trajectory import Trajectory
 
 # Frankle et al. 2020 call two solutions linearly connected when the error barrier is
@@ -185,7 +185,7 @@ def _interpolation(c: _Ctx) -> None:
     _plot_curves(c, own, "interp_init_final.png", "init -> final")
     if pairs:
         for kind in ("frankle", "chord"):
-            for q, infix in QUANTITIES.items():
+            for infix in QUANTITIES.values():
                 v = [c.metrics[f"pair_{infix}barrier_{kind}_run{i}_run{j}"] for i, j in pairs]
                 c.metrics[f"pair_{infix}barrier_{kind}_mean"] = float(np.mean(v))
                 c.metrics[f"pair_{infix}barrier_{kind}_max"] = float(np.max(v))

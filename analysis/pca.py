@@ -78,7 +78,7 @@ class SnapshotColumns:
         """Columns s:e of every row into ``buf[:n, :e-s]`` (converted to buf's dtype)."""
         w = e - s
         b = buf[: len(self.rows), :w]
-        for n, ((t, i), (path, off, dt, P)) in enumerate(zip(self.rows, self.where)):
+        for n, ((t, _), (path, off, dt, _)) in enumerate(zip(self.rows, self.where)):
             scratch = self._scratch.setdefault(dt, np.empty(buf.shape[1], dt))[:w]
             try:
                 with open(path, "rb") as f:

@@ -15,8 +15,15 @@ from tqdm.auto import tqdm
 from analysis import figures as F
 from analysis import report as R
 from analysis.claims import Claim
-from analysis.distances import (final_distances, pairwise_over_epochs, run_geometry, summary_stats,
-                                upper_values, normalise_pairwise, common_epochs)
+from analysis.distances import (
+    common_epochs,
+    final_distances,
+    normalise_pairwise,
+    pairwise_over_epochs,
+    run_geometry,
+    summary_stats,
+    upper_values,
+)
 from analysis.nullmodel import null_evr, null_evr_runs
 from analysis.pca import PCAResult, check_same_size, compute_gram, open_snapshot
 from analysis.trajectory import Trajectory

@@ -25,7 +25,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _common as C  # noqa: E402
-
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from weightspace.config import TrainConfig  # noqa: E402

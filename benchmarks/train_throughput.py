@@ -99,7 +99,7 @@ def flops_per_sample(width: float, device) -> tuple[float, float]:
     m = CNN(width, 0.5).to(device)
     x = torch.randn(64, 1, 28, 28, device=device)
     with FlopCounterMode(display=False) as fc:
-        out = m(x)
+        m(x)
     fwd = fc.get_total_flops() / 64
     with FlopCounterMode(display=False) as fc:
         F.cross_entropy(m(x), torch.zeros(64, dtype=torch.long, device=device)).backward()

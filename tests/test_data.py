@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from weightspace.config import ParamError
-from weightspace.data import (MNIST_MD5, DataError, load_dataset, load_idx_dir, read_idx, shipped_mnist_dir)
+from weightspace.data import MNIST_MD5, DataError, load_dataset, load_idx_dir, read_idx, shipped_mnist_dir
 
 
 def test_shipped_mnist_shapes_labels_and_md5():

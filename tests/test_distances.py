@@ -4,9 +4,17 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from analysis.distances import (common_epochs, cosine_similarity, final_distances, normalise_pairwise,
-                                pairwise_distances, pairwise_over_epochs, run_geometry, summary_stats,
-                                upper_values)
+from analysis.distances import (
+    common_epochs,
+    cosine_similarity,
+    final_distances,
+    normalise_pairwise,
+    pairwise_distances,
+    pairwise_over_epochs,
+    run_geometry,
+    summary_stats,
+    upper_values,
+)
 from analysis.trajectory import Trajectory
 
 P = 2500

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
 from . import tracking as T
-from .config import ParamError, parse_value, Spec
+from .config import ParamError, Spec, parse_value
 from .runs import TrajectoryError, find_runs, find_siblings, trajectory
 
 FAMILIES = ("single", "different_init", "same_init", "clone")
@@ -31,11 +31,11 @@ class AnalysisOptions:
     cache_dir: str = ""
     probes: int = 1
     interp_points: int = 25
-    probe_subset: int = 2000
+    probe_subset: int = -1      # -1 = auto: 10000 samples on a GPU, 1000 on a CPU
     hessian_epochs: str = "0,10,50,100,200"
     hessian_iters: int = 20
     hessian_runs: int = 1
-    surface_grid: int = 31
+    surface_grid: int = -1      # -1 = auto: 31x31 on a GPU, 15x15 on a CPU
     device: str = "auto"
 
 
@@ -43,12 +43,13 @@ OPTION_SPECS = {
     "cache_dir": Spec(str, "a directory path, or empty for ~/.cache/weightspace"),
     "probes": Spec(int, "0 or 1", lambda v: v in (0, 1)),
     "interp_points": Spec(int, "0 (off) or an integer from 3 to 1000", lambda v: v == 0 or 3 <= v <= 1000),
-    "probe_subset": Spec(int, "an integer >= 0 (0 = the whole dataset)", lambda v: 0 <= v <= 10**7),
+    "probe_subset": Spec(int, "an integer >= 0 (0 = the whole dataset) or -1 (auto)", lambda v: -1 <= v <= 10**7),
     "hessian_epochs": Spec(str, "comma-separated epochs such as 0,10,50, or empty (off)",
                            lambda v: all(p.strip().isdigit() for p in v.split(",")) if v.strip() else True),
     "hessian_iters": Spec(int, "an integer from 1 to 1000", lambda v: 1 <= v <= 1000),
     "hessian_runs": Spec(int, "an integer >= 0 (0 = every run)", lambda v: 0 <= v <= 1000),
-    "surface_grid": Spec(int, "0 (off) or an integer from 3 to 201", lambda v: v == 0 or 3 <= v <= 201),
+    "surface_grid": Spec(int, "0 (off), -1 (auto) or an integer from 3 to 201",
+                         lambda v: v in (0, -1) or 3 <= v <= 201),
     "device": Spec(str, "auto, cpu, cuda or cuda:N",
                    lambda v: v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit())),
 }
@@ -170,7 +171,8 @@ def analyse_runs(client: MlflowClient, run_id: str, runs: list, opts: AnalysisOp
 
 def run_probes(trajs, out: Path, opts: AnalysisOptions, progress: bool):
     """The issue-4 probes (interpolation, stationarity, loss surface, disagreement)."""
-    from analysis.beyond import ProbeOptions, run_probes as probes
+    from analysis.beyond import ProbeOptions
+    from analysis.beyond import run_probes as probes
 
     from .data import load_dataset
     from .train import resolve_device
@@ -182,11 +184,17 @@ def run_probes(trajs, out: Path, opts: AnalysisOptions, progress: bool):
     except KeyError as e:
         print(f"weightspace: warning: run {trajs[0].run_id} lacks param {e}; probes skipped", file=sys.stderr)
         return None
-    po = ProbeOptions(interp_points=opts.interp_points, probe_subset=opts.probe_subset,
+    device = resolve_device(opts.device)
+    # Auto costs: the full paper-scale analysis takes minutes on a GPU; on a CPU smaller
+    # probes keep the short suite's analysis to about a minute per family.
+    gpu = device.type == "cuda"
+    subset = opts.probe_subset if opts.probe_subset >= 0 else (10000 if gpu else 1000)
+    grid = opts.surface_grid if opts.surface_grid >= 0 else (31 if gpu else 15)
+    po = ProbeOptions(interp_points=opts.interp_points, probe_subset=subset,
                       hessian_epochs=opts.hessian_epochs, hessian_iters=opts.hessian_iters,
-                      hessian_runs=opts.hessian_runs, surface_grid=opts.surface_grid)
+                      hessian_runs=opts.hessian_runs, surface_grid=grid)
     return probes(trajs, out, width=width, dropout=dropout, weight_decay=wd, data=data, options=po,
-                  device=str(resolve_device(opts.device)), progress=progress)
+                  device=str(device), progress=progress)
 
 
 def analyse_selection(client: MlflowClient, run_id: str, sel: dict[str, str], opts: AnalysisOptions,

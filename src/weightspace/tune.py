@@ -234,11 +234,12 @@ class Objective:
             if not is_finite(m):
                 # A diverged trial is pruned, not failed: TPE learns from pruned trials, ignores failed ones.
                 trial.set_user_attr("diverged_at", epoch)
-                T.retry(lambda: self.client.set_tag(run_id, "weightspace.diverged_at", str(epoch)), "tag")
+                T.retry(lambda e=epoch: self.client.set_tag(run_id, "weightspace.diverged_at", str(e)), "tag")
                 raise optuna.TrialPruned()
             m["epoch_seconds"] = time.perf_counter() - t0
             ts = int(time.time() * 1000)
-            T.retry(lambda: self.client.log_batch(run_id, metrics=[Metric(k, v, ts, epoch) for k, v in m.items()]),
+            batch = [Metric(k, v, ts, epoch) for k, v in m.items()]
+            T.retry(lambda b=batch: self.client.log_batch(run_id, metrics=b),
                     "trial metrics")
             if opts["objective"] == "epochs_to_loss":
                 trial.report(m["train_loss"], epoch)
