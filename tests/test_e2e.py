@@ -151,3 +151,25 @@ def test_bad_input_fails_cleanly_through_mlflow_run(store, entry, params, needle
     assert "Traceback" not in p.stderr
     runs = store.runs()
     assert runs and all(r.info.status == "FAILED" for r in runs)
+
+
+def test_paper_sibling_modes_give_the_same_trajectories(store):
+    """siblings=batched (torch.func, one process) and siblings=processes (one process per
+    sibling, same code path as sequential) train the same models: equal within float tolerance."""
+    params = {**TINY, "replicas": 2, "epochs": 2, "pretrain_epochs": 1, "analysis": 0}
+    got = {}
+    for mode in ("batched", "processes"):
+        store.client().create_experiment(mode)
+        store.experiment = store.env["MLFLOW_EXPERIMENT_NAME"] = mode
+        store.mlflow_run("paper", {**params, "siblings": mode})
+        runs = store.runs()
+        assert len(runs) == 9 and all(r.info.status == "FINISHED" for r in runs)
+        for r in runs:
+            if r.data.tags["weightspace.experiment"] in ("different_init", "same_init", "clone"):
+                got[(mode, r.info.run_name)] = load_trajectory(r.info.run_id, store.client())[0]
+    names = {n for _, n in got}
+    assert len(names) == 6
+    for n in names:
+        a, b = got[("batched", n)], got[("processes", n)]
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)

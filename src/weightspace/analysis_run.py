@@ -124,6 +124,8 @@ def analyse_runs(client: MlflowClient, run_id: str, runs: list, opts: AnalysisOp
     """Analyse ``runs`` (siblings) and log everything into the analysis run ``run_id``."""
     from analysis.pipeline import analyse_family
 
+    if not runs:
+        raise ParamError(f"analysis {label}: no FINISHED runs to analyse")
     ids = [r.info.run_id for r in runs]
     exps = {r.data.tags.get(T.TAG_EXPERIMENT, "") for r in runs}
     family = exps.pop() if len(exps) == 1 else "mixed"

@@ -32,7 +32,9 @@ VARYING = {
     "clone": ("shuffle_seed",),
 }
 # Fields that say where or how to run, not what to run.
-PLUMBING = ("device", "data_dir", "experiment")
+# pretrain_run_id too: which pretraining run a clone starts from is fixed by the configuration
+# (init, hyperparameters, pretrain_epochs), whether it was found automatically or named.
+PLUMBING = ("device", "data_dir", "experiment", "pretrain_run_id")
 
 MAX_EPOCHS = 100_000
 

@@ -61,9 +61,11 @@ def suite(raw: dict[str, str]) -> tuple[dict[str, list[TrainConfig]], dict]:
 
 
 def run_suite(client: MlflowClient, parent_id: str, fams: dict[str, list[TrainConfig]], opts: dict,
-              progress: bool = True) -> list[str]:
+              progress: bool = True) -> dict[str, list[str]]:
+    """Train (or reuse) every run of the suite; return the run ids of each family."""
     exp_id = client.get_run(parent_id).info.experiment_id
     reused: list[str] = []
+    ids: dict[str, list[str]] = {}
     n = sum(len(v) for v in fams.values())
     outer = tqdm(total=n, desc="paper suite", unit="run", disable=not progress, file=sys.stderr, position=0)
     for family, cfgs in fams.items():
@@ -75,11 +77,13 @@ def run_suite(client: MlflowClient, parent_id: str, fams: dict[str, list[TrainCo
             done = find_runs(client, [exp_id], cfg.run_key, ("FINISHED",))
             if done:
                 reused.append(done[-1].info.run_id)
+                ids.setdefault(family, []).append(done[-1].info.run_id)
                 tqdm.write(f"[paper] reusing FINISHED run {done[-1].info.run_id} ({cfg.run_name})", file=sys.stderr)
                 outer.update(1)
                 continue
             tags = {T.TAG_PARENT: parent_id, T.TAG_RUN_KEY: cfg.run_key}
             todo.append((client.create_run(exp_id, run_name=cfg.run_name, tags=tags).info.run_id, cfg))
+            ids.setdefault(family, []).append(todo[-1][0])
         if opts["siblings"] == "batched" and len(todo) > 1:
             train_batched(client, todo, start_from, progress)
             outer.update(len(todo))
@@ -93,7 +97,7 @@ def run_suite(client: MlflowClient, parent_id: str, fams: dict[str, list[TrainCo
     outer.close()
     if reused:
         client.set_tag(parent_id, "weightspace.reused_run_ids", ",".join(reused)[:5000])
-    return reused
+    return ids
 
 
 def train_batched(client: MlflowClient, todo: list[tuple[str, TrainConfig]], start_from: str | None,
@@ -176,7 +180,6 @@ def train_in_processes(client: MlflowClient, todo: list[tuple[str, TrainConfig]]
 def paper_entry(argv: list[str]) -> None:
     from .analysis_run import AnalysisOptions, analyse_runs
     from .cli import COMMON, entry_run, fail_env_run, main, parse_argv
-    from .runs import find_siblings
 
     allowed = tuple(PAPER_SPECS) + TRAIN_KEYS + COMMON
 
@@ -192,11 +195,11 @@ def paper_entry(argv: list[str]) -> None:
             resolved = {**{k: str(v) for k, v in opts.items()}, **raw}
             c.log_batch(run_id, tags=[RunTag(T.TAG_EXPERIMENT, "paper"), RunTag("mlflow.runName", "paper")],
                         params=[Param(k, v) for k, v in resolved.items() if k not in have])
-            run_suite(c, run_id, fams, opts)
+            ids = run_suite(c, run_id, fams, opts)
             if opts["analysis"]:
                 exp_id = c.get_run(run_id).info.experiment_id
                 for family, cfgs in fams.items():
-                    runs = find_siblings(cfgs[0].group, c, [exp_id])
+                    runs = [c.get_run(i) for i in ids[family]]
                     child = c.create_run(exp_id, tags={T.TAG_PARENT: run_id}).info.run_id
                     try:
                         analyse_runs(c, child, runs, AnalysisOptions(device=cfgs[0].device), family)
