@@ -69,10 +69,18 @@ def cases():
                     yield pytest.param(entry, name, v, id=f"{entry}-{name}-{v[:12]}")
 
 
-@pytest.fixture
-def run_env(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+@pytest.fixture(scope="module")
+def store_uri(tmp_path_factory):
+    """One real sqlite store for the module (creating a schema costs about a second)."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('bad-input') / 'mlflow.db'}"
     init_store(uri)
+    return uri
+
+
+@pytest.fixture
+def run_env(store_uri, tmp_path, monkeypatch):
+    """A fresh run, as `mlflow run` would have created it, named by MLFLOW_RUN_ID."""
+    uri = store_uri
     client = MlflowClient(uri)
     run_id = client.create_run("0").info.run_id
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -222,15 +222,10 @@ def analyse_selection(client: MlflowClient, run_id: str, sel: dict[str, str], op
 
 
 def analysis_entry(argv: list[str]) -> None:
-    from .cli import entry_run, fail_env_run, main, parse_argv
+    from .cli import entry_run, main, parse_validated
 
     def body() -> None:
-        try:
-            raw = parse_argv(argv, SELECTORS + tuple(OPTION_SPECS), "analysis")
-            sel, opts = parse_options(raw)
-        except ParamError as e:
-            fail_env_run(e)
-            raise
+        _, (sel, opts) = parse_validated("analysis", argv, SELECTORS + tuple(OPTION_SPECS), parse_options)
         with entry_run("analysis") as (c, run_id, _):
             analyse_selection(c, run_id, sel, opts)
         print(f"weightspace: analysis run {run_id} done; figures and report.md are its artifacts", file=sys.stderr)

@@ -113,6 +113,16 @@ def _fail(msg: str, code: int) -> None:
     sys.exit(code)
 
 
+def parse_validated(entry: str, argv: list[str], allowed: tuple[str, ...], build: Callable[[dict], object]):
+    """(raw params, build(raw)); bad input still marks the run that ``mlflow run`` made as FAILED."""
+    try:
+        raw = parse_argv(argv, allowed, entry)
+        return raw, build(raw)
+    except ParamError as e:
+        fail_env_run(e)
+        raise
+
+
 def fail_env_run(e: BaseException) -> None:
     """Bad input found before we touched the store: still mark the run ``mlflow run`` made."""
     run_id = os.environ.get("MLFLOW_RUN_ID")
@@ -152,12 +162,8 @@ def train_entry(experiment: str, argv: list[str]) -> None:
     from .experiments import check_pretrain_run, ensure_pretrain, train_run
 
     def body() -> None:
-        try:
-            raw = parse_argv(argv, TRAIN_PARAMS[experiment] + COMMON, experiment)
-            cfg = build_config(experiment, raw)
-        except ParamError as e:
-            fail_env_run(e)
-            raise
+        raw, cfg = parse_validated(experiment, argv, TRAIN_PARAMS[experiment] + COMMON,
+                                   lambda r: build_config(experiment, r))
         with entry_run(experiment) as (c, run_id, _):
             start_from = None
             if experiment == "clone":

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
 from . import tracking as T
-from .config import ParamError, Spec, TrainConfig, build_config, parse_value
+from .config import Spec, TrainConfig, build_config, parse_value
 from .experiments import RunSession, dataset_for, ensure_pretrain, find_runs, mark_failed, run_child
 from .train import Trainer, resolve_device
 
@@ -179,17 +179,12 @@ def train_in_processes(client: MlflowClient, todo: list[tuple[str, TrainConfig]]
 
 def paper_entry(argv: list[str]) -> None:
     from .analysis_run import AnalysisOptions, analyse_runs
-    from .cli import COMMON, entry_run, fail_env_run, main, parse_argv
+    from .cli import COMMON, entry_run, main, parse_validated
 
     allowed = tuple(PAPER_SPECS) + TRAIN_KEYS + COMMON
 
     def body() -> None:
-        try:
-            raw = parse_argv(argv, allowed, "paper")
-            fams, opts = suite(raw)
-        except ParamError as e:
-            fail_env_run(e)
-            raise
+        raw, (fams, opts) = parse_validated("paper", argv, allowed, suite)
         with entry_run("paper") as (c, run_id, _):
             have = c.get_run(run_id).data.params
             resolved = {**{k: str(v) for k, v in opts.items()}, **raw}

@@ -390,15 +390,10 @@ def figures(study: optuna.Study, out: Path, seed: int) -> list[Path]:
 # -- entry point ----------------------------------------------------------------------------------
 
 def tune_entry(argv: list[str]) -> None:
-    from .cli import entry_run, fail_env_run, main, parse_argv
+    from .cli import entry_run, main, parse_validated
 
     def body() -> None:
-        try:
-            raw = parse_argv(argv, ALLOWED, "tune")
-            opts, base = parse_tune(raw)
-        except ParamError as e:
-            fail_env_run(e)
-            raise
+        _, (opts, base) = parse_validated("tune", argv, ALLOWED, parse_tune)
         with entry_run("tune") as (c, run_id, _):
             existing = c.get_run(run_id).data.params
             if any(k.startswith("best_") for k in existing):
