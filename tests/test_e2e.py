@@ -141,7 +141,9 @@ def test_paper_suite_reuses_finished_runs(store):
     ("same_init", {"shuffle_seed": "1", "dropout": "1.5"}, "parameter 'dropout'"),
     ("single", {"dataset": "imagenet"}, "parameter 'dataset'"),
     ("single", {"dataset": "mnist", "data_dir": "/nonexistent/dir"}, "data_dir /nonexistent/dir"),
-    ("clone", {"shuffle_seed": "1", "pretrain_run_id": "0123456789abcdef"}, "parameter 'pretrain_run_id'"),
+    ("clone", {"shuffle_seed": "1", "pretrain_epochs": "1", "pretrain_run_id": "0123456789abcdef"},
+     "parameter 'pretrain_run_id'"),
+    ("single", {"learning_rate": "0.1"}, "unknown parameter 'learning_rate'"),
 ])
 def test_bad_input_fails_cleanly_through_mlflow_run(store, entry, params, needle):
     p = store.mlflow_run(entry, {**TINY, **params}, check=False)
