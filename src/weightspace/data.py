@@ -105,10 +105,6 @@ class Data:
     def to(self, device: torch.device | str) -> "Data":
         return Data(*(t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test)), name=self.name)
 
-    @property
-    def n_classes(self) -> int:
-        return 10
-
 
 def _to_tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).unsqueeze(1)

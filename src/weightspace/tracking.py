@@ -13,7 +13,6 @@ files stay in a local spool directory meanwhile, so a 30 s outage costs nothing.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import queue
@@ -101,9 +100,6 @@ class Uploader:
         local.write_text(text)
         self.file(local, d, cleanup=True)
 
-    def call(self, fn: Callable[[], Any], what: str) -> None:
-        self._submit(fn, what)
-
     # -- machinery ---------------------------------------------------------------------
     def _submit(self, job: Callable[[], None], what: str) -> None:
         if self.error is not None:
@@ -147,9 +143,3 @@ class Uploader:
     @property
     def pending(self) -> int:
         return self._q.unfinished_tasks if self.asynchronous else 0
-
-
-def write_json(path: Path, obj: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    return path

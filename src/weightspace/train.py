@@ -11,7 +11,6 @@ Seeds (issue 2):
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import torch
@@ -129,10 +128,6 @@ class Trainer:
             self.model.dropout_gen.set_state(st["rng.dropout"])
 
 
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.dot(a.double(), b.double()) / (a.double().norm() * b.double().norm() + 1e-300))
-
-
 def weight_stats(theta: torch.Tensor, theta0: torch.Tensor, prev: torch.Tensor | None) -> dict[str, float]:
     """‖θ‖, ‖θ−θ0‖ and, after epoch 0, the step since the previous epoch; in float64."""
     t = theta.double()
@@ -140,15 +135,6 @@ def weight_stats(theta: torch.Tensor, theta0: torch.Tensor, prev: torch.Tensor |
     if prev is not None:
         out["step_length"] = float((t - prev.double()).norm())
     return out
-
-
-class Timer:
-    def __enter__(self) -> "Timer":
-        self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.seconds = time.perf_counter() - self.t0
 
 
 def is_finite(metrics: dict[str, float]) -> bool:
