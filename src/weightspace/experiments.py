@@ -88,9 +88,10 @@ def _config_json(cfg: TrainConfig) -> str:
     return json.dumps(cfg.to_params(), sort_keys=True)
 
 
-def save_checkpoint(trainer: Trainer, theta0: torch.Tensor, cfg: TrainConfig, path: Path) -> Path:
+def save_checkpoint(trainer: Trainer, cfg: TrainConfig, path: Path) -> Path:
+    # No θ0 here: it is the run's first snapshot, stored before any checkpoint (FIFO uploads),
+    # so every epoch's upload stays a third smaller.
     st = trainer.state_tensors()
-    st["theta0"] = theta0.contiguous()
     save_file(st, str(path), metadata={"config": _config_json(cfg), "format": "weightspace-checkpoint-1"})
     return path
 
@@ -106,6 +107,19 @@ def download_checkpoint(client: MlflowClient, run_id: str, dst: Path) -> tuple[d
     with safe_open(local, "pt") as f:
         meta = f.metadata() or {}
     return load_file(local), json.loads(meta.get("config", "{}"))
+
+
+def _first_snapshot(client: MlflowClient, run_id: str, dst: Path) -> torch.Tensor:
+    """θ0 of a run being resumed: its first stored snapshot, checked against the manifest."""
+    manifest = _existing_manifest(client, run_id) or {}
+    files = sorted(manifest.get("files", {}).items(), key=lambda kv: kv[1]["epoch"])
+    if not files:
+        raise RuntimeError(f"run {run_id}: cannot resume, trajectory/manifest.json lists no snapshot")
+    name, info = files[0]
+    local = client.download_artifacts(run_id, f"trajectory/{name}", str(dst))
+    if T.sha256_file(local) != info["sha256"]:
+        raise RuntimeError(f"run {run_id}: cannot resume, snapshot trajectory/{name} is corrupted")
+    return torch.from_numpy(np.load(local, allow_pickle=False))
 
 
 def logged_steps(client: MlflowClient, run_id: str) -> set[int]:
@@ -175,7 +189,7 @@ class RunSession:
                 state, stored = ck
                 _refuse_changed(run_id, stored, cfg)
                 trainer.load_state_tensors(state)
-                self.theta0 = state["theta0"]
+                self.theta0 = state["theta0"] if "theta0" in state else _first_snapshot(client, run_id, Path(tmp))
                 tqdm.write(f"[{cfg.run_name}] resuming run {run_id} from its checkpoint at epoch {trainer.epoch}",
                            file=sys.stderr)
             else:
@@ -208,7 +222,7 @@ class RunSession:
         if epoch in self.snap_epochs:
             self.manifest.add(epoch, theta)
         ck_path = Path(tempfile.mkdtemp(dir=self.up.spool)) / "state.safetensors"
-        self.up.file(save_checkpoint(trainer, self.theta0, self.cfg, ck_path), "checkpoint", cleanup=True)
+        self.up.file(save_checkpoint(trainer, self.cfg, ck_path), "checkpoint", cleanup=True)
         self.prev = theta
         return m
 
