@@ -300,7 +300,7 @@ def _existing_manifest(client: MlflowClient, run_id: str) -> dict | None:
 
 # -- pretraining for clones --------------------------------------------------------------------
 
-def find_runs(client: MlflowClient, experiment_ids: list[str], key: str, statuses: tuple[str, ...]) -> list:
+def runs_with_key(client: MlflowClient, experiment_ids: list[str], key: str, statuses: tuple[str, ...]) -> list:
     flt = f"tags.`{T.TAG_RUN_KEY}` = '{key}'"
     runs = client.search_runs(experiment_ids, flt, max_results=1000)
     return [r for r in runs if r.info.status in statuses]
@@ -338,14 +338,14 @@ def ensure_pretrain(client: MlflowClient, experiment_id: str, clone: TrainConfig
     """
     pcfg = pretrain_config(clone)
     key = pcfg.run_key
-    done = find_runs(client, [experiment_id], key, ("FINISHED",))
+    done = runs_with_key(client, [experiment_id], key, ("FINISHED",))
     if done:
         return sorted(done, key=lambda r: r.info.start_time)[-1].info.run_id
     tags = {T.TAG_RUN_KEY: key, T.TAG_EXPERIMENT: "pretrain", T.TAG_GROUP: pcfg.group}
     if parent_id:
         tags[T.TAG_PARENT] = parent_id
     mine = client.create_run(experiment_id, run_name=pcfg.run_name, tags=tags).info.run_id
-    live = find_runs(client, [experiment_id], key, ("RUNNING", "FINISHED"))
+    live = runs_with_key(client, [experiment_id], key, ("RUNNING", "FINISHED"))
     winner = min(live, key=lambda r: (r.info.status != "FINISHED", r.info.start_time, r.info.run_id))
     if winner.info.run_id != mine:
         client.delete_run(mine)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from . import tracking as T
 from .config import Spec, TrainConfig, build_config, parse_value
-from .experiments import RunSession, dataset_for, ensure_pretrain, find_runs, mark_failed, run_child
+from .experiments import RunSession, dataset_for, ensure_pretrain, mark_failed, run_child, runs_with_key
 from .train import Trainer, resolve_device
 
 PAPER_SPECS = {
@@ -74,7 +74,7 @@ def run_suite(client: MlflowClient, parent_id: str, fams: dict[str, list[TrainCo
             start_from = ensure_pretrain(client, exp_id, cfgs[0], parent_id=parent_id, progress=progress)
         todo = []
         for cfg in cfgs:
-            done = find_runs(client, [exp_id], cfg.run_key, ("FINISHED",))
+            done = runs_with_key(client, [exp_id], cfg.run_key, ("FINISHED",))
             if done:
                 reused.append(done[-1].info.run_id)
                 ids.setdefault(family, []).append(done[-1].info.run_id)
