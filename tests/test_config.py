@@ -61,3 +61,16 @@ def test_pretrain_config_shared_by_clones():
     b = build_config("clone", {"shuffle_seed": "3", "pretrain_epochs": "2", "epochs": "5"})
     assert pretrain_config(a).run_key == pretrain_config(b).run_key
     assert pretrain_config(a).epochs == 2 and pretrain_config(a).experiment == "pretrain"
+
+
+def test_precision_enters_the_group_only_when_not_default():
+    # literal values from before the precision field existed: existing groups keep their names
+    assert TrainConfig().group == "single-44136fa355b3"
+    assert build_config("same_init", {"shuffle_seed": "3", "width": "0.5"}).group == "same_init-a8839a4db07c"
+    assert build_config("same_init", {"shuffle_seed": "3", "width": "0.5", "precision": "fp32"}).group \
+        == "same_init-a8839a4db07c"
+    bf = build_config("same_init", {"shuffle_seed": "3", "width": "0.5", "precision": "bf16"})
+    assert bf.group != "same_init-a8839a4db07c"
+    assert build_config("same_init", {"shuffle_seed": "4", "width": "0.5", "precision": "bf16"}).group == bf.group
+    with pytest.raises(ParamError, match="parameter 'precision': expected one of fp32, bf16, got 'fp16'"):
+        build_config("single", {"precision": "fp16"})

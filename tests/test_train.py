@@ -78,3 +78,34 @@ def test_weight_stats_against_numpy():
     assert s["distance_from_init"] == pytest.approx(np.linalg.norm((t - t0).numpy().astype(np.float64)), rel=1e-6)
     assert s["step_length"] == pytest.approx(np.linalg.norm((t - tp).numpy().astype(np.float64)), rel=1e-6)
     assert "step_length" not in weight_stats(t, t0, None)
+
+
+def test_bf16_runs_the_step_in_bfloat16_and_keeps_fp32_state():
+    seen = []
+    t = trainer(precision="bf16", shuffle_seed=0)
+    hook = t.model.conv2.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    t.train_epoch()
+    hook.remove()
+    assert seen and set(seen) == {torch.bfloat16}
+    assert t.theta().dtype == torch.float32
+    assert all(s["momentum_buffer"].dtype == torch.float32 for s in t.opt.state.values())
+    # evaluation stays fp32 whatever the training precision
+    seen.clear()
+    hook = t.model.conv2.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    t.epoch_metrics()
+    hook.remove()
+    assert set(seen) == {torch.float32}
+
+
+def test_bf16_is_deterministic_and_close_to_fp32():
+    a, b, f = trainer(precision="bf16"), trainer(precision="bf16"), trainer(precision="fp32")
+    start = f.theta().clone()
+    for t in (a, b, f):
+        t.train_epoch()
+    assert torch.equal(a.theta(), b.theta())  # bitwise on the CPU
+    assert not torch.equal(a.theta(), f.theta())
+    # bfloat16 has an 8-bit mantissa: the step differs by rounding noise, not in direction
+    step_bf, step_fp = a.theta() - start, f.theta() - start
+    cos = float(torch.dot(step_bf, step_fp) / (step_bf.norm() * step_fp.norm()))
+    assert cos > 0.95
+    assert float((step_bf - step_fp).norm() / step_fp.norm()) < 0.3

@@ -153,7 +153,7 @@ TRAIN_PARAMS = {
     "clone": ("shuffle_seed", "init_seed", "pretrain_epochs", "pretrain_run_id", "epochs", "snapshot_every"),
 }
 COMMON = ("dataset", "data_dir", "train_subset", "batch_size", "lr", "momentum", "weight_decay", "dropout",
-          "width", "device")
+          "width", "precision", "device")
 
 
 def train_entry(experiment: str, argv: list[str]) -> None:

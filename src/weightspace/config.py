@@ -22,6 +22,7 @@ from typing import Any
 EXPERIMENTS = ("single", "different_init", "same_init", "pretrain", "clone")
 DATASETS = ("mnist", "fashion_mnist", "digits")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
 
 # The seed each experiment varies between siblings; it stays out of the group hash.
 VARYING = {
@@ -60,6 +61,9 @@ class TrainConfig:
     weight_decay: float = 1e-5
     dropout: float = 0.5
     width: float = 1.0
+    # bf16: the training step's forward and backward under bfloat16 autocast (weights, optimizer
+    # state, snapshots and evaluation stay fp32). About 1.6x faster on CPUs with AVX512_BF16.
+    precision: str = "fp32"
     device: str = "auto"
     init_seed: int = 0
     shuffle_seed: int = 0
@@ -150,6 +154,7 @@ SPECS: dict[str, Spec] = {
     "weight_decay": Spec(float, "a float in [0, 1)", lambda v: 0 <= v < 1),
     "dropout": Spec(float, "a float in [0, 1)", lambda v: 0 <= v < 1),
     "width": Spec(float, "a float in (0, 16]", lambda v: 0 < v <= 16),
+    "precision": Spec(str, f"one of {', '.join(PRECISIONS)}", lambda v: v in PRECISIONS),
     "device": Spec(str, f"one of {', '.join(DEVICES)} (or cuda:N)",
                    lambda v: v in DEVICES or (v.startswith("cuda:") and v[5:].isdigit())),
     "init_seed": Spec(int, "an integer from 0 to 2**31-1", lambda v: 0 <= v < 2**31),

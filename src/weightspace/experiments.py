@@ -319,7 +319,7 @@ def check_pretrain_run(client: MlflowClient, run_id: str, clone: TrainConfig) ->
     p = run.data.params
     want = pretrain_config(clone)
     for k in ("dataset", "train_subset", "width", "dropout", "batch_size", "lr", "momentum", "weight_decay",
-              "init_seed"):
+              "precision", "init_seed"):
         if k in p and not _same_value(k, p[k], want.to_params()[k]):
             raise ParamError(f"parameter 'pretrain_run_id': run {run_id} has {k}={p[k]}, this clone has "
                              f"{k}={want.to_params()[k]}")

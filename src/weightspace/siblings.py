@@ -22,7 +22,7 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
-from .train import Trainer
+from .train import Trainer, autocast
 
 
 class BatchedTrainer:
@@ -35,11 +35,12 @@ class BatchedTrainer:
         self.trainers = list(trainers)
         self.device = t0.device
         self.batch_size = t0.cfg.batch_size
+        self.precision = t0.cfg.precision
         self.hyper = _sgd_hyper(t0.opt)
         arch = _arch(t0.model)
         for t in trainers[1:]:
-            if t.device != self.device or t.cfg.batch_size != self.batch_size:
-                raise ValueError("siblings must share device and batch_size")
+            if t.device != self.device or t.cfg.batch_size != self.batch_size or t.cfg.precision != self.precision:
+                raise ValueError("siblings must share device, batch_size and precision")
             if _arch(t.model) != arch or len(t.data.y_train) != len(t0.data.y_train):
                 raise ValueError("siblings must share architecture, dropout and dataset")
             if _sgd_hyper(t.opt) != self.hyper:
@@ -51,7 +52,13 @@ class BatchedTrainer:
         self._step = vmap(self._loss, in_dims=(0, 0, 0, 0, 0))
 
     def _loss(self, params, x, y, m1, m2):
-        return F.cross_entropy(functional_call(self.base, params, (x,), {"masks": (m1, m2)}), y)
+        if self.precision == "bf16":
+            # vmap's batching rule turns conv2d into a convolution that autocast does not cast, so
+            # the convolutions' inputs are cast by hand, as autocast casts them in Trainer.train_epoch.
+            params = {k: v.to(torch.bfloat16) for k, v in params.items()}
+            x = x.to(torch.bfloat16)
+        out = functional_call(self.base, params, (x,), {"masks": (m1, m2)})
+        return F.cross_entropy(out.float(), y)  # autocast computes the loss in fp32 too
 
     def train_epoch(self) -> list[torch.Tensor]:
         """One epoch for every sibling; returns each one's mean minibatch loss (0-d tensors)."""
@@ -74,7 +81,8 @@ class BatchedTrainer:
             masks = [t.model.dropout_masks(b, dev) for t in ts]
             m1 = torch.stack([m[0] for m in masks])
             m2 = torch.stack([m[1] for m in masks])
-            losses = self._step(params, self.x[idx], self.y[idx], m1, m2)  # (K,)
+            with autocast(self.precision, dev):
+                losses = self._step(params, self.x[idx], self.y[idx], m1, m2)  # (K,)
             # Siblings are independent, so the gradient of the sum is each one's own gradient.
             grads = torch.autograd.grad(losses.sum(), plist)
             with torch.no_grad():

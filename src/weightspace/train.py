@@ -33,6 +33,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """The numeric regime of a training step (forward and loss; backward follows the forward's dtypes).
+
+    bf16 runs the convolutions and matmuls in bfloat16 while the weights, the optimizer, the
+    snapshots and every evaluation stay fp32: the trajectory is still an fp32 parameter vector,
+    only its gradients are noisier. Off (fp32) the context is a no-op.
+    """
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 @dataclass
 class EvalResult:
     loss: float
@@ -68,7 +78,8 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for i in range(0, n, bs):
             idx = perm[i:i + bs]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            with autocast(self.cfg.precision, self.device):
+                loss = F.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

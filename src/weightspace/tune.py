@@ -45,7 +45,7 @@ SEARCHED = ("lr", "momentum", "batch_size", "weight_decay", "dropout")
 BATCH_SIZES = (32, 64, 128, 256)
 # Bump when the search space changes, so an old study is not continued with a new space.
 SPACE_VERSION = 1
-FIXED = ("dataset", "data_dir", "train_subset", "width", "device", "init_seed", "shuffle_seed", "epochs")
+FIXED = ("dataset", "data_dir", "train_subset", "width", "precision", "device", "init_seed", "shuffle_seed", "epochs")
 TUNE_SPECS = {
     "n_trials": Spec(int, "an integer from 1 to 10000", lambda v: 1 <= v <= 10_000),
     "objective": Spec(str, f"one of {', '.join(OBJECTIVES)}", lambda v: v in OBJECTIVES),
@@ -96,6 +96,8 @@ def parse_tune(raw: dict[str, str]) -> tuple[dict, TrainConfig]:
 def default_study_name(base: TrainConfig, opts: dict) -> str:
     """Same fixed configuration and objective -> same study, so a relaunch resumes it."""
     key = {k: getattr(base, k) for k in FIXED if k not in ("device", "data_dir")}
+    if base.precision == TrainConfig.precision:
+        del key["precision"]  # added later: studies made before it keep their names
     key.update(objective=opts["objective"], space=SPACE_VERSION)
     if opts["objective"] == "epochs_to_loss":
         key["target_loss"] = opts["target_loss"]
@@ -346,7 +348,7 @@ def log_best(client: MlflowClient, run_id: str, study: optuna.Study, base: Train
         client.log_artifact(run_id, str(Path(tmp) / "best_params.json"))
         for path in figures(study, Path(tmp), opts["sampler_seed"]):
             client.log_artifact(run_id, str(path), "figures")
-    fixed = " ".join(f"-P {k}={getattr(base, k)}" for k in ("dataset", "train_subset", "width")
+    fixed = " ".join(f"-P {k}={getattr(base, k)}" for k in ("dataset", "train_subset", "width", "precision")
                      if getattr(base, k) != getattr(TrainConfig(), k))
     print(f"weightspace: best trial {best.number} of {study.study_name}: {opts['objective']}={best.value:.6g}\n"
           f"weightspace: train with: mlflow run . -e single {fixed + ' ' if fixed else ''}{flags}\n"
