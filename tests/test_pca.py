@@ -9,6 +9,11 @@ from analysis.trajectory import Trajectory
 
 P = 3001          # not a multiple of the chunk, so the ragged last chunk is exercised
 CHUNK = 700
+# float32 snapshots are multiplied in float32 (blocks summed in float64). Storing θ in float32 already
+# perturbs a trajectory's spread by ~1e-6 relative (eps32 * ‖θ‖ / spread), so arithmetic at that
+# level adds nothing the data did not have; float64 snapshots go through float64 (RTOL64 below).
+RTOL = 1e-5
+RTOL64 = 1e-9
 
 
 def _walk(rng, T, offset):
@@ -35,17 +40,17 @@ def _same_up_to_sign(A, B, atol):
         np.testing.assert_allclose(A[:, k], s * B[:, k], atol=atol)
 
 
-def _check_against_sklearn(res, X):
+def _check_against_sklearn(res, X, rtol=RTOL):
     sk = PCA(svd_solver="full").fit(X)
     m = len(sk.explained_variance_ratio_)
     nonzero = sk.explained_variance_ratio_ > 1e-10       # the last centred component is zero up to rounding
     np.testing.assert_allclose(res.explained_variance_ratio[:m][nonzero], sk.explained_variance_ratio_[nonzero],
-                               rtol=1e-6)
-    np.testing.assert_allclose(res.explained_variance[:m][nonzero], sk.explained_variance_[nonzero], rtol=1e-6)
+                               rtol=rtol)
+    np.testing.assert_allclose(res.explained_variance[:m][nonzero], sk.explained_variance_[nonzero], rtol=rtol)
     assert np.all(res.explained_variance_ratio[:m][~nonzero] < 1e-9)
     k = res.scores.shape[1]
     scale = np.abs(sk.transform(X)).max()
-    _same_up_to_sign(res.scores, sk.transform(X)[:, :k], atol=1e-7 * scale)
+    _same_up_to_sign(res.scores, sk.transform(X)[:, :k], atol=rtol * scale)
 
 
 def test_joint_centred_matches_sklearn(runs):
@@ -57,6 +62,22 @@ def test_joint_centred_matches_sklearn(runs):
     assert res.evr_top(2) == pytest.approx(res.explained_variance_ratio[:2].sum())
 
 
+def test_float64_snapshots_take_the_float64_path(tmp_path):
+    rng = np.random.default_rng(3)
+    offset = rng.standard_normal(P) * 3 + 5
+    Xs = [_walk(rng, 9, offset).astype(np.float64), _walk(rng, 7, offset + 1).astype(np.float64)]
+    Xs = [X + rng.standard_normal(X.shape) * 1e-9 for X in Xs]  # not representable in float32
+    trajs = []
+    for i, X in enumerate(Xs):
+        files = [tmp_path / f"{i}_{t:04d}.npy" for t in range(len(X))]
+        for f, row in zip(files, X):
+            np.save(f, row, allow_pickle=False)
+        trajs.append(Trajectory(str(i), str(i), "single", 0, 0, np.arange(len(X)), files))
+    g = compute_gram(trajs, chunk=CHUNK)
+    _check_against_sklearn(g.pca(), np.vstack(Xs), rtol=RTOL64)
+    _check_against_sklearn(g.pca(runs=[1]), Xs[1], rtol=RTOL64)
+
+
 def test_per_run_matches_sklearn(runs):
     trajs, Xs = runs
     g = compute_gram(trajs, chunk=CHUNK)
@@ -65,7 +86,7 @@ def test_per_run_matches_sklearn(runs):
     # a single Trajectory is accepted and gives the same as the run's own analysis
     single = trajectory_pca(trajs[1], chunk=CHUNK * 3)
     np.testing.assert_allclose(single.explained_variance_ratio, g.pca(runs=[1]).explained_variance_ratio,
-                               rtol=1e-9, atol=1e-15)
+                               rtol=RTOL, atol=1e-15)
 
 
 def test_uncentred_matches_numpy_svd(runs):
@@ -74,13 +95,13 @@ def test_uncentred_matches_numpy_svd(runs):
     Y = np.vstack([X - X[-1] for X in Xs])          # each run relative to its own final snapshot
     U, S, Vt = np.linalg.svd(Y, full_matrices=False)
     res = g.pca(centred=False)
-    np.testing.assert_allclose(res.explained_variance_ratio[:20], (S ** 2 / np.sum(S ** 2))[:20], rtol=1e-6)
-    _same_up_to_sign(res.scores, (U * S)[:, :10], atol=1e-7 * np.abs(U * S).max())
+    np.testing.assert_allclose(res.explained_variance_ratio[:20], (S ** 2 / np.sum(S ** 2))[:20], rtol=RTOL)
+    _same_up_to_sign(res.scores, (U * S)[:, :10], atol=RTOL * np.abs(U * S).max())
     # one run alone
     Y1 = Xs[0] - Xs[0][-1]
     S1 = np.linalg.svd(Y1, compute_uv=False)
     np.testing.assert_allclose(g.pca(runs=[0], centred=False).explained_variance_ratio[:12],
-                               (S1 ** 2 / np.sum(S1 ** 2))[:12], rtol=1e-6)
+                               (S1 ** 2 / np.sum(S1 ** 2))[:12], rtol=RTOL)
 
 
 def test_directions_centred(runs):
@@ -112,7 +133,7 @@ def test_signs_are_deterministic(runs):
     trajs, _ = runs
     a = trajectory_pca(trajs, chunk=CHUNK)
     b = trajectory_pca(trajs, chunk=1024)
-    np.testing.assert_allclose(a.scores, b.scores, atol=1e-8 * np.abs(a.scores).max())
+    np.testing.assert_allclose(a.scores, b.scores, atol=RTOL * np.abs(a.scores).max())
     top = a.scores[np.argmax(np.abs(a.scores), axis=0), np.arange(a.scores.shape[1])]
     assert np.all(top > 0)
 
