@@ -5,7 +5,8 @@ first --n MNIST training images, one epoch per timing repeat, after one warm-up 
 
 The reference follows github.com/pytorch/examples mnist/main.py: torchvision.datasets.MNIST
 (read offline from the IDX files shipped with weightspace), ToTensor + Normalize, a
-DataLoader with shuffle=True (num_workers=0, as the example uses on the CPU), standard
+DataLoader with shuffle=True (num_workers=0 as the example uses on the CPU; on a GPU its
+num_workers=1 and pin_memory=True), standard
 F.dropout, and loss.item() every log_interval=10 batches.
 
     python benchmarks/train_throughput.py --n 6400 --repeats 5
@@ -49,7 +50,7 @@ class RefNet(nn.Module):
         return self.fc2(self.drop(x))
 
 
-def reference_loader(n: int, batch: int):
+def reference_loader(n: int, batch: int, cuda: bool = False):
     from torchvision import datasets, transforms
 
     root = Path(tempfile.mkdtemp(prefix="mnist-ref-"))
@@ -62,15 +63,18 @@ def reference_loader(n: int, batch: int):
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
     ds = datasets.MNIST(str(root), train=True, download=False, transform=tf)
     sub = torch.utils.data.Subset(ds, range(n))
-    return torch.utils.data.DataLoader(sub, batch_size=batch, shuffle=True), root
+    # The example's cuda_kwargs on a GPU: one worker process and pinned memory.
+    extra = {"num_workers": 1, "pin_memory": True} if cuda else {}
+    return torch.utils.data.DataLoader(sub, batch_size=batch, shuffle=True, **extra), root
 
 
-def reference_epoch(model, opt, loader, device):
+def reference_epoch(model, opt, loader, device, bf16: bool = False):
     model.train()
     for batch_idx, (data, target) in enumerate(loader):
         data, target = data.to(device), target.to(device)
         opt.zero_grad()
-        loss = F.cross_entropy(model(data), target)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(model(data), target)
         loss.backward()
         opt.step()
         if batch_idx % 10 == 0:
@@ -115,7 +119,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, nargs="*", default=None,
                     help="thread counts to try for the weightspace trainer (default: all CPUs only)")
-    ap.add_argument("--levers", action="store_true", help="also time channels_last off and .item() per step")
+    ap.add_argument("--levers", action="store_true", help="also time channels_last off, .item() per step and precision=bf16")
     args = ap.parse_args()
     dev = torch.device(args.device)
     cfg = TrainConfig(width=args.width, batch_size=args.batch, lr=0.01, momentum=0.9, weight_decay=1e-5,
@@ -128,12 +132,14 @@ def main() -> None:
     peak, how = C.peak_fp32_flops()
     print(f"machine: {C.machine()}")
     print(f"FLOPs/sample (FlopCounterMode, 2 per MAC): forward {fwd / 1e6:.2f} M, forward+backward {fwdbwd / 1e6:.2f} M")
+    if dev.type == "cuda":  # the lscpu-derived peak is the host CPU's, not the GPU's
+        peak, how = float("nan"), "not derived for GPUs (the % column is left blank)"
     print(f"peak FP32: {how}\n")
 
     # (name, threads, one epoch). Repeats are interleaved across variants, so a burst of
     # load from other processes on a shared machine hits every variant alike.
     variants: list[tuple[str, int, object]] = []
-    loader, root = reference_loader(args.n, args.batch)
+    loader, root = reference_loader(args.n, args.batch, dev.type == "cuda")
     for th in args.threads or [torch.get_num_threads()]:
         ref = RefNet(args.width, 0.5).to(dev)
         ref_opt = torch.optim.SGD(ref.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-5)
@@ -147,11 +153,17 @@ def main() -> None:
             t3 = Trainer(cfg, data, dev)
             t3.model.to(memory_format=torch.contiguous_format)
             variants.append((f"weightspace, channels_last off, {th} thr", th, t3.train_epoch))
+            ref2 = RefNet(args.width, 0.5).to(dev)
+            ref2_opt = torch.optim.SGD(ref2.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-5)
+            variants.append((f"reference + bf16 autocast, {th} thr", th,
+                             lambda ref2=ref2, ref2_opt=ref2_opt: reference_epoch(ref2, ref2_opt, loader, dev, True)))
+            t4 = Trainer(cfg.replace(precision="bf16"), data, dev)
+            variants.append((f"weightspace precision=bf16, {th} thr", th, t4.train_epoch))
     try:
         times = C.interleaved([(th, fn) for _, th, fn in variants], args.repeats, dev)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    ref_s = {th: C.med(ts) for (name, th, _), ts in zip(variants, times) if name.startswith("reference")}
+    ref_s = {th: C.med(ts) for (name, th, _), ts in zip(variants, times) if name.startswith("reference (")}
     rows = [(name, th, ts) for (name, th, _), ts in zip(variants, times)]
 
     print(C.row("variant", "median samples/s", "range samples/s", "vs reference (same threads)", "GFLOP/s", "% of peak"))
@@ -160,7 +172,7 @@ def main() -> None:
         sps = args.n / C.med(secs)
         gf = sps * fwdbwd
         print(C.row(name, f"{sps:.0f}", f"{args.n / max(secs):.0f}-{args.n / min(secs):.0f}",
-                    f"{ref_s[th] / C.med(secs):.2f}x", f"{gf / 1e9:.1f}", f"{100 * gf / peak:.1f}%"))
+                    f"{ref_s[th] / C.med(secs):.2f}x", f"{gf / 1e9:.1f}", f"{100 * gf / peak:.1f}%" if peak == peak else "-"))
 
 
 if __name__ == "__main__":
