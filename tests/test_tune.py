@@ -180,3 +180,12 @@ def test_defaults_resume_the_same_study(tmp_path, monkeypatch):
     assert name(objective="test_loss") == name(objective="test_loss", target_loss="0.1")
     with pytest.raises(ParamError, match="parameter 'storage'"):
         parse_tune({"storage": "not a url"})
+
+
+def test_precision_changes_the_study_only_when_not_default():
+    raw = {"dataset": "digits", "train_subset": "200", "width": "0.125"}
+    name = lambda **kw: parse_tune({**raw, **kw})[0]["study_name"]  # noqa: E731
+    # the literal is what this configuration was named before precision existed: studies resume
+    assert name() == name(precision="fp32") == "tune-d7bbac223b4e"
+    assert name(precision="bf16") != name()
+    assert parse_tune({**raw, "precision": "bf16"})[1].precision == "bf16"
