@@ -30,7 +30,8 @@ def check_run(store, run, experiment, first_epoch, last_epoch, snapshot_epochs):
     assert t["weightspace.group"].startswith(experiment + "-")
     p = run.data.params
     for k in ("dataset", "train_subset", "batch_size", "lr", "momentum", "weight_decay", "dropout", "width",
-              "device", "init_seed", "shuffle_seed", "epochs", "snapshot_every", "n_params", "resolved_device"):
+              "precision", "device", "init_seed", "shuffle_seed", "epochs", "snapshot_every", "n_params",
+              "resolved_device"):
         assert k in p, k
     # metrics at each step, once each; step 0/first is the starting point
     steps = list(range(first_epoch, last_epoch + 1))
@@ -85,6 +86,22 @@ def test_same_init_siblings_share_a_group(any_store):
     group = runs[0].data.tags["weightspace.group"]
     found = find_siblings(group, s.client(), [s.experiment_id()])
     assert sorted(r.info.run_id for r in found) == sorted(r.info.run_id for r in runs)
+
+
+def test_bf16_siblings_form_their_own_group(store):
+    for seed, precision in ((0, "bf16"), (1, "bf16"), (0, "fp32")):
+        store.mlflow_run("same_init", {**TINY, "shuffle_seed": seed, "precision": precision})
+    runs = store.runs()
+    bf = [r for r in runs if r.data.params["precision"] == "bf16"]
+    [fp] = [r for r in runs if r.data.params["precision"] == "fp32"]
+    assert len(bf) == 2 and bf[0].data.tags["weightspace.group"] == bf[1].data.tags["weightspace.group"]
+    assert fp.data.tags["weightspace.group"] != bf[0].data.tags["weightspace.group"]
+    X = {r.data.params["shuffle_seed"] + r.data.params["precision"]: check_run(store, r, "same_init", 0, 3, [0, 3])
+         for r in runs}
+    assert X["0bf16"].dtype == np.float32
+    # same init and data order: the same epoch 0, then bf16 rounding makes a different (nearby) trajectory
+    assert np.array_equal(X["0bf16"][0], X["0fp32"][0])
+    assert not np.array_equal(X["0bf16"][-1], X["0fp32"][-1])
 
 
 def test_different_init_entry_point(store):
