@@ -65,9 +65,10 @@ def test_eval_metrics_against_numpy():
     logp = z - np.log(np.exp(z).sum(1, keepdims=True))
     want_loss = -logp[np.arange(len(y)), y].mean()
     want_acc = (logits.argmax(1) == y).mean()
-    got = t.evaluate(DATA.x_train, DATA.y_train, batch=50)  # batch size must not matter
-    assert got.loss == pytest.approx(want_loss, rel=1e-5)
-    assert got.accuracy == pytest.approx(want_acc, abs=1e-12)
+    for batch in (50, 0):  # batch size must not matter; 0 = the device's default
+        got = t.evaluate(DATA.x_train, DATA.y_train, batch=batch)
+        assert got.loss == pytest.approx(want_loss, rel=1e-5)
+        assert got.accuracy == pytest.approx(want_acc, abs=1e-12)
 
 
 def test_weight_stats_against_numpy():
