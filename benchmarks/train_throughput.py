@@ -31,7 +31,7 @@ import _common as C  # noqa: E402
 from weightspace.config import TrainConfig  # noqa: E402
 from weightspace.data import Data, load_dataset, shipped_mnist_dir  # noqa: E402
 from weightspace.model import CNN  # noqa: E402
-from weightspace.train import Trainer  # noqa: E402
+from weightspace.train import Trainer, autocast  # noqa: E402
 
 
 class RefNet(nn.Module):
@@ -73,7 +73,7 @@ def reference_epoch(model, opt, loader, device, bf16: bool = False):
     for batch_idx, (data, target) in enumerate(loader):
         data, target = data.to(device), target.to(device)
         opt.zero_grad()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with autocast("bf16" if bf16 else "fp32", device):  # the trainer's own autocast, for a like comparison
             loss = F.cross_entropy(model(data), target)
         loss.backward()
         opt.step()

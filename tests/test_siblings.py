@@ -16,10 +16,10 @@ def data():
     return load_dataset("digits", train_subset=300)
 
 
-def _trainers(data):
+def _trainers(data, **kw):
     # batch 128 on 300 samples leaves a partial last batch of 44
     return [Trainer(TrainConfig(dataset="digits", train_subset=300, width=0.125, dropout=0.5, momentum=0.9,
-                                weight_decay=1e-4, lr=0.05, batch_size=128, init_seed=i, shuffle_seed=s),
+                                weight_decay=1e-4, lr=0.05, batch_size=128, init_seed=i, shuffle_seed=s, **kw),
                     data, torch.device("cpu")) for i, s in SEEDS]
 
 
@@ -50,11 +50,7 @@ def test_rejects_mismatched_siblings(data):
 
 
 def test_batched_bf16_follows_sequential_bf16(data):
-    def make():
-        return [Trainer(TrainConfig(dataset="digits", train_subset=300, width=0.125, lr=0.05, batch_size=128,
-                                    weight_decay=1e-4, precision="bf16", init_seed=i, shuffle_seed=s),
-                        data, torch.device("cpu")) for i, s in SEEDS]
-    seq, bat = make(), make()
+    seq, bat = _trainers(data, precision="bf16"), _trainers(data, precision="bf16")
     start = [t.theta().clone() for t in seq]
     for t in seq:
         t.train_epoch()
@@ -73,8 +69,6 @@ def test_batched_bf16_follows_sequential_bf16(data):
 
 
 def test_rejects_mixed_precision_siblings(data):
-    a = _trainers(data)[0]
-    b = Trainer(TrainConfig(dataset="digits", train_subset=300, width=0.125, lr=0.05, weight_decay=1e-4,
-                            momentum=0.9, batch_size=128, precision="bf16"), data, torch.device("cpu"))
+    a, b = _trainers(data)[0], _trainers(data, precision="bf16")[1]
     with pytest.raises(ValueError, match="precision"):
         BatchedTrainer([a, b])
