@@ -19,7 +19,7 @@ import torch
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from weightspace.config import ParamError
+from weightspace.config import ParamError, config_from_params
 
 from .claims import Claim
 from .flatmodel import FlatModel, subset, weight_decay_piece
@@ -297,12 +297,11 @@ def _drift(c: _Ctx, tr: Trajectory, g: np.ndarray) -> np.ndarray | None:
     the gradient within the epoch: an order-of-magnitude reference, not a prediction.
     """
     try:
-        lr, bs = float(tr.params["lr"]), int(tr.params["batch_size"])
-        mom = float(tr.params.get("momentum", 0.0))
-        n = int(tr.params.get("train_subset", 0) or 0) or c.n_train_full
-    except (KeyError, ValueError):
+        cfg = config_from_params(tr.params, require=("lr", "batch_size"))
+    except ParamError:
         return None
-    return lr / (1 - mom) * math.ceil(n / bs) * g
+    n = cfg.train_subset or c.n_train_full
+    return cfg.lr / (1 - cfg.momentum) * math.ceil(n / cfg.batch_size) * g
 
 
 def _grad_metrics(c: _Ctx, i: int, tr: Trajectory, g, gnowd, wnorm) -> None:

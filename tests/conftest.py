@@ -7,6 +7,7 @@ every test gets its own experiment, so tests never see each other's runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -83,7 +84,10 @@ def make_store(kind: str, tmp_path: Path) -> Store:
         experiment = "Default"
         from weightspace.store import init_store
 
-        init_store(uri)
+        # The Default experiment's artifact root is ./mlruns of the directory that creates the
+        # schema: create it in the test's own directory, never in the checkout.
+        with contextlib.chdir(workdir):
+            init_store(uri)
     else:
         uri = SERVER_URI
         experiment = f"test-{uuid.uuid4().hex[:10]}"

@@ -1,6 +1,11 @@
+from pathlib import Path
+
 import pytest
 
-from weightspace.config import ParamError, TrainConfig, build_config, pretrain_config
+from weightspace.config import (ParamError, TrainConfig, build_config, config_from_params, pretrain_config,
+                                unquote_param)
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("name, value, allowed", [
@@ -74,3 +79,59 @@ def test_precision_enters_the_group_only_when_not_default():
     assert build_config("same_init", {"shuffle_seed": "4", "width": "0.5", "precision": "bf16"}).group == bf.group
     with pytest.raises(ParamError, match="parameter 'precision': expected one of fp32, bf16, got 'fp16'"):
         build_config("single", {"precision": "fp16"})
+
+
+# -- reading params back as `mlflow run` stores them -------------------------------------------
+
+def _as_mlflow_run_logs(entry: str, params: dict) -> dict[str, str]:
+    """The params `mlflow run` logs for this entry point: MLflow's own code on our MLproject."""
+    from mlflow.projects._project_spec import load_project
+
+    final, extra = load_project(str(REPO)).get_entry_point(entry).compute_parameters(params, storage_dir=None)
+    return {**final, **extra}
+
+
+def test_mlflow_run_stores_empty_and_spaced_values_quoted():
+    # The premise of unquote_param, checked against MLflow itself (it is what broke the analysis).
+    stored = _as_mlflow_run_logs("same_init", {"shuffle_seed": 3, "data_dir": "/tmp/my data"})
+    assert stored["data_dir"] == "'/tmp/my data'"
+    assert _as_mlflow_run_logs("same_init", {"shuffle_seed": 3})["data_dir"] == "''"
+
+
+@pytest.mark.parametrize("value", ["", "/tmp/my data", "/tmp/plain", "it's", "a'b c", "0.01", "-1", "$HOME",
+                                   "  lead", "x\ny"])
+def test_unquote_param_inverts_mlflow_quoting(value):
+    stored = _as_mlflow_run_logs("same_init", {"shuffle_seed": 1, "data_dir": value})["data_dir"]
+    assert unquote_param(stored) == value
+
+
+@pytest.mark.parametrize("raw", ["/tmp/my data", "plain", "", "it's here", "'unbalanced"])
+def test_unquote_param_keeps_values_logged_unquoted(raw):
+    # paper and tune log their params themselves, unquoted; those must come back unchanged.
+    assert unquote_param(raw) == raw
+
+
+@pytest.mark.parametrize("data_dir", ["", "/tmp/my data"])
+def test_config_from_params_reads_what_mlflow_run_stored(data_dir):
+    raw = {"shuffle_seed": "3", "data_dir": data_dir, "width": "0.25", "train_subset": "256", "epochs": "4",
+           "snapshot_every": "1", "batch_size": "64"}
+    want = build_config("same_init", raw)
+    # what a run holds: MLflow's quoted params, then the ones the entry point adds itself
+    stored = {**want.to_params(), **_as_mlflow_run_logs("same_init", raw)}
+    got = config_from_params(stored)
+    assert got == want and got.data_dir == data_dir and got.group == want.group
+    assert config_from_params(want.to_params()) == want  # params logged by paper, unquoted
+
+
+def test_config_from_params_resolves_follow_init_seed_and_unused_pretrain():
+    stored = {**_as_mlflow_run_logs("different_init", {"init_seed": 4}), "experiment": "different_init",
+              "pretrain_epochs": "0"}
+    cfg = config_from_params(stored)
+    assert (cfg.experiment, cfg.init_seed, cfg.shuffle_seed, cfg.pretrain_epochs) == ("different_init", 4, 4, 0)
+
+
+def test_config_from_params_names_what_is_missing_or_bad():
+    with pytest.raises(ParamError, match="lack dataset"):
+        config_from_params({"lr": "0.1", "width": "1.0", "dropout": "0.5"})
+    with pytest.raises(ParamError, match="parameter 'lr'"):
+        config_from_params({"dataset": "mnist", "width": "1.0", "dropout": "0.5", "lr": "'fast'"})

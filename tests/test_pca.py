@@ -49,8 +49,14 @@ def _check_against_sklearn(res, X, rtol=RTOL):
     np.testing.assert_allclose(res.explained_variance[:m][nonzero], sk.explained_variance_[nonzero], rtol=rtol)
     assert np.all(res.explained_variance_ratio[:m][~nonzero] < 1e-9)
     k = res.scores.shape[1]
-    scale = np.abs(sk.transform(X)).max()
-    _same_up_to_sign(res.scores, sk.transform(X)[:, :k], atol=rtol * scale)
+    ref = sk.transform(X)[:, :k]
+    scale = np.abs(ref).max()
+    # A component at rounding level has scores of about sqrt(eps) x scale, set by the CPU's BLAS
+    # kernels in any Gram-matrix method: compare the components the evr check treats as non-zero,
+    # and ask only that the others stay far below the signal.
+    live = nonzero[:k]
+    _same_up_to_sign(res.scores[:, live], ref[:, live], atol=rtol * scale)
+    assert np.all(np.abs(res.scores[:, ~live]) < 1e-6 * scale)
 
 
 def test_joint_centred_matches_sklearn(runs):

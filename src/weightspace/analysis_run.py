@@ -176,16 +176,17 @@ def run_probes(trajs, out: Path, opts: AnalysisOptions, progress: bool):
     from analysis.beyond import ProbeOptions
     from analysis.beyond import run_probes as probes
 
+    from .config import config_from_params
     from .data import load_dataset
     from .train import resolve_device
 
-    p = trajs[0].params
     try:
-        data = load_dataset(p["dataset"], p.get("data_dir", ""), int(p.get("train_subset", 0)))
-        width, dropout, wd = float(p["width"]), float(p["dropout"]), float(p["weight_decay"])
-    except KeyError as e:
-        print(f"weightspace: warning: run {trajs[0].run_id} lacks param {e}; probes skipped", file=sys.stderr)
+        cfg = config_from_params(trajs[0].params)
+    except ParamError as e:
+        print(f"weightspace: warning: run {trajs[0].run_id}: {e}; probes skipped", file=sys.stderr)
         return None
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.train_subset)
+    width, dropout, wd = cfg.width, cfg.dropout, cfg.weight_decay
     device = resolve_device(opts.device)
     # Auto costs: the full paper-scale analysis takes minutes on a GPU; on a CPU smaller
     # probes keep the short suite's analysis to about a minute per family.

@@ -16,8 +16,9 @@ import dataclasses
 import hashlib
 import json
 import math
+import shlex
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Mapping
 
 EXPERIMENTS = ("single", "different_init", "same_init", "pretrain", "clone")
 DATASETS = ("mnist", "fashion_mnist", "digits")
@@ -241,3 +242,57 @@ def pretrain_config(clone: TrainConfig) -> TrainConfig:
     return clone.replace(experiment="pretrain", shuffle_seed=clone.init_seed,
                          epochs=clone.pretrain_epochs, snapshot_every=clone.snapshot_every,
                          pretrain_run_id="")
+
+
+# -- reading a run's parameters back -----------------------------------------------------------
+
+def unquote_param(value: str) -> str:
+    """A parameter as the entry point received it, from the string MLflow stored.
+
+    ``mlflow run`` logs every value shell-quoted (``shlex.quote``): an empty value is
+    stored as the two characters ``''`` and ``/tmp/my data`` as ``'/tmp/my data'``, while
+    runs that log their own parameters (``paper``, ``tune``) store them as they are. A
+    stored string is taken as quoted only when it is exactly what ``shlex.quote`` makes of
+    one token, so unquoted values, spaces included, come back unchanged.
+    """
+    try:
+        parts = shlex.split(value)
+    except ValueError:
+        return value
+    if len(parts) == 1 and parts[0] != value and shlex.quote(parts[0]) == value:
+        return parts[0]
+    return value
+
+
+def read_params(params: Mapping[str, str]) -> dict[str, str]:
+    """Every parameter of a run (``run.data.params``) as the entry point received it."""
+    return {k: unquote_param(v) for k, v in params.items()}
+
+
+_UNUSED_PRETRAIN = Spec(int, "0 (not a clone)")
+
+
+def config_from_params(params: Mapping[str, str], experiment: str | None = None,
+                       require: tuple[str, ...] = ("dataset", "width", "dropout")) -> TrainConfig:
+    """The TrainConfig a training run was started with, from its params as MLflow stores them.
+
+    The one reader of a run's training configuration: the analysis, resume, the reuse of
+    finished runs and of pretraining runs all go through it. Fields the run did not log
+    keep their defaults, except those in ``require`` (by default the ones that fix the
+    data and the model), whose absence is a ParamError naming them.
+    """
+    p = read_params(params)
+    missing = [k for k in require if k not in p]
+    if missing:
+        raise ParamError(f"run parameters lack {', '.join(missing)}; not a weightspace training run")
+    values: dict[str, Any] = {"experiment": experiment or p.get("experiment", "single")}
+    if values["experiment"] not in EXPERIMENTS:
+        values["experiment"] = "single"
+    for name, spec in SPECS.items():
+        if name in p:
+            # A run that is not a clone logs its unused pretrain_epochs as 0.
+            spec = _UNUSED_PRETRAIN if name == "pretrain_epochs" and p[name] == "0" else spec
+            values[name] = parse_value(name, p[name], spec)
+    if values.get("shuffle_seed", 0) == -1:
+        values["shuffle_seed"] = values.get("init_seed", 0)
+    return TrainConfig(**values)

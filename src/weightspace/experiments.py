@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import shlex
 import sys
 import tempfile
 import time
@@ -23,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from . import tracking as T
-from .config import SPECS, ParamError, TrainConfig, parse_value, pretrain_config
+from .config import SPECS, ParamError, TrainConfig, config_from_params, parse_value, pretrain_config, unquote_param
 from .data import Data, load_dataset
 from .model import Layout, n_params
 from .train import Trainer, is_finite, resolve_device, weight_stats
@@ -64,7 +63,7 @@ def log_params_and_tags(client: MlflowClient, run_id: str, cfg: TrainConfig, ext
 
 def _same_value(name: str, a: str, b: str) -> bool:
     # `mlflow run` logs an empty default as the shell-quoted string ''.
-    a, b = _unquote(a), _unquote(b)
+    a, b = unquote_param(a), unquote_param(b)
     if a == b:
         return True
     spec = SPECS.get(name)
@@ -72,14 +71,6 @@ def _same_value(name: str, a: str, b: str) -> bool:
         return spec is not None and parse_value(name, a, spec) == parse_value(name, b, spec)
     except ParamError:
         return False
-
-
-def _unquote(v: str) -> str:
-    try:
-        parts = shlex.split(v)
-    except ValueError:
-        return v
-    return parts[0] if len(parts) == 1 else ("" if not parts else v)
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -316,16 +307,16 @@ def check_pretrain_run(client: MlflowClient, run_id: str, clone: TrainConfig) ->
                          f"(its weightspace.experiment is {run.data.tags.get(T.TAG_EXPERIMENT)!r})")
     if run.info.status != "FINISHED":
         raise ParamError(f"parameter 'pretrain_run_id': run {run_id} is {run.info.status}, not FINISHED")
-    p = run.data.params
+    have = config_from_params(run.data.params, "pretrain")
     want = pretrain_config(clone)
     for k in ("dataset", "train_subset", "width", "dropout", "batch_size", "lr", "momentum", "weight_decay",
               "precision", "init_seed"):
-        if k in p and not _same_value(k, p[k], want.to_params()[k]):
-            raise ParamError(f"parameter 'pretrain_run_id': run {run_id} has {k}={p[k]}, this clone has "
-                             f"{k}={want.to_params()[k]}")
-    if "epochs" in p and int(p["epochs"]) != clone.pretrain_epochs:
+        if getattr(have, k) != getattr(want, k):
+            raise ParamError(f"parameter 'pretrain_run_id': run {run_id} has {k}={getattr(have, k)}, this clone "
+                             f"has {k}={getattr(want, k)}")
+    if have.epochs != clone.pretrain_epochs:
         raise ParamError(f"parameter 'pretrain_epochs': {clone.pretrain_epochs} does not match the "
-                         f"{p['epochs']} epochs of pretrain_run_id {run_id}")
+                         f"{have.epochs} epochs of pretrain_run_id {run_id}")
 
 
 def ensure_pretrain(client: MlflowClient, experiment_id: str, clone: TrainConfig, *, parent_id: str | None = None,

@@ -26,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from . import tracking as T
+from .config import read_params
 
 METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "weight_norm", "distance_from_init",
            "step_length", "epoch_seconds")
@@ -154,7 +155,7 @@ def trajectory(run: Run | str, client: MlflowClient | None = None, cache_dir: Pa
         init_seed=int(tags.get("weightspace.init_seed", 0)), shuffle_seed=int(tags.get("weightspace.shuffle_seed", 0)),
         epochs=np.array([v["epoch"] for _, v in items], dtype=np.int64),
         files=[directory / k for k, _ in items],
-        metrics=metric_histories(client, rid), params=dict(run.data.params),
+        metrics=metric_histories(client, rid), params=read_params(run.data.params),
         layout=json.loads(layout_path.read_text()) if layout_path.is_file() else None,
     )
 

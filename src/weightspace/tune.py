@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import shlex
 import sys
 import tempfile
 import time
@@ -37,7 +38,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from . import tracking as T
-from .config import ParamError, Spec, TrainConfig, _digest, build_config, parse_value
+from .config import ParamError, Spec, TrainConfig, _digest, build_config, parse_value, read_params
 from .train import Trainer, is_finite, resolve_device
 
 OBJECTIVES = ("epochs_to_loss", "test_loss")
@@ -430,7 +431,7 @@ def best_params_from_run(client: MlflowClient, run_id: str) -> dict[str, str]:
                          f"is {kind!r})")
     if run.info.status != "FINISHED":
         raise ParamError(f"parameter '{name}': tune run {run_id} is {run.info.status}, not FINISHED")
-    p = run.data.params
+    p = read_params(run.data.params)
     missing = [k for k in SEARCHED if f"best_{k}" not in p]
     if missing:
         raise ParamError(f"parameter '{name}': tune run {run_id} has no best_{missing[0]}")
@@ -453,7 +454,8 @@ def flags_main(argv: list[str]) -> int:
     except ParamError as e:
         print(f"weightspace: error: {e}", file=sys.stderr)
         return 2
-    print(" ".join(f"-P {k}={v}" for k, v in best.items()))
+    # Quoted for the shell the flags are pasted into.
+    print(" ".join(f"-P {shlex.quote(f'{k}={v}')}" for k, v in best.items()))
     return 0
 
 
