@@ -224,7 +224,9 @@ def analyse_family(trajs: Sequence[Trajectory], family: str, out_dir: Path, *, p
     table_md = R.render_markdown(claims)
     runs_md = "\n".join(f"- `{t.name}` (run {t.run_id}, init {t.init_seed}, shuffle {t.shuffle_seed}, "
                         f"{t.T} snapshots, epochs {int(t.epochs[0])}–{int(t.epochs[-1])})" for t in trajs)
-    figs_md = "\n".join(f"![{p.stem}](figures/{p.name})" for p in figs)
+    # the paper's figures first, then any others in the directory (the probes write theirs there)
+    others = sorted(set(fig_dir.glob("*.png")) - set(figs))
+    figs_md = "\n".join(f"![{p.stem}](figures/{p.name})" for p in [*figs, *others])
     report_md = (f"# {title}\n\n## Runs\n{runs_md}\n\n## Claims\n{table_md}\n"
                  f"The null model: independent isotropic random walks (variance ∝ epochs) sampled at the runs' "
                  f"epochs, from a shared start; for θ−θ_final each run is relative to its own final snapshot.\n\n"

@@ -152,3 +152,50 @@ def test_report_and_spectrum_artifacts(suite):
         assert needle in report
     spec = json.load(open(c.download_artifacts(ana.info.run_id, "pca_spectrum.json", str(d))))
     assert isinstance(spec, dict) and spec
+
+
+# -- scripts/export_run.py: what docs/paper-scale/ holds ---------------------------------------------
+
+def _export(store, *args):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "export_run.py"), *args], env=store.env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_export_writes_what_the_store_holds(suite, tmp_path):
+    from analysis.nullmodel import null_evr
+
+    [single] = by_exp(suite, "single")
+    rid, c = single.info.run_id, suite.client()
+    p = _export(suite, rid, str(tmp_path / "out"))
+    assert p.returncode == 0, p.stderr
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    X, epochs = load_trajectory(rid, c)
+    X = X.astype(np.float64)
+    assert (m["n_snapshots"], m["n_params"], m["epochs"], m["n_train"]) == (len(epochs), X.shape[1], 4, 300)
+    # independent computations on the stored snapshots
+    evr = PCA(svd_solver="full").fit(X).explained_variance_ratio_
+    assert m["pca_evr_top2"] == pytest.approx(evr[:2].sum(), rel=1e-5)
+    assert m["null_evr_top2"] == pytest.approx(null_evr(epochs)[:2].sum(), rel=1e-9)
+    assert m["distance_from_init_epoch4"] == pytest.approx(np.linalg.norm(X[-1] - X[0]), rel=1e-5)
+    loss = {h.step: h.value for h in c.get_metric_history(rid, "train_loss")}
+    assert m["train_loss_epoch4"] == loss[4] and m["train_loss_by_epoch"] == {"1": loss[1], "4": loss[4]}
+    assert "train_loss_epoch50" not in m  # epochs the run never reached are not invented
+    assert m["machine_source"] == "run tag" and "cores" in m["machine"]
+    assert m["wall_seconds"] >= m["train_seconds"] > 0
+    report = (tmp_path / "out" / "report.md").read_text()
+    figs = sorted(f.name for f in (tmp_path / "out" / "figures").glob("*.png"))
+    assert figs and all(f"figures/{f}" in report for f in figs)
+
+
+def test_export_refuses_without_an_analysis_or_a_run(suite, tmp_path):
+    [pre] = by_exp(suite, "pretrain")
+    p = _export(suite, pre.info.run_id, str(tmp_path / "a"))
+    assert p.returncode == 1 and "no FINISHED analysis" in p.stderr and "-P run_ids=" in p.stderr
+    assert not (tmp_path / "a" / "metrics.json").exists()
+    p = _export(suite, "0123456789abcdef0123456789abcdef", str(tmp_path / "b"))
+    assert p.returncode == 1 and p.stderr.strip().count("\n") == 0 and "no such run" in p.stderr

@@ -56,7 +56,7 @@ def log_params_and_tags(client: MlflowClient, run_id: str, cfg: TrainConfig, ext
                              f"{k}={v}; start a new run or resume with the original parameters")
     tags = {T.TAG_EXPERIMENT: cfg.experiment, T.TAG_GROUP: cfg.group, T.TAG_RUN_KEY: cfg.run_key,
             "weightspace.init_seed": str(cfg.init_seed), "weightspace.shuffle_seed": str(cfg.shuffle_seed),
-            "mlflow.runName": cfg.run_name}
+            "mlflow.runName": cfg.run_name, T.TAG_MACHINE: T.machine(extra.get("resolved_device", "cpu"))}
     T.retry(lambda: client.log_batch(run_id, params=new, tags=[RunTag(k, v) for k, v in tags.items()]),
             "parameters and tags")
 
