@@ -9,4 +9,7 @@ bash scripts/install_server_deps.sh
 bash scripts/server.sh start
 trap 'bash scripts/server.sh stop' EXIT
 export WEIGHTSPACE_TEST_SERVER_URI="$(bash scripts/server.sh uri)"
-.venv/bin/python -m pytest "$@"
+# Two workers, one test file each at a time (module fixtures are built once): the end-to-end
+# tests are single-threaded `mlflow run` subprocesses, so two run side by side on two cores.
+# WEIGHTSPACE_TEST_WORKERS=0 runs everything in this one process.
+.venv/bin/python -m pytest -n "${WEIGHTSPACE_TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -109,3 +109,11 @@ def store(tmp_path) -> Store:
 def any_store(request, tmp_path) -> Store:
     """Parametrised over sqlite and, when CI started it, the PostgreSQL-backed server."""
     return make_store(request.param, tmp_path)
+
+
+def pytest_configure(config):
+    # Under scripts/test.sh two xdist workers share the two cores: one torch thread each.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
