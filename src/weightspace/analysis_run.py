@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
 from . import tracking as T
-from .config import ParamError, Spec, parse_value
+from .config import ParamError, Spec, config_from_params, parse_value
 from .runs import TrajectoryError, find_runs, find_siblings, trajectory
 
 FAMILIES = ("single", "different_init", "same_init", "clone")
@@ -176,7 +176,6 @@ def run_probes(trajs, out: Path, opts: AnalysisOptions, progress: bool):
     from analysis.beyond import ProbeOptions
     from analysis.beyond import run_probes as probes
 
-    from .config import config_from_params
     from .data import load_dataset
     from .train import resolve_device
 

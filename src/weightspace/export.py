@@ -21,8 +21,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from . import tracking as T
-from .config import config_from_params
-from .runs import metric_histories
+from .config import config_from_params, read_params
+from .runs import TrajectoryError, complete_manifest, metric_histories
 
 # The epochs at which the paper states its loss and distance figures, and a finer grid for the
 # README's loss table; only those a run reaches are written, plus its last epoch.
@@ -56,12 +56,12 @@ def _at(series: tuple, epochs: tuple[int, ...], last: int) -> dict[str, float]:
     return {str(e): by[e] for e in want if e in by}
 
 
-def export_metrics(client: MlflowClient, run_id: str, analysis_id: str) -> dict:
-    run = client.get_run(run_id)
+def export_metrics(client: MlflowClient, run, analysis_id: str) -> dict:
+    run_id = run.info.run_id
     if run.info.status != "FINISHED":
         raise ExportError(f"run {run_id} is {run.info.status}, not FINISHED; resume it with --run-id first")
-    cfg = config_from_params(run.data.params)
-    p = run.data.params
+    p = read_params(run.data.params)
+    cfg = config_from_params(p)
     hist = metric_histories(client, run_id)
     for name in ("train_loss", "test_accuracy", "distance_from_init", "epoch_seconds"):
         if name not in hist:
@@ -71,7 +71,7 @@ def export_metrics(client: MlflowClient, run_id: str, analysis_id: str) -> dict:
     missing = [k for k in ANALYSIS_KEYS[:4] if k not in am]
     if missing:
         raise ExportError(f"analysis run {analysis_id} has no metric {missing[0]}")
-    manifest_epochs = _snapshot_count(client, run_id)
+    _, manifest = complete_manifest(client, run_id)
     out = {
         "run_id": run_id, "analysis_run_id": analysis_id, "run_name": run.info.run_name,
         "experiment": cfg.experiment, "group": run.data.tags.get(T.TAG_GROUP, ""),
@@ -79,7 +79,7 @@ def export_metrics(client: MlflowClient, run_id: str, analysis_id: str) -> dict:
         "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "dropout": cfg.dropout,
         "precision": cfg.precision, "device": p.get("resolved_device", cfg.device),
         "n_params": int(p["n_params"]), "n_train": int(p["n_train"]), "epochs": last,
-        "n_snapshots": manifest_epochs,
+        "n_snapshots": len(manifest["files"]),
         **{k: am[k] for k in ANALYSIS_KEYS if k in am},
         **{f"train_loss_epoch{e}": v for e, v in _at(hist["train_loss"], HEADLINE_EPOCHS, last).items()},
         **{f"distance_from_init_epoch{e}": v
@@ -97,15 +97,6 @@ def export_metrics(client: MlflowClient, run_id: str, analysis_id: str) -> dict:
     return out
 
 
-def _snapshot_count(client: MlflowClient, run_id: str) -> int:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = client.download_artifacts(run_id, "trajectory/manifest.json", tmp)
-        manifest = json.loads(Path(path).read_text())
-    if not manifest.get("complete"):
-        raise ExportError(f"run {run_id}: trajectory/manifest.json says the trajectory is incomplete")
-    return len(manifest["files"])
-
-
 def export(client: MlflowClient, run_id: str, out_dir: Path, analysis_id: str | None = None) -> Path:
     """Write metrics.json, report.md and figures/*.png of ``run_id`` under ``out_dir``."""
     try:
@@ -113,7 +104,7 @@ def export(client: MlflowClient, run_id: str, out_dir: Path, analysis_id: str | 
     except MlflowException:
         raise ExportError(f"run {run_id}: no such run in this tracking store") from None
     analysis_id = analysis_id or find_analysis_run(client, run)
-    metrics = export_metrics(client, run_id, analysis_id)
+    metrics = export_metrics(client, run, analysis_id)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         got = Path(client.download_artifacts(analysis_id, "", tmp))
@@ -138,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         out = export(MlflowClient(), a.run_id, a.out_dir, a.analysis_run_id)
-    except (ExportError, MlflowException) as e:
+    except (ExportError, TrajectoryError, MlflowException) as e:
         print(f"weightspace: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
     print(f"weightspace: exported run {a.run_id} to {out}", file=sys.stderr)

@@ -78,18 +78,23 @@ def _download(client: MlflowClient, run_id: str, path: str, dst: Path) -> Path:
         raise TrajectoryError(f"run {run_id}: cannot download {path} ({str(e).splitlines()[0]})") from None
 
 
+def complete_manifest(client: MlflowClient, run_id: str, tmp_parent: Path | None = None) -> tuple[bytes, dict]:
+    """The run's trajectory/manifest.json (its bytes and parsed), refused unless ``complete``."""
+    with tempfile.TemporaryDirectory(dir=tmp_parent) as tmp:
+        raw = _download(client, run_id, "trajectory/manifest.json", Path(tmp)).read_bytes()
+    manifest = json.loads(raw)
+    if not manifest.get("complete"):
+        raise TrajectoryError(f"run {run_id}: trajectory/manifest.json says the trajectory is incomplete "
+                              "(the run did not finish); resume it first")
+    return raw, manifest
+
+
 def fetch_trajectory_dir(run_id: str, client: MlflowClient | None = None, cache_dir: Path | None = None) -> tuple[Path, dict]:
     """Local directory with the run's verified trajectory files, and its manifest."""
     client = client or MlflowClient()
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        manifest_path = _download(client, run_id, "trajectory/manifest.json", Path(tmp))
-        raw = manifest_path.read_bytes()
-    manifest = json.loads(raw)
-    if not manifest.get("complete"):
-        raise TrajectoryError(f"run {run_id}: trajectory/manifest.json says the trajectory is incomplete "
-                              "(the run did not finish); resume it first")
+    raw, manifest = complete_manifest(client, run_id, cache)
     target = cache / f"{run_id}-{hashlib.sha256(raw).hexdigest()[:16]}"
     if not target.is_dir():
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
