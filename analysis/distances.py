@@ -14,8 +14,8 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from analysis.pca import as_list, open_snapshot
-from analysis.trajectory import Trajectory
+from weightspace.analysis.pca import as_list, open_snapshot
+from weightspace.analysis.trajectory import Trajectory
 
 
 @dataclass

@@ -14,9 +14,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from analysis.distances import PairwiseOverEpochs, RunGeometry
-from analysis.pca import PCAResult
-from analysis.trajectory import Trajectory
+from weightspace.analysis.distances import PairwiseOverEpochs, RunGeometry
+from weightspace.analysis.pca import PCAResult
+from weightspace.analysis.trajectory import Trajectory
 
 
 def colour(r: int, n: int = 10):

@@ -12,10 +12,10 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from analysis import figures as F
-from analysis import report as R
-from analysis.claims import Claim
-from analysis.distances import (
+from weightspace.analysis import figures as F
+from weightspace.analysis import report as R
+from weightspace.analysis.claims import Claim
+from weightspace.analysis.distances import (
     common_epochs,
     final_distances,
     normalise_pairwise,
@@ -24,9 +24,9 @@ from analysis.distances import (
     summary_stats,
     upper_values,
 )
-from analysis.nullmodel import null_evr, null_evr_runs
-from analysis.pca import PCAResult, check_same_size, compute_gram, open_snapshot
-from analysis.trajectory import Trajectory
+from weightspace.analysis.nullmodel import null_evr, null_evr_runs
+from weightspace.analysis.pca import PCAResult, check_same_size, compute_gram, open_snapshot
+from weightspace.analysis.trajectory import Trajectory
 
 FAMILIES = ("single", "different_init", "same_init", "clone", "mixed")
 PANEL_SIZES = (1, 2, 5)   # the paper's Figure 1: PCA fit on the first 1, 2 and 5 runs

@@ -12,9 +12,9 @@ from typing import Sequence
 
 import numpy as np
 
-from analysis.claims import Claim
-from analysis.distances import RunGeometry
-from analysis.trajectory import Trajectory
+from weightspace.analysis.claims import Claim
+from weightspace.analysis.distances import RunGeometry
+from weightspace.analysis.trajectory import Trajectory
 
 EQUAL_CV = 0.1          # coefficient of variation below which distances count as "roughly equal"
 PAPER_TOP2, PAPER_TOP10 = 0.8139, 0.9563

@@ -39,7 +39,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from weightspace import experiments as E  # noqa: E402
 from weightspace import tracking as T  # noqa: E402
 from weightspace.config import TrainConfig  # noqa: E402
-from weightspace.experiments import dataset_for, train_run  # noqa: E402
+from weightspace.experiments.training import dataset_for, train_run  # noqa: E402
 from weightspace.train import Trainer, resolve_device  # noqa: E402
 
 # Accumulated seconds of the current logged run, by where they were spent.

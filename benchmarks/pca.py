@@ -69,8 +69,8 @@ def write_walk(directory: Path, T: int, P: int, seed: int = 0) -> list[Path]:
 def run_method(method: str, directory: Path) -> dict:
     files = sorted(directory.glob("epoch_*.npy"))
     if method.startswith("analysis"):
-        from analysis.pca import trajectory_pca
-        from analysis.trajectory import Trajectory
+        from weightspace.analysis.pca import trajectory_pca
+        from weightspace.analysis.trajectory import Trajectory
     else:
         from sklearn.decomposition import PCA
     base = rss_bytes()

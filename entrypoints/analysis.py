@@ -2,7 +2,7 @@
 
 import sys
 
-from weightspace.analysis_run import analysis_entry
+from weightspace.experiments.analyse import analysis_entry
 
 if __name__ == "__main__":
     analysis_entry(sys.argv[1:])

@@ -2,7 +2,7 @@
 
 import sys
 
-from weightspace.paper import paper_entry
+from weightspace.experiments.paper import paper_entry
 
 if __name__ == "__main__":
     paper_entry(sys.argv[1:])

@@ -2,7 +2,7 @@
 
 import sys
 
-from weightspace.tune import tune_entry
+from weightspace.experiments.tune import tune_entry
 
 if __name__ == "__main__":
     tune_entry(sys.argv[1:])

@@ -8,7 +8,7 @@ snapshots are never copied. See weightspace/export.py.
 
 import sys
 
-from weightspace.export import main
+from weightspace.tracking.export import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -82,7 +82,7 @@ def make_store(kind: str, tmp_path: Path) -> Store:
     if kind == "sqlite":
         uri = f"sqlite:///{workdir / 'mlflow.db'}"
         experiment = "Default"
-        from weightspace.store import init_store
+        from weightspace.tracking.store import init_store
 
         # The Default experiment's artifact root is ./mlruns of the directory that creates the
         # schema: create it in the test's own directory, never in the checkout.

@@ -7,7 +7,7 @@ import pytest
 from sklearn.decomposition import PCA
 
 from conftest import TINY, make_store
-from weightspace.runs import find_siblings, load_trajectory
+from weightspace.tracking.runs import find_siblings, load_trajectory
 
 pytestmark = pytest.mark.e2e
 FAST = {"probes": "0"}
@@ -167,7 +167,7 @@ def _export(store, *args):
 
 
 def test_export_writes_what_the_store_holds(suite, tmp_path):
-    from analysis.nullmodel import null_evr
+    from weightspace.analysis.nullmodel import null_evr
 
     # the paper's own single run (other tests of this module add single runs of their own)
     [single] = [r for r in by_exp(suite, "single") if "mlflow.parentRunId" in r.data.tags]

@@ -19,9 +19,10 @@ import tomllib
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO
-from weightspace import analysis_run, cli, paper, tune
+from weightspace import cli
+from weightspace.experiments import analyse as analysis_run, paper, tune
 from weightspace.config import SPECS, parse_value
-from weightspace.store import init_store
+from weightspace.tracking.store import init_store
 
 TRAIN_REQUIRED = {"different_init": {"init_seed": "0"}, "same_init": {"shuffle_seed": "0"},
                   "clone": {"shuffle_seed": "0"}}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from analysis.distances import (
+from weightspace.analysis.distances import (
     common_epochs,
     cosine_similarity,
     final_distances,
@@ -15,7 +15,7 @@ from analysis.distances import (
     summary_stats,
     upper_values,
 )
-from analysis.trajectory import Trajectory
+from weightspace.analysis.trajectory import Trajectory
 
 P = 2500
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY
-from weightspace.runs import find_siblings, load_trajectory
+from weightspace.tracking.runs import find_siblings, load_trajectory
 
 METRICS = ["train_loss", "train_accuracy", "test_loss", "test_accuracy", "weight_norm", "distance_from_init",
            "step_length", "epoch_seconds"]

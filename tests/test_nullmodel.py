@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from analysis.nullmodel import null_evr, null_evr_runs, null_gram, null_gram_runs, simulate_random_walk, simulated_evr
+from weightspace.analysis.nullmodel import null_evr, null_evr_runs, null_gram, null_gram_runs, simulate_random_walk, simulated_evr
 
 
 def test_t201_matches_antognini_sohl_dickstein():

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn.decomposition import PCA
 
-from analysis.pca import check_same_size, compute_gram, trajectory_pca
-from analysis.trajectory import Trajectory
+from weightspace.analysis.pca import check_same_size, compute_gram, trajectory_pca
+from weightspace.analysis.trajectory import Trajectory
 
 P = 3001          # not a multiple of the chunk, so the ragged last chunk is exercised
 CHUNK = 700

@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from analysis.beyond import ProbeOptions, run_probes
-from analysis.flatmodel import FlatModel, subset, weight_decay_piece
-from analysis.function_space import disagreement, pairwise_distances, upper
-from analysis.interpolation import alphas, barrier_chord, barrier_frankle, interpolate, is_monotone_decreasing
-from analysis.stationarity import grad_norm, gradient, hvp, top_hessian_eig
-from analysis.surface import gram_pca, grid_loss, orthonormalize, plane_points, project
-from analysis.trajectory import Trajectory
+from weightspace.analysis.beyond import ProbeOptions, run_probes
+from weightspace.analysis.flatmodel import FlatModel, subset, weight_decay_piece
+from weightspace.analysis.function_space import disagreement, pairwise_distances, upper
+from weightspace.analysis.interpolation import alphas, barrier_chord, barrier_frankle, interpolate, is_monotone_decreasing
+from weightspace.analysis.stationarity import grad_norm, gradient, hvp, top_hessian_eig
+from weightspace.analysis.surface import gram_pca, grid_loss, orthonormalize, plane_points, project
+from weightspace.analysis.trajectory import Trajectory
 from weightspace.data import load_dataset
 from weightspace.model import build_model, flat_params, load_flat
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, SERVER_URI, TINY
-from weightspace.runs import TrajectoryError, load_trajectory, trajectory
+from weightspace.tracking.runs import TrajectoryError, load_trajectory, trajectory
 
 pytestmark = pytest.mark.e2e
 # ~0.3 s per epoch here: slow enough to be killed mid-run, fast enough for CI.
@@ -103,7 +103,7 @@ def test_launcher_initialises_a_fresh_sqlite_store(tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
     extra = [x for k, v in {**TINY, "epochs": "2"}.items() for x in ("-P", f"{k}={v}")]
-    p = subprocess.run([sys.executable, "-m", "weightspace.store", "launch", "same_init", "shuffle_seed=0,1,2,3,4",
+    p = subprocess.run([sys.executable, "-m", "weightspace.tracking.store", "launch", "same_init", "shuffle_seed=0,1,2,3,4",
                         "--", *extra], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     from mlflow.tracking import MlflowClient

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from weightspace.config import ParamError
-from weightspace.tune import best_params_from_run, default_storage, parse_tune
+from weightspace.experiments.tune import best_params_from_run, default_storage, parse_tune
 
 pytestmark = pytest.mark.e2e
 
@@ -113,7 +113,7 @@ def test_two_workers_share_one_study(store):
     with pytest.raises(ParamError, match="TUNE_RUN_ID.*no run"):
         best_params_from_run(client, "0" * 32)
     # the same as -P flags for a launch: python -m weightspace.tune flags RUN_ID
-    flags = subprocess.run([sys.executable, "-m", "weightspace.tune", "flags", parents[0].info.run_id],
+    flags = subprocess.run([sys.executable, "-m", "weightspace.experiments.tune", "flags", parents[0].info.run_id],
                            env=store["env"], capture_output=True, text=True, timeout=120)
     assert flags.returncode == 0, flags.stderr
     assert flags.stdout.split() == [x for k in SEARCHED for x in ("-P", f"{k}={got[k]}")]

@@ -19,7 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from .config import ParamError
-from .experiments import mark_failed, one_line
+from . import tracking as T
 
 EXIT_USAGE, EXIT_FAILURE = 2, 1
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
@@ -159,7 +159,7 @@ COMMON = ("dataset", "data_dir", "train_subset", "batch_size", "lr", "momentum",
 def train_entry(experiment: str, argv: list[str]) -> None:
     """The body of the single, different_init, same_init and clone entry points."""
     from .config import build_config
-    from .experiments import check_pretrain_run, ensure_pretrain, train_run
+    from .experiments.training import check_pretrain_run, ensure_pretrain, train_run
 
     def body() -> None:
         raw, cfg = parse_validated(experiment, argv, TRAIN_PARAMS[experiment] + COMMON,
@@ -178,3 +178,21 @@ def train_entry(experiment: str, argv: list[str]) -> None:
               f"Browse it with: mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}", file=sys.stderr)
 
     main(experiment, body)
+
+
+def mark_failed(client: MlflowClient, run_id: str, error: BaseException) -> None:
+    msg = one_line(error)
+    try:
+        client.set_tag(run_id, T.TAG_ERROR, msg[:5000])
+        client.set_terminated(run_id, "FAILED")
+    except Exception:  # noqa: BLE001 - the store may be what failed; the exit code still tells
+        pass
+
+
+def one_line(e: BaseException) -> str:
+    """The first line of an error; our own error types speak for themselves, others get their class."""
+    text = str(e).strip().splitlines()
+    msg = text[0] if text else e.__class__.__name__
+    own = isinstance(e, (ParamError, ConnectionError, FloatingPointError, TimeoutError)) or \
+        e.__class__.__module__.startswith("weightspace")
+    return msg if own else f"{e.__class__.__name__}: {msg}"

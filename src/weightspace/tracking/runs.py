@@ -25,8 +25,8 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from . import tracking as T
-from .config import read_params
+from .. import tracking as T
+from ..config import read_params
 
 METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "weight_norm", "distance_from_init",
            "step_length", "epoch_seconds")

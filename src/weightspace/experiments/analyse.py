@@ -19,9 +19,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
-from . import tracking as T
-from .config import ParamError, Spec, config_from_params, parse_value
-from .runs import TrajectoryError, find_runs, find_siblings, trajectory
+from .. import tracking as T
+from ..config import ParamError, Spec, config_from_params, parse_value
+from ..tracking.runs import TrajectoryError, find_runs, find_siblings, trajectory
 
 FAMILIES = ("single", "different_init", "same_init", "clone")
 
@@ -122,7 +122,7 @@ def check_architecture(trajs) -> None:
 def analyse_runs(client: MlflowClient, run_id: str, runs: list, opts: AnalysisOptions, label: str,
                  progress: bool = True) -> dict[str, float]:
     """Analyse ``runs`` (siblings) and log everything into the analysis run ``run_id``."""
-    from analysis.pipeline import analyse_family
+    from ..analysis.pipeline import analyse_family
 
     if not runs:
         raise ParamError(f"analysis {label}: no FINISHED runs to analyse")
@@ -173,11 +173,11 @@ def analyse_runs(client: MlflowClient, run_id: str, runs: list, opts: AnalysisOp
 
 def run_probes(trajs, out: Path, opts: AnalysisOptions, progress: bool):
     """The issue-4 probes (interpolation, stationarity, loss surface, disagreement)."""
-    from analysis.beyond import ProbeOptions
-    from analysis.beyond import run_probes as probes
+    from ..analysis.beyond import ProbeOptions
+    from ..analysis.beyond import run_probes as probes
 
-    from .data import load_dataset
-    from .train import resolve_device
+    from ..data import load_dataset
+    from ..train import resolve_device
 
     try:
         cfg = config_from_params(trajs[0].params)
@@ -215,14 +215,14 @@ def analyse_selection(client: MlflowClient, run_id: str, sel: dict[str, str], op
         try:
             analyse_runs(client, child, runs, opts, label, progress)
         except BaseException as e:
-            from .experiments import mark_failed
+            from ..cli import mark_failed
             mark_failed(client, child, e)
             raise
         client.set_terminated(child, "FINISHED")
 
 
 def analysis_entry(argv: list[str]) -> None:
-    from .cli import entry_run, main, parse_validated
+    from ..cli import entry_run, main, parse_validated
 
     def body() -> None:
         _, (sel, opts) = parse_validated("analysis", argv, SELECTORS + tuple(OPTION_SPECS), parse_options)

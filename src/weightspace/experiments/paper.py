@@ -19,10 +19,11 @@ from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
-from . import tracking as T
-from .config import Spec, TrainConfig, build_config, parse_value
-from .experiments import RunSession, dataset_for, ensure_pretrain, mark_failed, run_child, runs_with_key
-from .train import Trainer, resolve_device
+from .. import tracking as T
+from ..config import Spec, TrainConfig, build_config, parse_value
+from ..cli import mark_failed
+from .training import RunSession, dataset_for, ensure_pretrain, run_child, runs_with_key
+from ..train import Trainer, resolve_device
 
 PAPER_SPECS = {
     "replicas": Spec(int, "an integer from 1 to 100", lambda v: 1 <= v <= 100),
@@ -103,7 +104,7 @@ def run_suite(client: MlflowClient, parent_id: str, fams: dict[str, list[TrainCo
 def train_batched(client: MlflowClient, todo: list[tuple[str, TrainConfig]], start_from: str | None,
                   progress: bool) -> None:
     """Train sibling runs together in one process; each still logs into its own run."""
-    from .siblings import BatchedTrainer
+    from ..siblings import BatchedTrainer
 
     sessions = []
     try:
@@ -178,8 +179,8 @@ def train_in_processes(client: MlflowClient, todo: list[tuple[str, TrainConfig]]
 
 
 def paper_entry(argv: list[str]) -> None:
-    from .analysis_run import AnalysisOptions, analyse_runs
-    from .cli import COMMON, entry_run, main, parse_validated
+    from .analyse import AnalysisOptions, analyse_runs
+    from ..cli import COMMON, entry_run, main, parse_validated
 
     allowed = tuple(PAPER_SPECS) + TRAIN_KEYS + COMMON
 

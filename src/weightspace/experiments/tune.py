@@ -37,9 +37,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from . import tracking as T
-from .config import ParamError, Spec, TrainConfig, _digest, build_config, parse_value, read_params
-from .train import Trainer, is_finite, resolve_device
+from .. import tracking as T
+from ..config import ParamError, Spec, TrainConfig, _digest, build_config, parse_value, read_params
+from ..train import Trainer, is_finite, resolve_device
 
 OBJECTIVES = ("epochs_to_loss", "test_loss")
 SEARCHED = ("lr", "momentum", "batch_size", "weight_decay", "dropout")
@@ -186,7 +186,7 @@ class Objective:
     """
 
     def __init__(self, client: MlflowClient, parent_id: str, base: TrainConfig, opts: dict):
-        from .experiments import dataset_for
+        from .training import dataset_for
 
         self.client, self.parent_id, self.base, self.opts = client, parent_id, base, opts
         self.exp_id = client.get_run(parent_id).info.experiment_id
@@ -272,7 +272,7 @@ class Objective:
     def _end_run(self, run_id: str, state: str, value: float | None, error: BaseException | None) -> None:
         tags = [RunTag(TAG_STATE, state)]
         if state == "FAIL" and error is not None:
-            from .experiments import one_line
+            from ..cli import one_line
             tags.append(RunTag(T.TAG_ERROR, one_line(error)[:5000]))
         metrics = [Metric("objective_value", value, int(time.time() * 1000), 0)] if value is not None else []
         status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(state, "FAILED")  # mlflow.optuna's mapping
@@ -393,7 +393,7 @@ def figures(study: optuna.Study, out: Path, seed: int) -> list[Path]:
 # -- entry point ----------------------------------------------------------------------------------
 
 def tune_entry(argv: list[str]) -> None:
-    from .cli import entry_run, main, parse_validated
+    from ..cli import entry_run, main, parse_validated
 
     def body() -> None:
         _, (opts, base) = parse_validated("tune", argv, ALLOWED, parse_tune)

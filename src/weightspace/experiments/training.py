@@ -21,11 +21,12 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from . import tracking as T
-from .config import SPECS, ParamError, TrainConfig, config_from_params, parse_value, pretrain_config, unquote_param
-from .data import Data, load_dataset
-from .model import Layout, n_params
-from .train import Trainer, is_finite, resolve_device, weight_stats
+from .. import tracking as T
+from ..config import SPECS, ParamError, TrainConfig, config_from_params, parse_value, pretrain_config, unquote_param
+from ..data import Data, load_dataset
+from ..model import Layout, n_params
+from ..cli import mark_failed
+from ..train import Trainer, is_finite, resolve_device, weight_stats
 
 CHECKPOINT = "checkpoint/state.safetensors"
 MODEL = "model/model.safetensors"
@@ -368,21 +369,3 @@ def run_child(client: MlflowClient, run_id: str, cfg: TrainConfig, **kw) -> None
         mark_failed(client, run_id, e)
         raise
     T.retry(lambda: client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED)), "finishing run")
-
-
-def mark_failed(client: MlflowClient, run_id: str, error: BaseException) -> None:
-    msg = one_line(error)
-    try:
-        client.set_tag(run_id, T.TAG_ERROR, msg[:5000])
-        client.set_terminated(run_id, "FAILED")
-    except Exception:  # noqa: BLE001 - the store may be what failed; the exit code still tells
-        pass
-
-
-def one_line(e: BaseException) -> str:
-    """The first line of an error; our own error types speak for themselves, others get their class."""
-    text = str(e).strip().splitlines()
-    msg = text[0] if text else e.__class__.__name__
-    own = isinstance(e, (ParamError, ConnectionError, FloatingPointError, TimeoutError)) or \
-        e.__class__.__module__.startswith("weightspace")
-    return msg if own else f"{e.__class__.__name__}: {msg}"

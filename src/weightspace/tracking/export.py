@@ -20,8 +20,8 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from . import tracking as T
-from .config import config_from_params, read_params
+from .. import tracking as T
+from ..config import config_from_params, read_params
 from .runs import TrajectoryError, complete_manifest, metric_histories
 
 # The epochs at which the paper states its loss and distance figures, and a finer grid for the

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import platform
 import queue
 import shutil
 import tempfile
@@ -29,16 +28,6 @@ from mlflow.tracking import MlflowClient
 
 log = logging.getLogger("weightspace")
 
-TAG_EXPERIMENT = "weightspace.experiment"
-TAG_GROUP = "weightspace.group"
-TAG_RUN_KEY = "weightspace.run_key"
-TAG_PRETRAIN = "weightspace.pretrain_run_id"
-TAG_ERROR = "weightspace.error"
-TAG_SOURCES = "weightspace.source_run_ids"
-TAG_PARENT = "mlflow.parentRunId"
-# the CPU (or GPU) a run trained on, so that every time it reports names its machine
-TAG_MACHINE = "weightspace.machine"
-
 
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
@@ -46,24 +35,6 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def machine(device: str = "cpu") -> str:
-    """This machine in words: the CPU model and core count (and the GPU on cuda), the torch version."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    gpu = ""
-    if device.startswith("cuda") and torch.cuda.is_available():
-        gpu = f"{torch.cuda.get_device_name(torch.device(device))}; "
-    return f"{gpu}{cpu}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}"
 
 
 def upload_timeout() -> float:
