@@ -1,11 +1,4 @@
-"""Thin MLflow entry points: parse, validate, call the library.
+"""Thin MLflow entry points: each one hands its argv to ``weightspace.cli.run_entry``.
 
-Under conda (no ``pip install``), the library is imported straight from ``src/``.
+The package itself is installed (``pip install -e .``: scripts/setup_env.sh, or conda.yaml).
 """
-
-import sys
-from pathlib import Path
-
-_SRC = str(Path(__file__).resolve().parent.parent / "src")
-if _SRC not in sys.path:
-    sys.path.insert(0, _SRC)

@@ -2,7 +2,7 @@
 
 import sys
 
-from weightspace.experiments.analyse import analysis_entry
+from weightspace.cli import run_entry
 
 if __name__ == "__main__":
-    analysis_entry(sys.argv[1:])
+    run_entry("analysis", sys.argv[1:])

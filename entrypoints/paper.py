@@ -2,7 +2,7 @@
 
 import sys
 
-from weightspace.experiments.paper import paper_entry
+from weightspace.cli import run_entry
 
 if __name__ == "__main__":
-    paper_entry(sys.argv[1:])
+    run_entry("paper", sys.argv[1:])

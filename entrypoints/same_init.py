@@ -2,7 +2,7 @@
 
 import sys
 
-from weightspace.cli import train_entry
+from weightspace.cli import run_entry
 
 if __name__ == "__main__":
-    train_entry("same_init", sys.argv[1:])
+    run_entry("same_init", sys.argv[1:])

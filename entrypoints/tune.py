@@ -2,7 +2,7 @@
 
 import sys
 
-from weightspace.experiments.tune import tune_entry
+from weightspace.cli import run_entry
 
 if __name__ == "__main__":
-    tune_entry(sys.argv[1:])
+    run_entry("tune", sys.argv[1:])

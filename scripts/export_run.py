@@ -1,9 +1,9 @@
 """Export a FINISHED training run and its analysis: metrics.json, report.md, figures/*.png.
 
-    python scripts/export_run.py RUN_ID docs/paper-scale/single [--analysis-run-id ID]
+    python -m weightspace export RUN_ID docs/paper-scale/single [--analysis-run-id ID]
 
 Every value in metrics.json is read from the tracking store (MLFLOW_TRACKING_URI); the
-snapshots are never copied. See weightspace/export.py.
+snapshots are never copied. Same as `python -m weightspace export`.
 """
 
 import sys

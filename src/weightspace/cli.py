@@ -12,36 +12,19 @@ import contextlib
 import logging
 import os
 import sys
-from typing import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from .config import ParamError
+from . import params as P
 from . import tracking as T
+from .params import ParamError
 
 EXIT_USAGE, EXIT_FAILURE = 2, 1
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
-
-
-def parse_argv(argv: list[str], allowed: tuple[str, ...], entry: str) -> dict[str, str]:
-    """``--name value`` pairs (as MLproject commands pass them) into a dict of raw strings."""
-    out: dict[str, str] = {}
-    it = iter(argv)
-    for tok in it:
-        if not tok.startswith("--"):
-            raise ParamError(f"entry point {entry}: unexpected argument {tok!r}; parameters are --name value")
-        name, eq, value = tok[2:].partition("=")
-        if not eq:
-            value = next(it, None)
-            if value is None:
-                raise ParamError(f"parameter '{name}': missing value")
-        if name not in allowed:
-            raise ParamError(f"unknown parameter '{name}' for entry point {entry}; "
-                             f"allowed: {', '.join(allowed)}")
-        out[name] = value
-    return out
 
 
 def client() -> MlflowClient:
@@ -113,14 +96,34 @@ def _fail(msg: str, code: int) -> None:
     sys.exit(code)
 
 
-def parse_validated(entry: str, argv: list[str], allowed: tuple[str, ...], build: Callable[[dict], object]):
-    """(raw params, build(raw)); bad input still marks the run that ``mlflow run`` made as FAILED."""
-    try:
-        raw = parse_argv(argv, allowed, entry)
-        return raw, build(raw)
-    except ParamError as e:
-        fail_env_run(e)
-        raise
+@dataclass(frozen=True)
+class EntryPoint:
+    """An entry point: its parameters (one typed dataclass), its cross-parameter checks, its body.
+
+    ``prepare`` runs before the tracking store is touched, so bad input fails fast;
+    ``run`` gets what ``prepare`` returned.
+    """
+
+    params: type
+    run: Callable[[Any], None]
+    prepare: Callable[[Any], Any] = lambda params: params
+
+
+def run_entry(name: str, argv: list[str]) -> None:
+    """The whole life of ``python -m entrypoints.<name>``: parse, validate, run, fail in one line."""
+    from .experiments import entry_point
+
+    ep = entry_point(name)
+
+    def body() -> None:
+        try:
+            prepared = ep.prepare(P.parse(ep.params, P.parse_argv(argv, ep.params, name), name))
+        except ParamError as e:
+            fail_env_run(e)
+            raise
+        ep.run(prepared)
+
+    main(name, body)
 
 
 def fail_env_run(e: BaseException) -> None:
@@ -144,40 +147,6 @@ def reachable(uri: str, timeout: float = 5) -> bool:
         return True  # something answered
     except Exception:  # noqa: BLE001
         return False
-
-
-TRAIN_PARAMS = {
-    "single": ("init_seed", "shuffle_seed", "epochs", "snapshot_every"),
-    "different_init": ("init_seed", "shuffle_seed", "epochs", "snapshot_every"),
-    "same_init": ("shuffle_seed", "init_seed", "epochs", "snapshot_every"),
-    "clone": ("shuffle_seed", "init_seed", "pretrain_epochs", "pretrain_run_id", "epochs", "snapshot_every"),
-}
-COMMON = ("dataset", "data_dir", "train_subset", "batch_size", "lr", "momentum", "weight_decay", "dropout",
-          "width", "precision", "device")
-
-
-def train_entry(experiment: str, argv: list[str]) -> None:
-    """The body of the single, different_init, same_init and clone entry points."""
-    from .config import build_config
-    from .experiments.training import check_pretrain_run, ensure_pretrain, train_run
-
-    def body() -> None:
-        raw, cfg = parse_validated(experiment, argv, TRAIN_PARAMS[experiment] + COMMON,
-                                   lambda r: build_config(experiment, r))
-        with entry_run(experiment) as (c, run_id, _):
-            start_from = None
-            if experiment == "clone":
-                exp_id = c.get_run(run_id).info.experiment_id
-                if cfg.pretrain_run_id:
-                    check_pretrain_run(c, cfg.pretrain_run_id, cfg)
-                    start_from = cfg.pretrain_run_id
-                else:
-                    start_from = ensure_pretrain(c, exp_id, cfg)
-            train_run(c, run_id, cfg, raw=raw, start_from=start_from)
-        print(f"weightspace: run {run_id} ({cfg.run_name}) done; group {cfg.group}. "
-              f"Browse it with: mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}", file=sys.stderr)
-
-    main(experiment, body)
 
 
 def mark_failed(client: MlflowClient, run_id: str, error: BaseException) -> None:

@@ -15,10 +15,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import shlex
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Mapping
+
+from .params import Decl, ParamError, decl_of, declared, fmt, int_range, one_of, show
+
+__all__ = ["ParamError", "TrainConfig", "build_config", "config_from_params", "read_params", "unquote_param"]
 
 EXPERIMENTS = ("single", "different_init", "same_init", "pretrain", "clone")
 DATASETS = ("mnist", "fashion_mnist", "digits")
@@ -39,10 +42,40 @@ VARYING = {
 PLUMBING = ("device", "data_dir", "experiment", "pretrain_run_id")
 
 MAX_EPOCHS = 100_000
+SEED_RANGE = "an integer from 0 to 2**31-1"
 
 
-class ParamError(ValueError):
-    """A user-supplied parameter is invalid. The message is one line and names it."""
+def _device_ok(v: str) -> bool:
+    return v in DEVICES or (v.startswith("cuda:") and v[5:].isdigit())
+
+
+# -- the training parameters, each declared once ------------------------------------------------
+DATASET = one_of(*DATASETS, help="mnist (shipped), fashion_mnist (IDX files in data_dir) or digits (8x8, for tests)")
+DATA_DIR = Decl(str, "a directory path, or empty for the shipped MNIST",
+                "where the dataset's IDX files are; empty: the copy shipped in the package")
+TRAIN_SUBSET = Decl(int, "an integer >= 0 (0 = the whole training set)",
+                    "train on a fixed random subset of this many samples", lambda v: 0 <= v <= 10**9)
+BATCH_SIZE = int_range(1, 65536, "SGD minibatch size")
+LR = Decl(float, "a float > 0 and <= 10", "SGD learning rate", lambda v: 0 < v <= 10)
+MOMENTUM = Decl(float, "a float in [0, 1)", "SGD momentum", lambda v: 0 <= v < 1)
+WEIGHT_DECAY = Decl(float, "a float in [0, 1)", "L2 penalty: wd*theta added to the gradient", lambda v: 0 <= v < 1)
+DROPOUT = Decl(float, "a float in [0, 1)", "dropout probability (flattened features and hidden layer)",
+               lambda v: 0 <= v < 1)
+WIDTH = Decl(float, "a float in (0, 16]", "channel and hidden-unit multiplier; 1.0 is the paper-sized CNN",
+             lambda v: 0 < v <= 16)
+PRECISION = one_of(*PRECISIONS, help="fp32, or bf16 autocast for the training step (weights stay fp32)")
+DEVICE = Decl(str, f"one of {', '.join(DEVICES)} (or cuda:N)", "where to train; auto: cuda when available",
+              _device_ok)
+INIT_SEED = Decl(int, SEED_RANGE, "seed of the initial weights", lambda v: 0 <= v < 2**31)
+SHUFFLE_SEED = Decl(int, f"{SEED_RANGE} (or -1: follow init_seed)", "seed of the data order and dropout masks",
+                    lambda v: -1 <= v < 2**31)
+EPOCHS = int_range(1, MAX_EPOCHS, "epochs to train (a clone counts them from the start of pretraining)")
+SNAPSHOT_EVERY = Decl(int, "an integer >= 1", "log the parameter vector every this many epochs (and the last)",
+                      lambda v: 1 <= v <= MAX_EPOCHS)
+PRETRAIN_EPOCHS = Decl(int, "an integer >= 1 and < epochs", "epochs of the shared pretraining before cloning",
+                       lambda v: 1 <= v <= MAX_EPOCHS)
+PRETRAIN_RUN_ID = Decl(str, "a run id of a FINISHED pretrain run, or empty",
+                       "start from this pretraining run; empty: find or train it")
 
 
 @dataclass(frozen=True)
@@ -53,26 +86,26 @@ class TrainConfig:
     """
 
     experiment: str = "single"
-    dataset: str = "mnist"
-    data_dir: str = ""
-    train_subset: int = 0
-    batch_size: int = 128
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-5
-    dropout: float = 0.5
-    width: float = 1.0
+    dataset: str = DATASET("mnist")
+    data_dir: str = DATA_DIR("")
+    train_subset: int = TRAIN_SUBSET(0)
+    batch_size: int = BATCH_SIZE(128)
+    lr: float = LR(0.01)
+    momentum: float = MOMENTUM(0.9)
+    weight_decay: float = WEIGHT_DECAY(1e-5)
+    dropout: float = DROPOUT(0.5)
+    width: float = WIDTH(1.0)
     # bf16: the training step's forward and backward under bfloat16 autocast (weights, optimizer
     # state, snapshots and evaluation stay fp32). About 1.6x faster on CPUs with AVX512_BF16.
-    precision: str = "fp32"
-    device: str = "auto"
-    init_seed: int = 0
-    shuffle_seed: int = 0
-    epochs: int = 200
-    snapshot_every: int = 1
+    precision: str = PRECISION("fp32")
+    device: str = DEVICE("auto")
+    init_seed: int = INIT_SEED(0)
+    shuffle_seed: int = SHUFFLE_SEED(0)
+    epochs: int = EPOCHS(200)
+    snapshot_every: int = SNAPSHOT_EVERY(1)
     # clone / pretrain only
-    pretrain_epochs: int = 0
-    pretrain_run_id: str = ""
+    pretrain_epochs: int = PRETRAIN_EPOCHS(0)
+    pretrain_run_id: str = PRETRAIN_RUN_ID("")
 
     # -- identities -------------------------------------------------------------
     def identity_fields(self, *, with_seeds: bool) -> dict[str, Any]:
@@ -112,7 +145,7 @@ class TrainConfig:
 
     def to_params(self) -> dict[str, str]:
         """The resolved parameters, as MLflow stores them (strings)."""
-        return {f.name: _fmt(getattr(self, f.name)) for f in fields(self)}
+        return {f.name: fmt(getattr(self, f.name)) for f in fields(self)}
 
     def replace(self, **kw: Any) -> "TrainConfig":
         return dataclasses.replace(self, **kw)
@@ -125,111 +158,109 @@ class TrainConfig:
         return eps
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return repr(v)
-    return str(v)
-
-
 def _digest(d: dict[str, Any]) -> str:
     blob = json.dumps(d, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-# -- parsing and validation ----------------------------------------------------------
-
-@dataclass(frozen=True)
-class Spec:
-    kind: type
-    allowed: str
-    check: Any = field(default=lambda v: True)
+TRAIN_DECLS: dict[str, Decl] = {f.name: decl_of(f) for f in declared(TrainConfig)}
 
 
-SPECS: dict[str, Spec] = {
-    "dataset": Spec(str, f"one of {', '.join(DATASETS)}", lambda v: v in DATASETS),
-    "data_dir": Spec(str, "a directory path, or empty for the shipped MNIST"),
-    "train_subset": Spec(int, "an integer >= 0 (0 = the whole training set)", lambda v: 0 <= v <= 10**9),
-    "batch_size": Spec(int, "an integer from 1 to 65536", lambda v: 1 <= v <= 65536),
-    "lr": Spec(float, "a float > 0 and <= 10", lambda v: 0 < v <= 10),
-    "momentum": Spec(float, "a float in [0, 1)", lambda v: 0 <= v < 1),
-    "weight_decay": Spec(float, "a float in [0, 1)", lambda v: 0 <= v < 1),
-    "dropout": Spec(float, "a float in [0, 1)", lambda v: 0 <= v < 1),
-    "width": Spec(float, "a float in (0, 16]", lambda v: 0 < v <= 16),
-    "precision": Spec(str, f"one of {', '.join(PRECISIONS)}", lambda v: v in PRECISIONS),
-    "device": Spec(str, f"one of {', '.join(DEVICES)} (or cuda:N)",
-                   lambda v: v in DEVICES or (v.startswith("cuda:") and v[5:].isdigit())),
-    "init_seed": Spec(int, "an integer from 0 to 2**31-1", lambda v: 0 <= v < 2**31),
-    "shuffle_seed": Spec(int, "an integer from 0 to 2**31-1 (or -1: follow init_seed)",
-                         lambda v: -1 <= v < 2**31),
-    "epochs": Spec(int, f"an integer from 1 to {MAX_EPOCHS}", lambda v: 1 <= v <= MAX_EPOCHS),
-    "snapshot_every": Spec(int, "an integer >= 1", lambda v: 1 <= v <= MAX_EPOCHS),
-    "pretrain_epochs": Spec(int, "an integer >= 1 and < epochs", lambda v: 1 <= v <= MAX_EPOCHS),
-    "pretrain_run_id": Spec(str, "a run id of a FINISHED pretrain run, or empty"),
-}
+# -- each training entry point's parameters ----------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class TrainCommon:
+    """The data, model, optimiser and device parameters every training entry point shares."""
+
+    dataset: str = DATASET("mnist")
+    data_dir: str = DATA_DIR("")
+    train_subset: int = TRAIN_SUBSET(0)
+    batch_size: int = BATCH_SIZE(128)
+    lr: float = LR(0.01)
+    momentum: float = MOMENTUM(0.9)
+    weight_decay: float = WEIGHT_DECAY(1e-5)
+    dropout: float = DROPOUT(0.5)
+    width: float = WIDTH(1.0)
+    precision: str = PRECISION("fp32")
+    device: str = DEVICE("auto")
 
 
-def parse_value(name: str, raw: Any, spec: Spec | None = None) -> Any:
-    """Convert one raw (string) value and check its range; raise ParamError naming it."""
-    spec = spec or SPECS[name]
-    text = str(raw).strip()
-    try:
-        if spec.kind is int:
-            if text == "" or not _is_int(text):
-                raise ValueError
-            value: Any = int(float(text)) if "e" in text.lower() else int(text)
-        elif spec.kind is float:
-            value = float(text)
-            if not math.isfinite(value):
-                raise ValueError
-        else:
-            value = text
-    except (ValueError, OverflowError):
-        raise ParamError(f"parameter '{name}': expected {spec.allowed}, got {_show(raw)}") from None
-    if not spec.check(value):
-        raise ParamError(f"parameter '{name}': expected {spec.allowed}, got {_show(raw)}")
-    return value
+@dataclass(frozen=True, kw_only=True)
+class Single(TrainCommon):
+    """single: one model, a snapshot every epoch."""
+
+    init_seed: int = INIT_SEED(0)
+    shuffle_seed: int = SHUFFLE_SEED(0)
+    epochs: int = EPOCHS(200)
+    snapshot_every: int = SNAPSHOT_EVERY(1)
 
 
-def _is_int(text: str) -> bool:
-    t = text.lstrip("+-")
-    if t.isdigit():
-        return True
-    try:  # accept 1e3 style only when it is an exact integer
-        f = float(text)
-        return math.isfinite(f) and f == int(f) and abs(f) < 2**62
-    except ValueError:
-        return False
+@dataclass(frozen=True, kw_only=True)
+class DifferentInit(TrainCommon):
+    """different_init: one of the replicas from different initial weights."""
+
+    init_seed: int = INIT_SEED()
+    shuffle_seed: int = SHUFFLE_SEED(-1)
+    epochs: int = EPOCHS(200)
+    snapshot_every: int = SNAPSHOT_EVERY(10)
 
 
-def _show(raw: Any) -> str:
-    s = str(raw)
-    return repr(s if len(s) <= 40 else s[:37] + "...")
+@dataclass(frozen=True, kw_only=True)
+class SameInit(TrainCommon):
+    """same_init: one of the replicas from one init, each with its own data order."""
+
+    shuffle_seed: int = SHUFFLE_SEED()
+    init_seed: int = INIT_SEED(0)
+    epochs: int = EPOCHS(200)
+    snapshot_every: int = SNAPSHOT_EVERY(10)
 
 
-def build_config(experiment: str, raw: dict[str, Any]) -> TrainConfig:
-    """Validate raw entry-point parameters into a TrainConfig for ``experiment``."""
+@dataclass(frozen=True, kw_only=True)
+class Clone(TrainCommon):
+    """clone: one copy of a model pretrained for pretrain_epochs, continued on its own data order."""
+
+    shuffle_seed: int = SHUFFLE_SEED()
+    init_seed: int = INIT_SEED(0)
+    pretrain_epochs: int = PRETRAIN_EPOCHS(10)
+    pretrain_run_id: str = PRETRAIN_RUN_ID("")
+    epochs: int = EPOCHS(200)
+    snapshot_every: int = SNAPSHOT_EVERY(10)
+
+
+TRAIN_ENTRIES: dict[str, type] = {"single": Single, "different_init": DifferentInit, "same_init": SameInit,
+                                  "clone": Clone}
+
+
+# -- building a configuration ------------------------------------------------------------------
+
+def parse_value(name: str, raw: Any) -> Any:
+    """One training parameter, validated by its declaration."""
+    return TRAIN_DECLS[name].parse(name, raw)
+
+
+def build_config(experiment: str, values: Mapping[str, Any]) -> TrainConfig:
+    """Validate an entry point's parameters (raw strings or typed values) into a TrainConfig."""
     if experiment not in EXPERIMENTS:
-        raise ParamError(f"experiment: expected one of {', '.join(EXPERIMENTS)}, got {_show(experiment)}")
-    values: dict[str, Any] = {"experiment": experiment}
-    for name, raw_value in raw.items():
-        if name not in SPECS:
+        raise ParamError(f"experiment: expected one of {', '.join(EXPERIMENTS)}, got {show(experiment)}")
+    if not isinstance(values, Mapping):
+        values = {f.name: getattr(values, f.name) for f in declared(type(values))}
+    typed: dict[str, Any] = {"experiment": experiment}
+    for name, value in values.items():
+        if name not in TRAIN_DECLS:
             raise ParamError(f"unknown parameter '{name}' for entry point {experiment}; "
-                             f"allowed: {', '.join(sorted(SPECS))}")
-        values[name] = parse_value(name, raw_value)
-    if values.get("shuffle_seed", 0) == -1:
+                             f"allowed: {', '.join(sorted(TRAIN_DECLS))}")
+        typed[name] = parse_value(name, fmt(value))
+    if typed.get("shuffle_seed", 0) == -1:
         # different_init: the data order follows the init seed unless given.
-        values["shuffle_seed"] = values.get("init_seed", 0)
-    cfg = TrainConfig(**values)
-    if experiment in ("clone", "pretrain"):
-        if cfg.pretrain_epochs < 1:
-            raise ParamError(f"parameter 'pretrain_epochs': expected an integer >= 1, got {cfg.pretrain_epochs}")
+        typed["shuffle_seed"] = typed.get("init_seed", 0)
+    cfg = TrainConfig(**typed)
+    if experiment in ("clone", "pretrain") and cfg.pretrain_epochs < 1:
+        raise ParamError(f"parameter 'pretrain_epochs': expected an integer >= 1, got {cfg.pretrain_epochs}")
     if experiment == "clone" and cfg.pretrain_epochs >= cfg.epochs:
         raise ParamError(f"parameter 'pretrain_epochs': expected fewer than epochs={cfg.epochs} "
                          f"(epochs count from the start), got {cfg.pretrain_epochs}")
     if experiment == "pretrain" and cfg.epochs != cfg.pretrain_epochs:
         cfg = cfg.replace(epochs=cfg.pretrain_epochs)
-    if cfg.dataset == "mnist" and cfg.data_dir == "":
-        pass  # the shipped copy
     return cfg
 
 
@@ -269,7 +300,7 @@ def read_params(params: Mapping[str, str]) -> dict[str, str]:
     return {k: unquote_param(v) for k, v in params.items()}
 
 
-_UNUSED_PRETRAIN = Spec(int, "0 (not a clone)")
+_UNUSED_PRETRAIN = Decl(int, "0 (not a clone)", "")
 
 
 def config_from_params(params: Mapping[str, str], experiment: str | None = None,
@@ -288,11 +319,11 @@ def config_from_params(params: Mapping[str, str], experiment: str | None = None,
     values: dict[str, Any] = {"experiment": experiment or p.get("experiment", "single")}
     if values["experiment"] not in EXPERIMENTS:
         values["experiment"] = "single"
-    for name, spec in SPECS.items():
+    for name, decl in TRAIN_DECLS.items():
         if name in p:
             # A run that is not a clone logs its unused pretrain_epochs as 0.
-            spec = _UNUSED_PRETRAIN if name == "pretrain_epochs" and p[name] == "0" else spec
-            values[name] = parse_value(name, p[name], spec)
+            decl = _UNUSED_PRETRAIN if name == "pretrain_epochs" and p[name] == "0" else decl
+            values[name] = decl.parse(name, p[name])
     if values.get("shuffle_seed", 0) == -1:
         values["shuffle_seed"] = values.get("init_seed", 0)
     return TrainConfig(**values)

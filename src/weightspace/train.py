@@ -1,6 +1,6 @@
 """The training loop: whole dataset as device tensors, one index permutation per epoch.
 
-Seeds (issue 2):
+Seeds:
 * ``init_seed`` alone fixes the initial weights (built on the CPU, then moved);
 * ``shuffle_seed`` alone fixes the data order and the dropout masks, through two
   dedicated generators, never the global RNG;
@@ -11,12 +11,16 @@ Seeds (issue 2):
 from __future__ import annotations
 
 import math
+import sys
+import time
 from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
 
 import torch
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
-from .config import TrainConfig
+from .config import ParamError, TrainConfig
 from .data import Data
 from .model import CNN, build_model, flat_params
 
@@ -28,7 +32,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        from .config import ParamError
         raise ParamError(f"parameter 'device': {name} requested but CUDA is not available; use auto or cpu")
     return torch.device(name)
 
@@ -153,3 +156,39 @@ def weight_stats(theta: torch.Tensor, theta0: torch.Tensor, prev: torch.Tensor |
 
 def is_finite(metrics: dict[str, float]) -> bool:
     return all(math.isfinite(v) for v in metrics.values())
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a clock read after it measures the work itself."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class EpochSink(Protocol):
+    """What ``fit`` hands each trained epoch to: a run session (tracking/session.py)."""
+
+    def end_epoch(self, seconds: float) -> dict[str, float] | None: ...
+
+
+def fit(step: Callable[[], object], sinks: Sequence[EpochSink], first: int, epochs: int, device: torch.device, *,
+        desc: str, progress: bool = True, after: Callable[[int, dict[str, float]], bool] | None = None) -> None:
+    """The one training loop: epochs first+1 .. epochs of ``step``, each handed to every sink.
+
+    ``step`` trains one epoch: ``Trainer.train_epoch`` for one model, or
+    ``BatchedTrainer.train_epoch`` for siblings in lockstep (one sink per sibling, each
+    charged an equal share of the epoch's time). ``after(epoch, metrics)`` sees the first
+    sink's metrics and returns True to stop early (a tuning trial that reached its target).
+    """
+    bar = tqdm(range(first + 1, epochs + 1), desc=desc, unit="epoch", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True, initial=first, total=epochs)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        step()
+        synchronize(device)
+        seconds = (time.perf_counter() - t0) / len(sinks)
+        shown = [sink.end_epoch(seconds) for sink in sinks][0]
+        if shown is not None:
+            bar.set_postfix(loss=f"{shown['train_loss']:.2e}", acc=f"{shown['test_accuracy']:.4f}")
+            if after is not None and after(epoch, shown):
+                break
+    bar.close()

@@ -20,50 +20,57 @@ from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
 from .. import tracking as T
-from ..config import ParamError, Spec, config_from_params, parse_value
+from ..cli import EntryPoint, entry_run, mark_failed
+from ..config import DEVICE, ParamError, config_from_params
+from ..params import Decl, int_range
 from ..tracking.runs import TrajectoryError, find_runs, find_siblings, trajectory
 
 FAMILIES = ("single", "different_init", "same_init", "clone")
 
 
-@dataclass
+def _epoch_list(v: str) -> bool:
+    return all(p.strip().isdigit() for p in v.split(",")) if v.strip() else True
+
+
+@dataclass(frozen=True, kw_only=True)
 class AnalysisOptions:
-    cache_dir: str = ""
-    probes: int = 1
-    interp_points: int = 25
-    probe_subset: int = -1      # -1 = auto: 10000 samples on a GPU, 1000 on a CPU
-    hessian_epochs: str = "0,10,50,100,200"
-    hessian_iters: int = 20
-    hessian_runs: int = 1
-    surface_grid: int = -1      # -1 = auto: 31x31 on a GPU, 15x15 on a CPU
-    device: str = "auto"
+    """analysis: which runs (exactly one of group, run_ids, parent_run_id) and what to compute."""
+
+    group: str = Decl(str, "a weightspace.group tag value", "analyse the FINISHED runs of this group")("")
+    run_ids: str = Decl(str, "comma-separated run ids", "analyse these runs")("")
+    parent_run_id: str = Decl(str, "the run id of a paper run", "analyse each family of this paper run")("")
+    cache_dir: str = Decl(str, "a directory path, or empty for ~/.cache/weightspace",
+                          "where downloaded trajectories are kept (checked by sha256)")("")
+    probes: int = int_range(0, 1, "1: interpolation, stationarity, loss surface, function space", "0 or 1")(1)
+    interp_points: int = Decl(int, "0 (off) or an integer from 3 to 1000", "points on each interpolation line",
+                              lambda v: v == 0 or 3 <= v <= 1000)(25)
+    probe_subset: int = Decl(int, "an integer >= 0 (0 = the whole dataset) or -1 (auto)",
+                             "samples the probes evaluate on; auto: 10000 on a GPU, 1000 on a CPU",
+                             lambda v: -1 <= v <= 10**7)(-1)
+    hessian_epochs: str = Decl(str, "comma-separated epochs such as 0,10,50, or empty (off)",
+                               "epochs at which the top Hessian eigenvalue is measured", _epoch_list)("0,10,50,100,200")
+    hessian_iters: int = int_range(1, 1000, "power-iteration steps per eigenvalue")(20)
+    hessian_runs: int = Decl(int, "an integer >= 0 (0 = every run)", "runs whose Hessian is probed",
+                             lambda v: 0 <= v <= 1000)(1)
+    surface_grid: int = Decl(int, "0 (off), -1 (auto) or an integer from 3 to 201",
+                             "loss-surface grid side on the PCA plane; auto: 31 on a GPU, 15 on a CPU",
+                             lambda v: v in (0, -1) or 3 <= v <= 201)(-1)
+    device: str = DEVICE("auto")
+
+    @property
+    def selection(self) -> dict[str, str]:
+        return {k: getattr(self, k).strip() for k in SELECTORS}
 
 
-OPTION_SPECS = {
-    "cache_dir": Spec(str, "a directory path, or empty for ~/.cache/weightspace"),
-    "probes": Spec(int, "0 or 1", lambda v: v in (0, 1)),
-    "interp_points": Spec(int, "0 (off) or an integer from 3 to 1000", lambda v: v == 0 or 3 <= v <= 1000),
-    "probe_subset": Spec(int, "an integer >= 0 (0 = the whole dataset) or -1 (auto)", lambda v: -1 <= v <= 10**7),
-    "hessian_epochs": Spec(str, "comma-separated epochs such as 0,10,50, or empty (off)",
-                           lambda v: all(p.strip().isdigit() for p in v.split(",")) if v.strip() else True),
-    "hessian_iters": Spec(int, "an integer from 1 to 1000", lambda v: 1 <= v <= 1000),
-    "hessian_runs": Spec(int, "an integer >= 0 (0 = every run)", lambda v: 0 <= v <= 1000),
-    "surface_grid": Spec(int, "0 (off), -1 (auto) or an integer from 3 to 201",
-                         lambda v: v in (0, -1) or 3 <= v <= 201),
-    "device": Spec(str, "auto, cpu, cuda or cuda:N",
-                   lambda v: v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit())),
-}
 SELECTORS = ("group", "run_ids", "parent_run_id")
 
 
-def parse_options(raw: dict[str, str]) -> tuple[dict[str, str], AnalysisOptions]:
-    sel = {k: raw.get(k, "").strip() for k in SELECTORS}
-    given = [k for k, v in sel.items() if v]
+def check_selection(opts: AnalysisOptions) -> AnalysisOptions:
+    given = [k for k, v in opts.selection.items() if v]
     if len(given) != 1:
         raise ParamError("parameters 'group', 'run_ids', 'parent_run_id': give exactly one of them "
                          f"(got {', '.join(given) or 'none'})")
-    opts = AnalysisOptions(**{k: parse_value(k, raw[k], OPTION_SPECS[k]) for k in OPTION_SPECS if k in raw})
-    return sel, opts
+    return opts
 
 
 # -- choosing runs --------------------------------------------------------------------------------
@@ -175,7 +182,6 @@ def run_probes(trajs, out: Path, opts: AnalysisOptions, progress: bool):
     """The issue-4 probes (interpolation, stationarity, loss surface, disagreement)."""
     from ..analysis.beyond import ProbeOptions
     from ..analysis.beyond import run_probes as probes
-
     from ..data import load_dataset
     from ..train import resolve_device
 
@@ -215,19 +221,15 @@ def analyse_selection(client: MlflowClient, run_id: str, sel: dict[str, str], op
         try:
             analyse_runs(client, child, runs, opts, label, progress)
         except BaseException as e:
-            from ..cli import mark_failed
             mark_failed(client, child, e)
             raise
         client.set_terminated(child, "FINISHED")
 
 
-def analysis_entry(argv: list[str]) -> None:
-    from ..cli import entry_run, main, parse_validated
+def run_analysis(opts: AnalysisOptions) -> None:
+    with entry_run("analysis") as (c, run_id, _):
+        analyse_selection(c, run_id, opts.selection, opts)
+    print(f"weightspace: analysis run {run_id} done; figures and report.md are its artifacts", file=sys.stderr)
 
-    def body() -> None:
-        _, (sel, opts) = parse_validated("analysis", argv, SELECTORS + tuple(OPTION_SPECS), parse_options)
-        with entry_run("analysis") as (c, run_id, _):
-            analyse_selection(c, run_id, sel, opts)
-        print(f"weightspace: analysis run {run_id} done; figures and report.md are its artifacts", file=sys.stderr)
 
-    main("analysis", body)
+ENTRY_POINTS = {"analysis": EntryPoint(AnalysisOptions, run_analysis, check_selection)}

@@ -12,56 +12,64 @@ what is missing.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import time
+from dataclasses import dataclass, fields
 
+import mlflow
 from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
 from .. import tracking as T
-from ..config import Spec, TrainConfig, build_config, parse_value
-from ..cli import mark_failed
-from .training import RunSession, dataset_for, ensure_pretrain, run_child, runs_with_key
-from ..train import Trainer, resolve_device
+from ..cli import EntryPoint, entry_run, mark_failed
+from ..config import EPOCHS, INIT_SEED, PRETRAIN_EPOCHS, SNAPSHOT_EVERY, TrainCommon, TrainConfig, build_config
+from ..params import Decl, as_strings, int_range, one_of
+from ..tracking.session import RunSession
+from ..train import Trainer, fit, resolve_device
+from .training import dataset_for, ensure_pretrain, run_child, runs_with_key
 
-PAPER_SPECS = {
-    "replicas": Spec(int, "an integer from 1 to 100", lambda v: 1 <= v <= 100),
-    "single_snapshot_every": Spec(int, "an integer >= 1", lambda v: v >= 1),
-    "siblings": Spec(str, "sequential, batched (one process, torch.func; for GPUs) or processes "
-                          "(one process per sibling, threads split; for CPUs)",
-                     lambda v: v in ("sequential", "batched", "processes")),
-    "analysis": Spec(int, "0 or 1", lambda v: v in (0, 1)),
-}
-TRAIN_KEYS = ("epochs", "snapshot_every", "init_seed", "pretrain_epochs")
+SIBLING_MODES = ("sequential", "batched", "processes")
 
 
-def suite(raw: dict[str, str]) -> tuple[dict[str, list[TrainConfig]], dict]:
-    """The suite's configurations by family, and the paper-only options."""
-    opts = {"replicas": 5, "single_snapshot_every": 1, "siblings": "sequential", "analysis": 1}
-    common = {}
-    for k, v in raw.items():
-        if k in PAPER_SPECS:
-            opts[k] = parse_value(k, v, PAPER_SPECS[k])
-        else:
-            common[k] = v
-    pre_epochs = common.pop("pretrain_epochs", "10")
-    init = parse_value("init_seed", common.pop("init_seed", "0"))
-    common.setdefault("snapshot_every", "10")
-    R = opts["replicas"]
-    fams = {
+@dataclass(frozen=True, kw_only=True)
+class Paper(TrainCommon):
+    """paper: the whole suite as child runs of one parent, then one analysis per family."""
+
+    replicas: int = int_range(1, 100, "runs per family (different_init, same_init, clone)")(5)
+    epochs: int = EPOCHS(200)
+    snapshot_every: int = SNAPSHOT_EVERY(10)
+    single_snapshot_every: int = Decl(int, "an integer >= 1", "snapshot_every of the suite's single run",
+                                      lambda v: 1 <= v <= 100_000)(1)
+    init_seed: int = INIT_SEED(0)
+    pretrain_epochs: int = PRETRAIN_EPOCHS(10)
+    siblings: str = one_of(*SIBLING_MODES, extra=" (batched: one process, torch.func, for GPUs; processes: one "
+                           "process per sibling, threads split, for CPUs)",
+                           help="how the runs of one family train: one after another, vmapped together, "
+                                "or in parallel processes")("sequential")
+    analysis: int = int_range(0, 1, "1: analyse each family when the suite is trained",
+                              allowed="0 or 1")(1)
+
+
+def suite(params: Paper) -> dict[str, list[TrainConfig]]:
+    """The suite's configurations by family."""
+    common = {f.name: getattr(params, f.name) for f in fields(TrainCommon)}
+    common.update(epochs=params.epochs, snapshot_every=params.snapshot_every)
+    init, R = params.init_seed, params.replicas
+    return {
         "single": [build_config("single", {**common, "init_seed": init, "shuffle_seed": init,
-                                           "snapshot_every": opts["single_snapshot_every"]})],
+                                           "snapshot_every": params.single_snapshot_every})],
         "different_init": [build_config("different_init", {**common, "init_seed": init + i, "shuffle_seed": -1})
                            for i in range(R)],
         "same_init": [build_config("same_init", {**common, "init_seed": init, "shuffle_seed": i}) for i in range(R)],
         "clone": [build_config("clone", {**common, "init_seed": init, "shuffle_seed": i,
-                                         "pretrain_epochs": pre_epochs}) for i in range(R)],
+                                         "pretrain_epochs": params.pretrain_epochs}) for i in range(R)],
     }
-    return fams, opts
 
 
-def run_suite(client: MlflowClient, parent_id: str, fams: dict[str, list[TrainConfig]], opts: dict,
+def run_suite(client: MlflowClient, parent_id: str, fams: dict[str, list[TrainConfig]], siblings: str,
               progress: bool = True) -> dict[str, list[str]]:
     """Train (or reuse) every run of the suite; return the run ids of each family."""
     exp_id = client.get_run(parent_id).info.experiment_id
@@ -85,10 +93,10 @@ def run_suite(client: MlflowClient, parent_id: str, fams: dict[str, list[TrainCo
             tags = {T.TAG_PARENT: parent_id, T.TAG_RUN_KEY: cfg.run_key}
             todo.append((client.create_run(exp_id, run_name=cfg.run_name, tags=tags).info.run_id, cfg))
             ids.setdefault(family, []).append(todo[-1][0])
-        if opts["siblings"] == "batched" and len(todo) > 1:
+        if siblings == "batched" and len(todo) > 1:
             train_batched(client, todo, start_from, progress)
             outer.update(len(todo))
-        elif opts["siblings"] == "processes" and len(todo) > 1:
+        elif siblings == "processes" and len(todo) > 1:
             train_in_processes(client, todo, start_from)
             outer.update(len(todo))
         else:
@@ -116,14 +124,8 @@ def train_batched(client: MlflowClient, todo: list[tuple[str, TrainConfig]], sta
             raise RuntimeError("batched siblings must resume from the same epoch; use siblings=sequential")
         batched = BatchedTrainer([s.trainer for s in sessions])
         cfg = todo[0][1]
-        bar = tqdm(range(sessions[0].first + 1, cfg.epochs + 1), desc=f"{cfg.experiment} x{len(todo)}",
-                   unit="epoch", disable=not progress, file=sys.stderr, initial=sessions[0].first, total=cfg.epochs)
-        for _ in bar:
-            t0 = time.perf_counter()
-            batched.train_epoch()
-            seconds = (time.perf_counter() - t0) / len(sessions)
-            for s in sessions:
-                s.end_epoch(seconds)
+        fit(batched.train_epoch, sessions, sessions[0].first, cfg.epochs, batched.device,
+            desc=f"{cfg.experiment} x{len(todo)}", progress=progress)
         for s in sessions:
             s.finish()
     except BaseException as e:
@@ -143,14 +145,9 @@ def train_in_processes(client: MlflowClient, todo: list[tuple[str, TrainConfig]]
     Each child re-enters its already created run through MLFLOW_RUN_ID, exactly as
     `mlflow run --run-id` would; this process closes the runs once the children exit.
     """
-    import os
-    import subprocess
-    from pathlib import Path
-
     cores = os.cpu_count() or 1
     width = max(1, min(len(todo), cores))
     threads = max(1, cores // width)
-    repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     pending, running, failed = list(todo), [], []
     while pending or running:
@@ -162,7 +159,7 @@ def train_in_processes(client: MlflowClient, todo: list[tuple[str, TrainConfig]]
             elif start_from:
                 params["pretrain_run_id"] = start_from
             argv = [f"--{k}={v}" for k, v in params.items()]
-            proc = subprocess.Popen([sys.executable, "-m", f"entrypoints.{cfg.experiment}", *argv], cwd=repo,
+            proc = subprocess.Popen([sys.executable, "-m", "weightspace", "run", cfg.experiment, *argv],
                                     env={**env, "MLFLOW_RUN_ID": rid})
             running.append((rid, proc))
         time.sleep(0.5)
@@ -178,34 +175,35 @@ def train_in_processes(client: MlflowClient, todo: list[tuple[str, TrainConfig]]
         raise RuntimeError(f"{len(failed)} sibling run(s) failed: {', '.join(failed)}")
 
 
-def paper_entry(argv: list[str]) -> None:
+def run_paper(params: Paper) -> None:
     from .analyse import AnalysisOptions, analyse_runs
-    from ..cli import COMMON, entry_run, main, parse_validated
 
-    allowed = tuple(PAPER_SPECS) + TRAIN_KEYS + COMMON
+    fams = suite(params)
+    with entry_run("paper") as (c, run_id, _):
+        have = c.get_run(run_id).data.params
+        c.log_batch(run_id, tags=[RunTag(T.TAG_EXPERIMENT, "paper"), RunTag("mlflow.runName", "paper")],
+                    params=[Param(k, v) for k, v in as_strings(params).items() if k not in have])
+        ids = run_suite(c, run_id, fams, params.siblings)
+        if params.analysis:
+            exp_id = c.get_run(run_id).info.experiment_id
+            for family, cfgs in fams.items():
+                runs = [c.get_run(i) for i in ids[family]]
+                child = c.create_run(exp_id, tags={T.TAG_PARENT: run_id}).info.run_id
+                try:
+                    analyse_runs(c, child, runs, AnalysisOptions(device=cfgs[0].device), family)
+                except BaseException as e:
+                    mark_failed(c, child, e)
+                    raise
+                c.set_terminated(child, "FINISHED")
+    print(f"weightspace: paper suite {run_id} done. Open the UI with:\n"
+          f"  mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}\n"
+          f"then the experiment's runs; figures and report.md are artifacts of the analysis-* runs.",
+          file=sys.stderr)
 
-    def body() -> None:
-        raw, (fams, opts) = parse_validated("paper", argv, allowed, suite)
-        with entry_run("paper") as (c, run_id, _):
-            have = c.get_run(run_id).data.params
-            resolved = {**{k: str(v) for k, v in opts.items()}, **raw}
-            c.log_batch(run_id, tags=[RunTag(T.TAG_EXPERIMENT, "paper"), RunTag("mlflow.runName", "paper")],
-                        params=[Param(k, v) for k, v in resolved.items() if k not in have])
-            ids = run_suite(c, run_id, fams, opts)
-            if opts["analysis"]:
-                exp_id = c.get_run(run_id).info.experiment_id
-                for family, cfgs in fams.items():
-                    runs = [c.get_run(i) for i in ids[family]]
-                    child = c.create_run(exp_id, tags={T.TAG_PARENT: run_id}).info.run_id
-                    try:
-                        analyse_runs(c, child, runs, AnalysisOptions(device=cfgs[0].device), family)
-                    except BaseException as e:
-                        mark_failed(c, child, e)
-                        raise
-                    c.set_terminated(child, "FINISHED")
-        print(f"weightspace: paper suite {run_id} done. Open the UI with:\n"
-              f"  mlflow ui --backend-store-uri {__import__('mlflow').get_tracking_uri()}\n"
-              f"then the experiment's runs; figures and report.md are artifacts of the analysis-* runs.",
-              file=sys.stderr)
 
-    main("paper", body)
+def _prepare(params: Paper) -> Paper:
+    suite(params)  # every configuration of the suite is valid before the store is touched
+    return params
+
+
+ENTRY_POINTS = {"paper": EntryPoint(Paper, run_paper, _prepare)}

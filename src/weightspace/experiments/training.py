@@ -1,35 +1,29 @@
-"""One training run, logged to MLflow: tags, params, per-epoch metrics, snapshots, checkpoint.
+"""The four training entry points (single, different_init, same_init, clone) and pretraining.
 
-``train_run`` reads top to bottom as the life of a run:
-resume-or-start, epoch 0, then per epoch train -> measure -> log -> checkpoint.
+``train_run`` is the life of one run: its session resumes or starts it (epoch 0), ``fit``
+trains the epochs, the session logs each one, and ``finish`` completes the trajectory.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-import numpy as np
+import mlflow
 import torch
-from mlflow.entities import Param, RunStatus, RunTag
+from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .. import tracking as T
-from ..config import SPECS, ParamError, TrainConfig, config_from_params, parse_value, pretrain_config, unquote_param
+from ..cli import EntryPoint, entry_run, mark_failed
+from ..config import TRAIN_ENTRIES, ParamError, TrainConfig, build_config, config_from_params, pretrain_config
 from ..data import Data, load_dataset
-from ..model import Layout, n_params
-from ..cli import mark_failed
-from ..train import Trainer, is_finite, resolve_device, weight_stats
-
-CHECKPOINT = "checkpoint/state.safetensors"
-MODEL = "model/model.safetensors"
+from ..params import as_strings
+from ..tracking.session import RunSession
+from ..train import Trainer, fit, resolve_device
 
 
 @functools.lru_cache(maxsize=4)
@@ -41,86 +35,6 @@ def dataset_for(cfg: TrainConfig, device: torch.device) -> Data:
     return _dataset(cfg.dataset, cfg.data_dir, cfg.train_subset, str(device))
 
 
-# -- parameters and tags ----------------------------------------------------------------------
-
-def log_params_and_tags(client: MlflowClient, run_id: str, cfg: TrainConfig, extra: dict[str, str],
-                        raw: dict[str, str] | None = None) -> None:
-    """Log every resolved parameter once; refuse a run whose stored parameters differ."""
-    existing = client.get_run(run_id).data.params
-    raw = raw or {}
-    new = []
-    for k, v in {**cfg.to_params(), **extra}.items():
-        if k not in existing:
-            new.append(Param(k, v))
-        elif existing[k] != v and existing[k] != raw.get(k) and not _same_value(k, existing[k], v):
-            raise ParamError(f"run {run_id} was started with {k}={existing[k]}, refusing to resume it with "
-                             f"{k}={v}; start a new run or resume with the original parameters")
-    tags = {T.TAG_EXPERIMENT: cfg.experiment, T.TAG_GROUP: cfg.group, T.TAG_RUN_KEY: cfg.run_key,
-            "weightspace.init_seed": str(cfg.init_seed), "weightspace.shuffle_seed": str(cfg.shuffle_seed),
-            "mlflow.runName": cfg.run_name, T.TAG_MACHINE: T.machine(extra.get("resolved_device", "cpu"))}
-    T.retry(lambda: client.log_batch(run_id, params=new, tags=[RunTag(k, v) for k, v in tags.items()]),
-            "parameters and tags")
-
-
-def _same_value(name: str, a: str, b: str) -> bool:
-    # `mlflow run` logs an empty default as the shell-quoted string ''.
-    a, b = unquote_param(a), unquote_param(b)
-    if a == b:
-        return True
-    spec = SPECS.get(name)
-    try:
-        return spec is not None and parse_value(name, a, spec) == parse_value(name, b, spec)
-    except ParamError:
-        return False
-
-
-# -- checkpoints -------------------------------------------------------------------------------
-
-def _config_json(cfg: TrainConfig) -> str:
-    return json.dumps(cfg.to_params(), sort_keys=True)
-
-
-def save_checkpoint(trainer: Trainer, cfg: TrainConfig, path: Path) -> Path:
-    # No θ0 here: it is the run's first snapshot, stored before any checkpoint (FIFO uploads),
-    # so every epoch's upload stays a third smaller.
-    st = trainer.state_tensors()
-    save_file(st, str(path), metadata={"config": _config_json(cfg), "format": "weightspace-checkpoint-1"})
-    return path
-
-
-def download_checkpoint(client: MlflowClient, run_id: str, dst: Path) -> tuple[dict[str, torch.Tensor], dict] | None:
-    """The run's checkpoint tensors and config, or None when it has none yet."""
-    names = [f.path for f in client.list_artifacts(run_id, "checkpoint")]
-    if CHECKPOINT not in names:
-        return None
-    local = client.download_artifacts(run_id, CHECKPOINT, str(dst))
-    from safetensors import safe_open
-
-    with safe_open(local, "pt") as f:
-        meta = f.metadata() or {}
-    return load_file(local), json.loads(meta.get("config", "{}"))
-
-
-def _first_snapshot(client: MlflowClient, run_id: str, dst: Path) -> torch.Tensor:
-    """θ0 of a run being resumed: its first stored snapshot, checked against the manifest."""
-    manifest = _existing_manifest(client, run_id) or {}
-    files = sorted(manifest.get("files", {}).items(), key=lambda kv: kv[1]["epoch"])
-    if not files:
-        raise RuntimeError(f"run {run_id}: cannot resume, trajectory/manifest.json lists no snapshot")
-    name, info = files[0]
-    local = client.download_artifacts(run_id, f"trajectory/{name}", str(dst))
-    if T.sha256_file(local) != info["sha256"]:
-        raise RuntimeError(f"run {run_id}: cannot resume, snapshot trajectory/{name} is corrupted")
-    return torch.from_numpy(np.load(local, allow_pickle=False))
-
-
-def logged_steps(client: MlflowClient, run_id: str) -> set[int]:
-    """Epochs whose metrics are already stored (one log_batch per epoch, so train_loss tells)."""
-    return {m.step for m in client.get_metric_history(run_id, "train_loss")}
-
-
-# -- a run --------------------------------------------------------------------------------------
-
 def train_run(client: MlflowClient, run_id: str, cfg: TrainConfig, *, raw: dict[str, str] | None = None,
               start_from: str | None = None, progress: bool = True, asynchronous: bool = True) -> Trainer:
     """Train ``cfg`` into the existing MLflow run ``run_id`` (resuming it if it has a checkpoint).
@@ -131,163 +45,47 @@ def train_run(client: MlflowClient, run_id: str, cfg: TrainConfig, *, raw: dict[
     trainer = Trainer(cfg, dataset_for(cfg, device), device)
     session = RunSession(client, run_id, cfg, trainer, raw=raw, start_from=start_from, asynchronous=asynchronous)
     try:
-        bar = tqdm(range(session.first + 1, cfg.epochs + 1), desc=cfg.run_name, unit="epoch",
-                   disable=not progress, file=sys.stderr, dynamic_ncols=True, initial=session.first,
-                   total=cfg.epochs)
-        for _ in bar:
-            t0 = time.perf_counter()
-            trainer.train_epoch()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            m = session.end_epoch(time.perf_counter() - t0)
-            if m is not None:
-                bar.set_postfix(loss=f"{m['train_loss']:.2e}", acc=f"{m['test_accuracy']:.4f}",
-                                pending=session.up.pending)
+        fit(trainer.train_epoch, [session], session.first, cfg.epochs, device, desc=cfg.run_name, progress=progress)
         session.finish()
     finally:
         session.close()
     return trainer
 
 
-class RunSession:
-    """The logging side of one run: resume or start, then one ``end_epoch`` per trained epoch.
-
-    Kept apart from the Trainer so that siblings trained together (siblings.py) each
-    still log into their own run through their own session.
-    """
-
-    def __init__(self, client: MlflowClient, run_id: str, cfg: TrainConfig, trainer: Trainer, *,
-                 raw: dict[str, str] | None = None, start_from: str | None = None, asynchronous: bool = True):
-        self.client, self.run_id, self.cfg, self.trainer = client, run_id, cfg, trainer
-        self.layout = Layout.of(trainer.model)
-        data = trainer.data
-        extra = {"n_params": str(n_params(trainer.model)), "resolved_device": str(trainer.device),
-                 "n_train": str(len(data.y_train)), "n_test": str(len(data.y_test))}
-        log_params_and_tags(client, run_id, cfg, extra, raw)
-        if start_from:
-            T.retry(lambda: client.set_tag(run_id, T.TAG_PRETRAIN, start_from), "pretrain tag")
-        self.up = T.Uploader(client, run_id, asynchronous=asynchronous)
-        try:
-            self._start(start_from)
-        except BaseException:
-            self.up.close()
-            raise
-
-    def _start(self, start_from: str | None) -> None:
-        client, run_id, cfg, trainer = self.client, self.run_id, self.cfg, self.trainer
-        with tempfile.TemporaryDirectory() as tmp:
-            ck = download_checkpoint(client, run_id, Path(tmp))
-            if ck is not None:
-                state, stored = ck
-                _refuse_changed(run_id, stored, cfg)
-                trainer.load_state_tensors(state)
-                self.theta0 = state["theta0"] if "theta0" in state else _first_snapshot(client, run_id, Path(tmp))
-                tqdm.write(f"[{cfg.run_name}] resuming run {run_id} from its checkpoint at epoch {trainer.epoch}",
-                           file=sys.stderr)
-            else:
-                if start_from:
-                    pre = download_checkpoint(client, start_from, Path(tmp))
-                    if pre is None:
-                        raise ParamError(f"parameter 'pretrain_run_id': run {start_from} has no {CHECKPOINT}")
-                    # A clone keeps weights and momentum, but draws its own data order and masks.
-                    trainer.load_state_tensors(pre[0], rng=False)
-                    trainer.reseed(cfg.shuffle_seed)
-                self.theta0 = trainer.theta()
-            self.done = logged_steps(client, run_id)
-        self.first = trainer.epoch
-        self.up.text(self.layout.to_json(), "trajectory/layout.json")
-        self.manifest = _Manifest(self.up, _existing_manifest(client, run_id))
-        self.snap_epochs = set(cfg.snapshot_epochs()) | {self.first}
-        self.prev = trainer.theta()
-        if self.first not in self.done:
-            _log_epoch(self.up, trainer, cfg, self.first, self.prev, self.theta0, None, None)
-        if self.first in self.snap_epochs:
-            self.manifest.add(self.first, self.prev)
-
-    def end_epoch(self, seconds: float) -> dict[str, float] | None:
-        """Measure and log the epoch the trainer just finished; checkpoint after everything else."""
-        trainer, epoch = self.trainer, self.trainer.epoch
-        theta = trainer.theta()
-        m = None
-        if epoch not in self.done:
-            m = _log_epoch(self.up, trainer, self.cfg, epoch, theta, self.theta0, self.prev, seconds)
-        if epoch in self.snap_epochs:
-            self.manifest.add(epoch, theta)
-        ck_path = Path(tempfile.mkdtemp(dir=self.up.spool)) / "state.safetensors"
-        self.up.file(save_checkpoint(trainer, self.cfg, ck_path), "checkpoint", cleanup=True)
-        self.prev = theta
-        return m
-
-    def finish(self) -> None:
-        self.manifest.complete = True
-        self.manifest.publish()
-        model_path = Path(tempfile.mkdtemp(dir=self.up.spool)) / "model.safetensors"
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.trainer.model.state_dict().items()},
-                  str(model_path), metadata={"config": _config_json(self.cfg), "layout": self.layout.to_json()})
-        self.up.file(model_path, "model", cleanup=True)
-        self.up.flush()
-
-    def close(self) -> None:
-        self.up.close()
-
-
-def _log_epoch(up: T.Uploader, trainer: Trainer, cfg: TrainConfig, epoch: int, theta: torch.Tensor,
-               theta0: torch.Tensor, prev: torch.Tensor | None, seconds: float | None) -> dict[str, float]:
-    m = trainer.epoch_metrics()
-    if not is_finite(m):
-        raise FloatingPointError(f"training diverged at epoch {epoch} (train_loss={m['train_loss']}); "
-                                 f"lower parameter 'lr' (now {cfg.lr})")
-    m.update(weight_stats(theta, theta0, prev))
-    if seconds is not None:
-        m["epoch_seconds"] = seconds
-    up.metrics(m, step=epoch)
-    return m
-
-
-def _refuse_changed(run_id: str, stored: dict, cfg: TrainConfig) -> None:
-    now = cfg.to_params()
-    for k, v in stored.items():
-        if k in now and now[k] != v and not _same_value(k, v, now[k]):
-            raise ParamError(f"run {run_id} was started with {k}={v}, refusing to resume it with {k}={now[k]}; "
-                             "start a new run or resume with the original parameters")
-
-
-class _Manifest:
-    """trajectory/manifest.json: the snapshots stored so far with their sha256.
-
-    Uploaded after each snapshot file, so it never lists a file that is not stored;
-    ``complete`` turns true only once the last epoch is in.
-    """
-
-    def __init__(self, up: T.Uploader, existing: dict | None):
-        self.up = up
-        self.files: dict[str, dict] = dict((existing or {}).get("files", {}))
-        self.complete = False
-
-    def add(self, epoch: int, theta: torch.Tensor) -> None:
-        name = f"epoch_{epoch:04d}.npy"
-        local = Path(tempfile.mkdtemp(dir=self.up.spool)) / name
-        arr = theta.numpy().astype(np.float32, copy=False)
-        np.save(local, arr, allow_pickle=False)
-        self.files[name] = {"epoch": epoch, "sha256": T.sha256_file(local), "size": local.stat().st_size}
-        self.up.file(local, "trajectory", cleanup=True)
-        self.publish()
-
-    def publish(self) -> None:
-        doc = {"format": "weightspace-trajectory-1", "complete": self.complete,
-               "epochs": sorted(v["epoch"] for v in self.files.values()), "files": self.files}
-        self.up.text(json.dumps(doc, indent=1, sort_keys=True), "trajectory/manifest.json")
-
-
-def _existing_manifest(client: MlflowClient, run_id: str) -> dict | None:
+def run_child(client: MlflowClient, run_id: str, cfg: TrainConfig, **kw) -> None:
+    """Train into a run this process owns, and close it FINISHED or FAILED."""
     try:
-        names = [f.path for f in client.list_artifacts(run_id, "trajectory")]
-        if "trajectory/manifest.json" not in names:
-            return None
-        with tempfile.TemporaryDirectory() as tmp:
-            return json.loads(Path(client.download_artifacts(run_id, "trajectory/manifest.json", tmp)).read_text())
-    except (MlflowException, OSError, ValueError):
-        return None
+        train_run(client, run_id, cfg, **kw)
+    except BaseException as e:
+        mark_failed(client, run_id, e)
+        raise
+    T.retry(lambda: client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED)), "finishing run")
+
+
+# -- the entry points ---------------------------------------------------------------------------
+
+def _train_entry(experiment: str) -> EntryPoint:
+    def prepare(params) -> tuple[TrainConfig, dict[str, str]]:
+        return build_config(experiment, params), as_strings(params)
+
+    def run(prepared: tuple[TrainConfig, dict[str, str]]) -> None:
+        cfg, raw = prepared
+        with entry_run(experiment) as (c, run_id, _):
+            start_from = None
+            if experiment == "clone":
+                if cfg.pretrain_run_id:
+                    check_pretrain_run(c, cfg.pretrain_run_id, cfg)
+                    start_from = cfg.pretrain_run_id
+                else:
+                    start_from = ensure_pretrain(c, c.get_run(run_id).info.experiment_id, cfg)
+            train_run(c, run_id, cfg, raw=raw, start_from=start_from)
+        print(f"weightspace: run {run_id} ({cfg.run_name}) done; group {cfg.group}. "
+              f"Browse it with: mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}", file=sys.stderr)
+
+    return EntryPoint(TRAIN_ENTRIES[experiment], run, prepare)
+
+
+ENTRY_POINTS = {name: _train_entry(name) for name in TRAIN_ENTRIES}
 
 
 # -- pretraining for clones --------------------------------------------------------------------
@@ -359,13 +157,3 @@ def _await(client: MlflowClient, run_id: str, timeout: float) -> str:
                                "relaunch the clone to train a new one")
         time.sleep(2)
     raise TimeoutError(f"pretraining run {run_id} did not finish within {timeout:.0f} s")
-
-
-def run_child(client: MlflowClient, run_id: str, cfg: TrainConfig, **kw) -> None:
-    """Train into a run this process owns, and close it FINISHED or FAILED."""
-    try:
-        train_run(client, run_id, cfg, **kw)
-    except BaseException as e:
-        mark_failed(client, run_id, e)
-        raise
-    T.retry(lambda: client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED)), "finishing run")

@@ -1,6 +1,6 @@
 """A finished training run and its analysis as a small record to commit: no snapshots.
 
-    python scripts/export_run.py RUN_ID docs/paper-scale/single [--analysis-run-id ID]
+    python -m weightspace export RUN_ID docs/paper-scale/single [--analysis-run-id ID]
 
 Writes ``DIR/metrics.json`` with every value read from the tracking store (never typed by
 hand), and ``DIR/report.md`` and ``DIR/figures/*.png`` copied from the analysis run's
@@ -122,7 +122,7 @@ def export(client: MlflowClient, run_id: str, out_dir: Path, analysis_id: str | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="export_run.py", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m weightspace export", description=__doc__.splitlines()[0])
     ap.add_argument("run_id", help="the FINISHED training run")
     ap.add_argument("out_dir", type=Path, help="directory to write metrics.json, report.md, figures/")
     ap.add_argument("--analysis-run-id", default=None, help="the analysis run (default: the newest of this run alone)")

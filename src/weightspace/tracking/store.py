@@ -4,7 +4,10 @@ A fresh sqlite store raced by several processes fails while creating its schema,
 ``init_store`` creates it once first. ``launch`` then starts several ``mlflow run``
 processes at the same moment:
 
-    python -m weightspace.store launch same_init shuffle_seed=0,1,2,3,4 -- -P epochs=20
+    python -m weightspace launch same_init shuffle_seed=0,1,2,3,4 -- -P epochs=20
+
+The MLflow Project launched is the current directory, or ``--project DIR`` (any URI
+``mlflow run`` accepts).
 """
 
 from __future__ import annotations
@@ -17,8 +20,6 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def init_store(uri: str | None = None) -> str:
     """Create the store's schema (idempotent); return its URI."""
@@ -28,13 +29,13 @@ def init_store(uri: str | None = None) -> str:
     return uri
 
 
-def launch(entry: str, seed_name: str, seeds: list[str], extra: list[str], repo: Path = REPO) -> int:
+def launch(entry: str, seed_name: str, seeds: list[str], extra: list[str], project: str = ".") -> int:
     """Start one ``mlflow run`` per seed at once; return the number that failed."""
     init_store()
     mlflow_bin = str(Path(sys.executable).parent / "mlflow")
     procs = []
     for s in seeds:
-        cmd = [mlflow_bin, "run", str(repo), "--env-manager", "local", "-e", entry, "-P", f"{seed_name}={s}", *extra]
+        cmd = [mlflow_bin, "run", project, "--env-manager", "local", "-e", entry, "-P", f"{seed_name}={s}", *extra]
         procs.append((s, subprocess.Popen(cmd)))
     failed = 0
     for s, p in procs:
@@ -46,7 +47,8 @@ def launch(entry: str, seed_name: str, seeds: list[str], extra: list[str], repo:
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("init", "launch"):
-        print("usage: python -m weightspace.store init | launch ENTRY NAME=v1,v2,... [-- mlflow run args]",
+        print("usage: python -m weightspace init-store | launch ENTRY NAME=v1,v2,... [--project DIR] "
+              "[-- mlflow run args]",
               file=sys.stderr)
         return 2
     if argv[0] == "init":
@@ -55,12 +57,14 @@ def main(argv: list[str]) -> int:
     if len(argv) < 3 or "=" not in argv[2]:
         print("weightspace: error: launch needs ENTRY NAME=v1,v2,...", file=sys.stderr)
         return 2
-    rest = argv[3:]
+    rest, project = argv[3:], "."
+    if rest[:1] == ["--project"] and len(rest) > 1:
+        project, rest = rest[1], rest[2:]
     if rest and rest[0] == "--":
         rest = rest[1:]
     name, values = argv[2].split("=", 1)
     t0 = time.time()
-    failed = launch(argv[1], name, [v for v in values.split(",") if v], rest)
+    failed = launch(argv[1], name, [v for v in values.split(",") if v], rest, project)
     print(f"weightspace: {len(values.split(','))} runs, {failed} failed, {time.time() - t0:.0f} s", file=sys.stderr)
     return 1 if failed else 0
 

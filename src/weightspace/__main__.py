@@ -1,0 +1,40 @@
+"""``python -m weightspace COMMAND``: the library's command line, beside the MLflow entry points.
+
+    run ENTRY --name value ...      run an entry point in this process (as MLproject does)
+    init-store                      create the tracking store's schema (before parallel use)
+    launch ENTRY NAME=v1,v2 [--project DIR] [-- mlflow run args]
+                                    start one `mlflow run` per value, all at once
+    flags TUNE_RUN_ID               a tune run's best parameters as -P flags
+    export RUN_ID DIR [--analysis-run-id ID]
+                                    a run's metrics.json, report.md and figures/ as files
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str]) -> int:
+    from .cli import run_entry
+    from .experiments.tune import flags_main
+    from .tracking import export, store
+
+    commands = {
+        "run": lambda a: run_entry(a[0], a[1:]) if a else _usage(),
+        "init-store": lambda a: store.main(["init", *a]),
+        "launch": lambda a: store.main(["launch", *a]),
+        "flags": lambda a: flags_main(["flags", *a]),
+        "export": export.main,
+    }
+    if not argv or argv[0] not in commands:
+        return _usage()
+    return commands[argv[0]](argv[1:]) or 0
+
+
+def _usage() -> int:
+    print(__doc__.strip().splitlines()[0] + "\n\n" + "\n".join(__doc__.strip().splitlines()[2:]), file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
