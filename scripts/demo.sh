@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}"
 export PATH="$PWD/.venv/bin:$PATH"
-python -m weightspace.tracking.store init >/dev/null   # create the schema once, before any parallel use
+python -m weightspace init-store >/dev/null   # create the schema once, before any parallel use
 mlflow run . --env-manager local -e paper \
   -P train_subset=2000 -P width=0.25 -P batch_size=32 -P epochs=30 -P pretrain_epochs=5 -P replicas=3 \
   -P single_snapshot_every=1 -P snapshot_every=5 -P siblings=processes "$@"

@@ -103,8 +103,8 @@ def test_launcher_initialises_a_fresh_sqlite_store(tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
     extra = [x for k, v in {**TINY, "epochs": "2"}.items() for x in ("-P", f"{k}={v}")]
-    p = subprocess.run([sys.executable, "-m", "weightspace.tracking.store", "launch", "same_init", "shuffle_seed=0,1,2,3,4",
-                        "--", *extra], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    p = subprocess.run([sys.executable, "-m", "weightspace", "launch", "same_init", "shuffle_seed=0,1,2,3,4",
+                        "--project", str(REPO), "--", *extra], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     from mlflow.tracking import MlflowClient
 

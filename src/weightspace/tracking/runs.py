@@ -1,6 +1,6 @@
 """Programmatic access to logged runs: find siblings, load trajectories (cached, verified).
 
-    >>> from weightspace.runs import find_siblings, load_trajectory
+    >>> from weightspace import find_siblings, load_trajectory
     >>> runs = find_siblings("same_init-59a6c1da4329")
     >>> X, epochs = load_trajectory(runs[0].info.run_id)          # (T, P) float32, (T,)
 
