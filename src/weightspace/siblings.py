@@ -7,8 +7,9 @@ the state its own ``Trainer.train_epoch()`` would have left it in:
 * each model's permutation is drawn from its own ``order_gen``, and each step's dropout
   masks from its own ``model.dropout_gen`` through ``model.dropout_masks`` (m1 then m2,
   once per step), outside vmap, so both generators advance exactly as in train.py;
-* the update is torch.optim.SGD's (weight decay added to the gradient, then momentum,
-  dampening 0, no Nesterov), done once on the stacked (K, ...) tensors with foreach ops;
+* the update is a torch.optim.SGD with the siblings' shared lr, momentum and weight decay,
+  stepping the stacked (K, ...) tensors once for all siblings: SGD's update is elementwise,
+  so on a stack it is each sibling's own update;
 * parameters and momentum buffers are copied back into each model and its optimizer at
   the end of the epoch, and ``trainer.epoch`` is incremented.
 
@@ -70,7 +71,10 @@ class BatchedTrainer:
         params, _ = stack_module_state([t.model for t in ts])
         params = {k: params[k].detach().requires_grad_() for k in names}
         plist = [params[k] for k in names]
-        bufs = self._stack_momentum(names) if momentum != 0 else None
+        opt = torch.optim.SGD(plist, lr=lr, momentum=momentum, weight_decay=wd, foreach=True)
+        if momentum != 0:
+            for p, buf in zip(plist, self._stack_momentum(names)):
+                opt.state[p]["momentum_buffer"] = buf
         self.base.train()
         for t in ts:
             t.model.train()
@@ -84,10 +88,11 @@ class BatchedTrainer:
             with autocast(self.precision, dev):
                 losses = self._step(params, self.x[idx], self.y[idx], m1, m2)  # (K,)
             # Siblings are independent, so the gradient of the sum is each one's own gradient.
-            grads = torch.autograd.grad(losses.sum(), plist)
-            with torch.no_grad():
-                _sgd(plist, list(grads), bufs, lr, momentum, wd)
-                total += losses.detach() * b
+            for p, g in zip(plist, torch.autograd.grad(losses.sum(), plist)):
+                p.grad = g
+            opt.step()
+            total += losses.detach() * b
+        bufs = [opt.state[p]["momentum_buffer"] for p in plist] if momentum != 0 else None
         self._write_back(names, plist, bufs)
         return list(total / n)
 
@@ -96,7 +101,7 @@ class BatchedTrainer:
         """The optimizers' momentum buffers as (K, ...) tensors; zeros before the first step.
 
         A zero buffer gives exactly SGD's first step (0 * momentum + g == g), so a mix of
-        fresh and resumed siblings trains correctly.
+        fresh and resumed siblings trains correctly in one stacked optimizer.
         """
         out = []
         for j in range(len(names)):
@@ -118,17 +123,6 @@ class BatchedTrainer:
                     buf.copy_(bufs[j][k])
                     t.opt.state[p]["momentum_buffer"] = buf
             t.epoch += 1
-
-
-def _sgd(params, grads, bufs, lr: float, momentum: float, wd: float) -> None:
-    """torch.optim.SGD's update (dampening 0, no Nesterov) on all stacked tensors at once."""
-    if wd != 0:
-        grads = torch._foreach_add(grads, params, alpha=wd)
-    if bufs is not None:
-        torch._foreach_mul_(bufs, momentum)
-        torch._foreach_add_(bufs, grads)
-        grads = bufs
-    torch._foreach_add_(params, grads, alpha=-lr)
 
 
 def _sgd_hyper(opt: torch.optim.Optimizer) -> tuple[float, float, float]:
