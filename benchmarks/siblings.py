@@ -2,8 +2,8 @@
 
 Throughput is model-samples/s: K x n / wall seconds for one epoch of all K siblings.
 The process variant splits the CPU's threads between P = min(K, CPUs) worker processes,
-each training its share of the siblings one after another (issue 6: "use K processes with
-the threads split between them if that is better").
+each training its share of the siblings one after another: on a CPU, several processes
+with the threads split between them can beat one vmapped process.
 
     python benchmarks/siblings.py --k 5 --n 1280 --repeats 5
     python benchmarks/siblings.py --k 5 --n 60000 --device cuda --no-processes

@@ -82,7 +82,7 @@ def reference_epoch(model, opt, loader, device, bf16: bool = False):
 
 
 def item_per_step_epoch(t: Trainer) -> None:
-    """Trainer.train_epoch with a .item() per step (the lever issue 6 names)."""
+    """Trainer.train_epoch with a .item() per step: what a sync per step costs."""
     model, opt, bs = t.model, t.opt, t.cfg.batch_size
     x, y = t.data.x_train, t.data.y_train
     perm = torch.randperm(len(y), generator=t.order_gen).to(t.device)
