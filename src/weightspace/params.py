@@ -12,7 +12,9 @@ fails when the committed files differ from what it generates).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping
 
@@ -153,11 +155,18 @@ def mlproject_entry(name: str, cls: type, module: str) -> str:
         if required(f):
             lines.append(f"      {f.name}: {{type: {kind}}}")
         else:
-            default = '""' if f.default == "" else fmt(f.default)
-            lines.append(f"      {f.name}: {{type: {kind}, default: {default}}}")
+            lines.append(f"      {f.name}: {{type: {kind}, default: {_yaml_scalar(fmt(f.default))}}}")
     args = " ".join(f"--{f.name} {{{f.name}}}" for f in declared(cls))
     lines.append(f'    command: "python -m {module} {args}"')
     return "\n".join(lines)
+
+
+def _yaml_scalar(text: str) -> str:
+    """A default as YAML reads it back unchanged: bare when plain, else double-quoted.
+
+    Inside MLproject's flow mappings a bare ``0,10,50`` is cut at the first comma.
+    """
+    return text if re.fullmatch(r"[A-Za-z0-9_.+-]+", text) else json.dumps(text)
 
 
 def markdown_table(cls: type) -> str:
