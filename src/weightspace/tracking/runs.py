@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from .. import tracking as T
 from ..config import read_params
+from ..trajectory import Trajectory
 
 METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "weight_norm", "distance_from_init",
            "step_length", "epoch_seconds")
@@ -140,8 +141,7 @@ def metric_histories(client: MlflowClient, run_id: str, names=METRICS) -> dict[s
 
 
 def trajectory(run: Run | str, client: MlflowClient | None = None, cache_dir: Path | None = None):
-    """The run as an ``analysis.trajectory.Trajectory`` (files in the local cache)."""
-    from analysis.trajectory import Trajectory
+    """The run as a ``weightspace.trajectory.Trajectory`` (files in the local cache)."""
 
     client = client or MlflowClient()
     if isinstance(run, str):
