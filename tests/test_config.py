@@ -77,7 +77,7 @@ def test_precision_enters_the_group_only_when_not_default():
     bf = build_config("same_init", {"shuffle_seed": "3", "width": "0.5", "precision": "bf16"})
     assert bf.group != "same_init-a8839a4db07c"
     assert build_config("same_init", {"shuffle_seed": "4", "width": "0.5", "precision": "bf16"}).group == bf.group
-    with pytest.raises(ParamError, match="parameter 'precision': expected one of fp32, bf16, got 'fp16'"):
+    with pytest.raises(ParamError, match="parameter 'precision': expected one of fp32, bf16, tf32, got 'fp16'"):
         build_config("single", {"precision": "fp16"})
 
 

@@ -19,6 +19,7 @@ import shlex
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from .numerics import PRECISIONS
 from .params import Decl, ParamError, decl_of, declared, fmt, int_range, one_of, show
 
 __all__ = ["ParamError", "TrainConfig", "build_config", "config_from_params", "read_params", "unquote_param"]
@@ -26,7 +27,6 @@ __all__ = ["ParamError", "TrainConfig", "build_config", "config_from_params", "r
 EXPERIMENTS = ("single", "different_init", "same_init", "pretrain", "clone")
 DATASETS = ("mnist", "fashion_mnist", "digits")
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16")
 
 # The seed each experiment varies between siblings; it stays out of the group hash.
 VARYING = {
@@ -63,7 +63,8 @@ DROPOUT = Decl(float, "a float in [0, 1)", "dropout probability (flattened featu
                lambda v: 0 <= v < 1)
 WIDTH = Decl(float, "a float in (0, 16]", "channel and hidden-unit multiplier; 1.0 is the paper-sized CNN",
              lambda v: 0 < v <= 16)
-PRECISION = one_of(*PRECISIONS, help="fp32, or bf16 autocast for the training step (weights stay fp32)")
+PRECISION = one_of(*PRECISIONS, help="fp32 (true fp32 on every device), bf16 autocast for the training step "
+                                     "(weights stay fp32), or tf32 (CUDA only: TF32 convolutions and matmuls)")
 DEVICE = Decl(str, f"one of {', '.join(DEVICES)} (or cuda:N)", "where to train; auto: cuda when available",
               _device_ok)
 INIT_SEED = Decl(int, SEED_RANGE, "seed of the initial weights", lambda v: 0 <= v < 2**31)
@@ -123,7 +124,22 @@ class TrainConfig:
                 out[f.name] = v
             elif v != getattr(default, f.name):
                 out[f.name] = v
+        # Dropout masks come from another generator on a GPU: a CUDA run is not a CPU run's
+        # sibling. Only cuda is added, so the groups of CPU runs keep their hashes.
+        if self.device_type == "cuda":
+            out["device_type"] = "cuda"
         return out
+
+    @property
+    def device_type(self) -> str:
+        """Where this configuration trains on this machine: "cuda" or "cpu" (auto resolved)."""
+        if self.device.startswith("cuda"):
+            return "cuda"
+        if self.device == "auto":
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return "cpu"
 
     @property
     def group(self) -> str:

@@ -20,6 +20,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from . import numerics
 from .config import ParamError, TrainConfig
 from .data import Data
 from .model import CNN, build_model, flat_params
@@ -41,7 +42,7 @@ def autocast(precision: str, device: torch.device) -> torch.autocast:
 
     bf16 runs the convolutions and matmuls in bfloat16 while the weights, the optimizer, the
     snapshots and every evaluation stay fp32: the trajectory is still an fp32 parameter vector,
-    only its gradients are noisier. Off (fp32) the context is a no-op.
+    only its gradients are noisier. Otherwise (fp32, tf32) the context is a no-op.
     """
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
@@ -57,6 +58,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, data: Data, device: torch.device):
         self.cfg, self.data, self.device = cfg, data, device
+        self.numerics = numerics.resolve(device.type, cfg.precision)
+        self.numerics.apply()
         self.model: CNN = build_model(cfg.width, cfg.dropout, cfg.init_seed)
         self.model.to(device, memory_format=torch.channels_last)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,

@@ -129,7 +129,7 @@ class RunSession:
         self.layout = Layout.of(trainer.model)
         data = trainer.data
         extra = {"n_params": str(n_params(trainer.model)), "resolved_device": str(trainer.device),
-                 "n_train": str(len(data.y_train)), "n_test": str(len(data.y_test))}
+                 "n_train": str(len(data.y_train)), "n_test": str(len(data.y_test)), **trainer.numerics.as_params()}
         log_params_and_tags(client, run_id, cfg, extra, raw, identity=record)
         if start_from:
             T.retry(lambda: client.set_tag(run_id, T.TAG_PRETRAIN, start_from), "pretrain tag")
