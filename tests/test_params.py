@@ -11,8 +11,9 @@ import pytest
 from mlflow.projects import _project_spec
 
 from weightspace import params as P
-from weightspace.config import MAX_EPOCHS, Clone, DifferentInit, SameInit, Single
+from weightspace.config import MAX_EPOCHS
 from weightspace.experiments import ENTRY_POINTS, entry_point
+from weightspace.experiments.training import Clone, DifferentInit, SameInit, Single
 from weightspace.params import Decl, ParamError, int_range
 
 REPO = Path(__file__).resolve().parents[1]

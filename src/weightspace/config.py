@@ -39,7 +39,7 @@ VARYING = {
 # Fields that say where or how to run, not what to run.
 # pretrain_run_id too: which pretraining run a clone starts from is fixed by the configuration
 # (init, hyperparameters, pretrain_epochs), whether it was found automatically or named.
-PLUMBING = ("device", "data_dir", "experiment", "pretrain_run_id")
+PLUMBING = ("device", "data_dir", "experiment", "pretrain_run_id", "checkpoint_every")
 
 MAX_EPOCHS = 100_000
 SEED_RANGE = "an integer from 0 to 2**31-1"
@@ -75,6 +75,8 @@ SNAPSHOT_EVERY = Decl(int, "an integer >= 1", "log the parameter vector every th
                       lambda v: 1 <= v <= MAX_EPOCHS)
 PRETRAIN_EPOCHS = Decl(int, "an integer >= 1 and < epochs", "epochs of the shared pretraining before cloning",
                        lambda v: 1 <= v <= MAX_EPOCHS)
+CHECKPOINT_EVERY = Decl(int, "an integer >= 1", "store the resume checkpoint every this many epochs (and the last); "
+                        "a resumed run retrains the epochs since", lambda v: 1 <= v <= MAX_EPOCHS)
 PRETRAIN_RUN_ID = Decl(str, "a run id of a FINISHED pretrain run, or empty",
                        "start from this pretraining run; empty: find or train it")
 
@@ -107,6 +109,7 @@ class TrainConfig:
     # clone / pretrain only
     pretrain_epochs: int = PRETRAIN_EPOCHS(0)
     pretrain_run_id: str = PRETRAIN_RUN_ID("")
+    checkpoint_every: int = CHECKPOINT_EVERY(1)
 
     # -- identities -------------------------------------------------------------
     def identity_fields(self, *, with_seeds: bool) -> dict[str, Any]:
@@ -180,71 +183,6 @@ def _digest(d: dict[str, Any]) -> str:
 
 
 TRAIN_DECLS: dict[str, Decl] = {f.name: decl_of(f) for f in declared(TrainConfig)}
-
-
-# -- each training entry point's parameters ----------------------------------------------------------
-
-@dataclass(frozen=True, kw_only=True)
-class TrainCommon:
-    """The data, model, optimiser and device parameters every training entry point shares."""
-
-    dataset: str = DATASET("mnist")
-    data_dir: str = DATA_DIR("")
-    train_subset: int = TRAIN_SUBSET(0)
-    batch_size: int = BATCH_SIZE(128)
-    lr: float = LR(0.01)
-    momentum: float = MOMENTUM(0.9)
-    weight_decay: float = WEIGHT_DECAY(1e-5)
-    dropout: float = DROPOUT(0.5)
-    width: float = WIDTH(1.0)
-    precision: str = PRECISION("fp32")
-    device: str = DEVICE("auto")
-
-
-@dataclass(frozen=True, kw_only=True)
-class Single(TrainCommon):
-    """single: one model, a snapshot every epoch."""
-
-    init_seed: int = INIT_SEED(0)
-    shuffle_seed: int = SHUFFLE_SEED(0)
-    epochs: int = EPOCHS(200)
-    snapshot_every: int = SNAPSHOT_EVERY(1)
-
-
-@dataclass(frozen=True, kw_only=True)
-class DifferentInit(TrainCommon):
-    """different_init: one of the replicas from different initial weights."""
-
-    init_seed: int = INIT_SEED()
-    shuffle_seed: int = SHUFFLE_SEED(-1)
-    epochs: int = EPOCHS(200)
-    snapshot_every: int = SNAPSHOT_EVERY(10)
-
-
-@dataclass(frozen=True, kw_only=True)
-class SameInit(TrainCommon):
-    """same_init: one of the replicas from one init, each with its own data order."""
-
-    shuffle_seed: int = SHUFFLE_SEED()
-    init_seed: int = INIT_SEED(0)
-    epochs: int = EPOCHS(200)
-    snapshot_every: int = SNAPSHOT_EVERY(10)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Clone(TrainCommon):
-    """clone: one copy of a model pretrained for pretrain_epochs, continued on its own data order."""
-
-    shuffle_seed: int = SHUFFLE_SEED()
-    init_seed: int = INIT_SEED(0)
-    pretrain_epochs: int = PRETRAIN_EPOCHS(10)
-    pretrain_run_id: str = PRETRAIN_RUN_ID("")
-    epochs: int = EPOCHS(200)
-    snapshot_every: int = SNAPSHOT_EVERY(10)
-
-
-TRAIN_ENTRIES: dict[str, type] = {"single": Single, "different_init": DifferentInit, "same_init": SameInit,
-                                  "clone": Clone}
 
 
 # -- building a configuration ------------------------------------------------------------------

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from . import numerics
 from .config import ParamError, TrainConfig
 from .data import Data
-from .model import CNN, build_model, flat_params
+from .model import CNN, build_model
 
 # Offset so the dropout stream and the data-order stream of one shuffle_seed differ.
 DROPOUT_STREAM = 0x5EED
@@ -117,16 +117,24 @@ class Trainer:
                 "test_loss": te.loss, "test_accuracy": te.accuracy}
 
     def theta(self) -> torch.Tensor:
-        return flat_params(self.model)
+        """The parameter vector as a fresh fp32 CPU tensor: one flat copy off the device."""
+        flat = torch.cat([p.detach().reshape(-1) for p in self.model.parameters()]).float()
+        if flat.device.type == "cpu":
+            return flat  # torch.cat made it a fresh tensor already
+        if getattr(self, "_pinned", None) is None or self._pinned.numel() != flat.numel():
+            self._pinned = torch.empty(flat.numel(), dtype=torch.float32, pin_memory=True)
+        self._pinned.copy_(flat, non_blocking=True)
+        synchronize(self.device)
+        return self._pinned.clone()
 
     # -- checkpoint ------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Everything needed to continue bit-exactly, as named CPU tensors (safetensors-ready)."""
-        out = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        out = {f"model.{k}": _copy(v) for k, v in self.model.state_dict().items()}
         for i, p in enumerate(self.model.parameters()):
             buf = self.opt.state.get(p, {}).get("momentum_buffer")
             if buf is not None:
-                out[f"opt.momentum.{i}"] = buf.detach().cpu().contiguous()
+                out[f"opt.momentum.{i}"] = _copy(buf)
         out["rng.order"] = self.order_gen.get_state()
         out["rng.dropout"] = self.model.dropout_gen.get_state().cpu()
         out["epoch"] = torch.tensor(self.epoch, dtype=torch.int64)
@@ -146,6 +154,11 @@ class Trainer:
         if rng:
             self.order_gen.set_state(st["rng.order"])
             self.model.dropout_gen.set_state(st["rng.dropout"])
+
+
+def _copy(t: torch.Tensor) -> torch.Tensor:
+    """A private contiguous CPU copy: it is written to disk later, while training goes on."""
+    return t.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
 
 
 def weight_stats(theta: torch.Tensor, theta0: torch.Tensor, prev: torch.Tensor | None) -> dict[str, float]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
+from dataclasses import dataclass
 
 import mlflow
 import torch
@@ -19,11 +20,101 @@ from tqdm.auto import tqdm
 
 from .. import tracking as T
 from ..cli import EntryPoint, entry_run, mark_failed
-from ..config import TRAIN_ENTRIES, ParamError, TrainConfig, build_config, config_from_params, pretrain_config
+from ..config import (
+    BATCH_SIZE,
+    CHECKPOINT_EVERY,
+    DATA_DIR,
+    DATASET,
+    DEVICE,
+    DROPOUT,
+    EPOCHS,
+    INIT_SEED,
+    LR,
+    MOMENTUM,
+    PRECISION,
+    PRETRAIN_EPOCHS,
+    PRETRAIN_RUN_ID,
+    SHUFFLE_SEED,
+    SNAPSHOT_EVERY,
+    TRAIN_SUBSET,
+    WEIGHT_DECAY,
+    WIDTH,
+    ParamError,
+    TrainConfig,
+    build_config,
+    config_from_params,
+    pretrain_config,
+)
 from ..data import Data, load_dataset
 from ..params import as_strings
 from ..tracking.session import RunSession
 from ..train import Trainer, fit, resolve_device
+
+# -- each training entry point's parameters ----------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class TrainCommon:
+    """The data, model, optimiser and device parameters every training entry point shares."""
+
+    dataset: str = DATASET("mnist")
+    data_dir: str = DATA_DIR("")
+    train_subset: int = TRAIN_SUBSET(0)
+    batch_size: int = BATCH_SIZE(128)
+    lr: float = LR(0.01)
+    momentum: float = MOMENTUM(0.9)
+    weight_decay: float = WEIGHT_DECAY(1e-5)
+    dropout: float = DROPOUT(0.5)
+    width: float = WIDTH(1.0)
+    precision: str = PRECISION("fp32")
+    device: str = DEVICE("auto")
+    checkpoint_every: int = CHECKPOINT_EVERY(1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Single(TrainCommon):
+    """single: one model, a snapshot every epoch."""
+
+    init_seed: int = INIT_SEED(0)
+    shuffle_seed: int = SHUFFLE_SEED(0)
+    epochs: int = EPOCHS(200)
+    snapshot_every: int = SNAPSHOT_EVERY(1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DifferentInit(TrainCommon):
+    """different_init: one of the replicas from different initial weights."""
+
+    init_seed: int = INIT_SEED()
+    shuffle_seed: int = SHUFFLE_SEED(-1)
+    epochs: int = EPOCHS(200)
+    snapshot_every: int = SNAPSHOT_EVERY(10)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SameInit(TrainCommon):
+    """same_init: one of the replicas from one init, each with its own data order."""
+
+    shuffle_seed: int = SHUFFLE_SEED()
+    init_seed: int = INIT_SEED(0)
+    epochs: int = EPOCHS(200)
+    snapshot_every: int = SNAPSHOT_EVERY(10)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Clone(TrainCommon):
+    """clone: one copy of a model pretrained for pretrain_epochs, continued on its own data order."""
+
+    shuffle_seed: int = SHUFFLE_SEED()
+    init_seed: int = INIT_SEED(0)
+    pretrain_epochs: int = PRETRAIN_EPOCHS(10)
+    pretrain_run_id: str = PRETRAIN_RUN_ID("")
+    epochs: int = EPOCHS(200)
+    snapshot_every: int = SNAPSHOT_EVERY(10)
+
+
+TRAIN_ENTRIES: dict[str, type] = {"single": Single, "different_init": DifferentInit, "same_init": SameInit,
+                                  "clone": Clone}
+
 
 
 @functools.lru_cache(maxsize=4)

@@ -75,11 +75,10 @@ def _config_json(cfg: TrainConfig) -> str:
     return json.dumps(cfg.to_params(), sort_keys=True)
 
 
-def save_checkpoint(trainer: Trainer, cfg: TrainConfig, path: Path) -> Path:
+def save_checkpoint(state: dict[str, torch.Tensor], cfg: TrainConfig, path: Path) -> Path:
     # No θ0 here: it is the run's first snapshot, stored before any checkpoint (FIFO uploads),
     # so every epoch's upload stays a third smaller.
-    st = trainer.state_tensors()
-    save_file(st, str(path), metadata={"config": _config_json(cfg), "format": "weightspace-checkpoint-1"})
+    save_file(state, str(path), metadata={"config": _config_json(cfg), "format": "weightspace-checkpoint-1"})
     return path
 
 
@@ -185,10 +184,17 @@ class RunSession:
             m = _log_epoch(self.up, trainer, self.cfg, epoch, theta, self.theta0, self.prev, seconds)
         if epoch in self.snap_epochs:
             self.manifest.add(epoch, theta)
-        ck_path = Path(tempfile.mkdtemp(dir=self.up.spool)) / "state.safetensors"
-        self.up.file(save_checkpoint(trainer, self.cfg, ck_path), "checkpoint", cleanup=True)
+        if epoch % self.cfg.checkpoint_every == 0 or epoch == self.cfg.epochs:
+            self._checkpoint(trainer.state_tensors())  # copies taken now, written off the training thread
         self.prev = theta
         return m
+
+    def _checkpoint(self, state: dict[str, torch.Tensor]) -> None:
+        def job() -> None:
+            path = save_checkpoint(state, self.cfg, Path(tempfile.mkdtemp(dir=self.up.spool)) / "state.safetensors")
+            self.client.log_artifact(self.run_id, str(path), "checkpoint")
+            path.unlink(missing_ok=True)
+        self.up.call(job, CHECKPOINT)
 
     def finish(self) -> None:
         """Mark the trajectory complete, store the final model, and wait until everything is stored."""
@@ -240,18 +246,29 @@ class _Manifest:
         self.complete = False
 
     def add(self, epoch: int, theta: torch.Tensor) -> None:
+        """Save, hash and upload one snapshot on the uploader's thread; ``theta`` must be a private copy."""
         name = f"epoch_{epoch:04d}.npy"
-        local = Path(tempfile.mkdtemp(dir=self.up.spool)) / name
-        arr = theta.numpy().astype(np.float32, copy=False)
-        np.save(local, arr, allow_pickle=False)
-        self.files[name] = {"epoch": epoch, "sha256": T.sha256_file(local), "size": local.stat().st_size}
-        self.up.file(local, "trajectory", cleanup=True)
+
+        def job() -> None:
+            local = Path(tempfile.mkdtemp(dir=self.up.spool)) / name
+            np.save(local, theta.numpy().astype(np.float32, copy=False), allow_pickle=False)
+            info = {"epoch": epoch, "sha256": T.sha256_file(local), "size": local.stat().st_size}
+            self.up.client.log_artifact(self.up.run_id, str(local), "trajectory")
+            local.unlink(missing_ok=True)
+            self.files[name] = info  # listed only once stored
+        self.up.call(job, f"trajectory/{name}")
         self.publish()
 
     def publish(self) -> None:
-        doc = {"format": "weightspace-trajectory-1", "complete": self.complete,
-               "epochs": sorted(v["epoch"] for v in self.files.values()), "files": self.files}
-        self.up.text(json.dumps(doc, indent=1, sort_keys=True), "trajectory/manifest.json")
+        """Upload the manifest as it stands when the uploader reaches this job (after every earlier file)."""
+        def job() -> None:
+            doc = {"format": "weightspace-trajectory-1", "complete": self.complete,
+                   "epochs": sorted(v["epoch"] for v in self.files.values()), "files": self.files}
+            local = Path(tempfile.mkdtemp(dir=self.up.spool)) / "manifest.json"
+            local.write_text(json.dumps(doc, indent=1, sort_keys=True))
+            self.up.client.log_artifact(self.up.run_id, str(local), "trajectory")
+            local.unlink(missing_ok=True)
+        self.up.call(job, "trajectory/manifest.json")
 
 
 def _existing_manifest(client: MlflowClient, run_id: str) -> dict | None:

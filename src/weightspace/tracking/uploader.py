@@ -1,8 +1,8 @@
 """Logging to MLflow off the training thread, with retries, in order, never losing a job.
 
-Every epoch produces, in this order: a snapshot file (when due), the metrics batch, the
-manifest, and last the checkpoint. One background thread uploads them FIFO, so a
-checkpoint for epoch k is only ever visible after everything of epoch k is stored:
+Every epoch produces, in this order: the metrics batch, a snapshot file and the manifest
+(when due), and last the checkpoint. One background thread serialises, hashes and uploads
+them FIFO, so a checkpoint for epoch k is only ever visible after everything of epoch k is stored:
 a run killed at any moment resumes from a checkpoint whose epoch is complete.
 
 A job that fails (tracking server down, network blip) is retried with exponential
@@ -60,12 +60,15 @@ def retry(fn: Callable[[], Any], what: str, timeout: float | None = None) -> Any
 class Uploader:
     """A FIFO of upload jobs, run by one daemon thread (or inline when ``asynchronous=False``)."""
 
-    def __init__(self, client: MlflowClient, run_id: str, asynchronous: bool = True):
+    def __init__(self, client: MlflowClient, run_id: str, asynchronous: bool = True, max_pending: int | None = None):
         self.client, self.run_id = client, run_id
         self.spool = Path(tempfile.mkdtemp(prefix=f"weightspace-{run_id[:8]}-"))
         self.asynchronous = asynchronous
         self.error: BaseException | None = None
-        self._q: queue.Queue = queue.Queue()
+        # Bounded: when the store is slower than training, training waits instead of filling the spool.
+        self.max_pending = max_pending or int(os.environ.get("WEIGHTSPACE_MAX_PENDING_UPLOADS", "32"))
+        self.waits = 0
+        self._q: queue.Queue = queue.Queue(maxsize=self.max_pending)
         if asynchronous:
             self._thread = threading.Thread(target=self._work, name="weightspace-uploader", daemon=True)
             self._thread.start()
@@ -92,14 +95,26 @@ class Uploader:
         local.write_text(text)
         self.file(local, d, cleanup=True)
 
+    def call(self, job: Callable[[], None], what: str) -> None:
+        """Any work to do in order with the uploads, off the training thread (serialising, hashing)."""
+        self._submit(job, what)
+
     # -- machinery ---------------------------------------------------------------------
     def _submit(self, job: Callable[[], None], what: str) -> None:
         if self.error is not None:
             raise RuntimeError(f"an earlier upload failed: {self.error}") from self.error
-        if self.asynchronous:
-            self._q.put((job, what))
-        else:
+        if not self.asynchronous:
             retry(job, what)
+            return
+        try:
+            self._q.put_nowait((job, what))
+        except queue.Full:
+            if self.waits == 0:
+                log.warning("the tracking store is slower than training: training waits for the upload "
+                            "queue (%d jobs pending, WEIGHTSPACE_MAX_PENDING_UPLOADS=%d)", self.max_pending,
+                            self.max_pending)
+            self.waits += 1
+            self._q.put((job, what))
 
     def _work(self) -> None:
         while True:
