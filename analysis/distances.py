@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+from scipy.spatial.distance import pdist, squareform
 from tqdm.auto import tqdm
 
 from weightspace.analysis.pca import as_list, open_snapshot
-from weightspace.analysis.trajectory import Trajectory
+from weightspace.trajectory import Trajectory
 
 
 @dataclass
@@ -64,16 +65,12 @@ def run_geometry(traj: Trajectory, progress: bool = False) -> RunGeometry:
 
 
 def pairwise_distances(X: np.ndarray) -> np.ndarray:
-    """(R, R) euclidean distances between the rows of X, from explicit differences."""
-    X = np.asarray(X, dtype=np.float64)
-    R = len(X)
-    D = np.zeros((R, R))
-    buf = np.empty(X.shape[1])
-    for i in range(R):
-        for j in range(i + 1, R):
-            np.subtract(X[i], X[j], out=buf)
-            D[i, j] = D[j, i] = np.sqrt(buf @ buf)
-    return D
+    """(R, R) euclidean distances between the rows of X, in float64.
+
+    scipy's ``pdist`` subtracts each pair explicitly (no ‖a‖² + ‖b‖² − 2a·b), so nearby
+    solutions at P≈820k do not lose their distance to cancellation.
+    """
+    return squareform(pdist(np.asarray(X, dtype=np.float64)))
 
 
 def cosine_similarity(X: np.ndarray) -> np.ndarray:

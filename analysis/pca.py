@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from weightspace.analysis.trajectory import Trajectory
+from weightspace.trajectory import Trajectory
 
 DEFAULT_CHUNK = 1 << 16
 GEMM_BLOCK = 8192
@@ -178,7 +178,7 @@ class PCAResult:
 
     def directions(self, k: int = 2, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Top-k principal directions in weight space, (k, P) float32 and orthonormal, plus the centre
-        they are relative to, (P,) float32: the mean snapshot (centred) or the mean of the runs' final
+        they are relative to, (P,) float64: the mean snapshot (centred) or the mean of the runs' final
         snapshots (uncentred; for one run, θ_final). Second streaming pass over the analysed snapshots.
 
         For centred PCA and for one run uncentred, (x - centre) @ directions.T reproduces ``scores``; for
@@ -192,7 +192,7 @@ class PCAResult:
         rows = [(g.trajs[g.run_index[j]], self._row_snapshot(j)) for j in self._idx]
         finals = None if self.centred else self._local_finals()
         out = np.empty((k, g.P), np.float32)
-        centre = np.empty(g.P, np.float32)
+        centre = np.empty(g.P, np.float64)
         reader = SnapshotColumns(rows)
         dtype = reader.common_dtype()
         Wt = W.T.astype(dtype)  # float32 products are sums of only n terms here
@@ -286,3 +286,18 @@ def trajectory_pca(trajs: Trajectory | Sequence[Trajectory], centred: bool = Tru
                    progress: bool = False, n_scores: int = 10) -> PCAResult:
     """Joint PCA of all snapshots of the given runs (one pass); see ``Gram.pca`` for subsets."""
     return compute_gram(trajs, chunk, progress).pca(centred=centred, n_scores=n_scores)
+
+
+def project(traj: Trajectory, centre: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A run's snapshots in the plane (or k-flat) through ``centre`` spanned by orthonormal ``dirs`` (k, P).
+
+    Returns (T, k) coordinates and (T,) each snapshot's distance from the plane, in float64, reading one
+    snapshot at a time.
+    """
+    D = np.asarray(dirs, dtype=np.float64)
+    coords, off = np.zeros((traj.T, len(D))), np.zeros(traj.T)
+    for i in range(traj.T):
+        d = np.asarray(open_snapshot(traj, i), dtype=np.float64) - centre
+        coords[i] = D @ d
+        off[i] = np.linalg.norm(d - D.T @ coords[i])
+    return coords, off

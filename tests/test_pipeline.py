@@ -7,10 +7,10 @@ import pytest
 from scipy.spatial.distance import pdist
 from sklearn.decomposition import PCA
 
-from weightspace.analysis.claims import Claim
 from weightspace.analysis.nullmodel import null_evr
 from weightspace.analysis.pipeline import analyse_family
-from weightspace.analysis.trajectory import Trajectory
+from weightspace.analysis.report.table import Claim
+from weightspace.trajectory import Trajectory
 
 P = 2000
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,4 @@
-"""The probes of issue 4 against closed forms and independent computations."""
+"""The probes beyond the paper against closed forms and independent computations."""
 
 from __future__ import annotations
 
@@ -7,15 +7,16 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from weightspace.analysis.beyond import ProbeOptions, run_probes
 from weightspace.analysis.flatmodel import FlatModel, subset, weight_decay_piece
-from weightspace.analysis.function_space import disagreement, pairwise_distances, upper
 from weightspace.analysis.interpolation import alphas, barrier_chord, barrier_frankle, interpolate, is_monotone_decreasing
+from weightspace.analysis.pca import project, trajectory_pca
+from weightspace.analysis.probes import SGD, Plane, ProbeOptions, run_probes
+from weightspace.analysis.probes.function_space import disagreement
 from weightspace.analysis.stationarity import grad_norm, gradient, hvp, top_hessian_eig
-from weightspace.analysis.surface import gram_pca, grid_loss, orthonormalize, plane_points, project
-from weightspace.analysis.trajectory import Trajectory
+from weightspace.analysis.surface import grid_loss, orthonormalize, plane_points
 from weightspace.data import load_dataset
 from weightspace.model import build_model, flat_params, load_flat
+from weightspace.trajectory import Trajectory
 
 torch.set_num_threads(1)
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -162,43 +163,44 @@ def test_grid_loss_equals_pointwise_loop(digits):
 
 
 # -- surface geometry -----------------------------------------------------------------------
-def test_distance_from_plane_against_numpy():
+def test_distance_from_plane_against_numpy(tmp_path):
     rng = np.random.default_rng(0)
     P = 50
     mean, dirs = rng.standard_normal(P), orthonormalize(rng.standard_normal((2, P)))
     np.testing.assert_allclose(dirs @ dirs.T, np.eye(2), atol=1e-12)
-    x = rng.standard_normal(P)
-    coef, *_ = np.linalg.lstsq(dirs.T, x - mean, rcond=None)
-    c, d = project(x, mean, dirs)
-    np.testing.assert_allclose(c, coef, rtol=1e-10)
-    assert d == pytest.approx(np.linalg.norm(x - mean - dirs.T @ coef), rel=1e-10)
-    p = plane_points(torch.tensor(mean), torch.tensor(dirs), c[None])[0].numpy()
-    assert project(p, mean, dirs)[1] == pytest.approx(0.0, abs=1e-10)
+    X = rng.standard_normal((3, P)).astype(np.float32)
+    X[2] = plane_points(torch.tensor(mean), torch.tensor(dirs), np.array([[0.5, -2.0]]))[0].numpy()
+    coords, dist = project(Trajectory.from_arrays(X, [0, 1, 2], tmp_path), mean, dirs)
+    for x, c, d in zip(X.astype(np.float64), coords, dist):
+        coef, *_ = np.linalg.lstsq(dirs.T, x - mean, rcond=None)
+        np.testing.assert_allclose(c, coef, rtol=1e-10)
+        assert d == pytest.approx(np.linalg.norm(x - mean - dirs.T @ coef), rel=1e-10)
+    assert dist[2] < 1e-5 * np.linalg.norm(X[2])     # a point of the plane (stored in float32) lies on it
 
 
-def test_gram_pca_against_sklearn():
+def test_pca_plane_against_sklearn(tmp_path):
     from sklearn.decomposition import PCA
 
     rng = np.random.default_rng(0)
     X = np.cumsum(rng.standard_normal((30, 200)), 0).astype(np.float32)
-    mean, dirs, evr = gram_pca([lambda r=r: r.astype(np.float64) for r in X], k=2, block_bytes=7 * 200 * 8)
+    runs = [Trajectory.from_arrays(X[:18], range(18), tmp_path / "a"),
+            Trajectory.from_arrays(X[18:], range(12), tmp_path / "b")]
+    plane = Plane.of_pca(trajectory_pca(runs))
     pca = PCA(2).fit(X.astype(np.float64))
-    np.testing.assert_allclose(evr, pca.explained_variance_ratio_, rtol=1e-6)
-    np.testing.assert_allclose(mean, pca.mean_, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(np.abs(np.sum(dirs * pca.components_, 1)), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(plane.evr, pca.explained_variance_ratio_, rtol=1e-6)
+    np.testing.assert_allclose(plane.centre, pca.mean_, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(np.abs(np.sum(plane.dirs * pca.components_, 1)), 1.0, rtol=1e-6)
+    # one component of non-zero variance: the plane still gets a second, orthogonal axis
+    line = Plane.of_pca(trajectory_pca(Trajectory.from_arrays(X[:2], [0, 1], tmp_path / "c")))
+    np.testing.assert_allclose(line.dirs @ line.dirs.T, np.eye(2), atol=1e-6)
 
 
 # -- function space -------------------------------------------------------------------------
-def test_disagreement_and_distances_against_numpy():
-    rng = np.random.default_rng(0)
-    preds = rng.integers(0, 3, size=(4, 60))
-    D = disagreement(preds)
-    for i in range(4):
-        for j in range(4):
-            assert D[i, j] == sum(preds[i, k] != preds[j, k] for k in range(60)) / 60
-    V = rng.standard_normal((4, 30))
-    np.testing.assert_allclose(pairwise_distances(V), np.linalg.norm(V[:, None] - V[None], axis=2), rtol=1e-12)
-    np.testing.assert_array_equal(upper(D), [D[0, 1], D[0, 2], D[0, 3], D[1, 2], D[1, 3], D[2, 3]])
+def test_disagreement_against_counting():
+    preds = np.random.default_rng(0).integers(0, 3, size=(4, 60))
+    pairs = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    expected = [sum(preds[i, k] != preds[j, k] for k in range(60)) / 60 for i, j in pairs]
+    np.testing.assert_allclose(disagreement(preds), expected, rtol=1e-15)
 
 
 def test_subset_is_seeded_and_ordered():
@@ -209,18 +211,21 @@ def test_subset_is_seeded_and_ordered():
 
 
 # -- end to end -----------------------------------------------------------------------------
-def _tiny_runs(data, tmp_path, n_runs=3, epochs=4, lr=0.05, bs=50):
+LR, BS, N_TRAIN = 0.05, 50, 300
+
+
+def _tiny_runs(data, tmp_path, n_runs=3, epochs=4):
     """Real (tiny) SGD runs from different inits, so the probes see genuine trajectories."""
-    x, y = data.x_train[:300], data.y_train[:300]
+    x, y = data.x_train[:N_TRAIN], data.y_train[:N_TRAIN]
     trajs = []
     for s in range(n_runs):
         model = build_model(0.125, 0.5, s)
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+        opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=1e-4)
         g = torch.Generator().manual_seed(s)
         snaps = [flat_params(model)]
         for _ in range(epochs):
             model.train()
-            for idx in torch.randperm(300, generator=g).split(bs):
+            for idx in torch.randperm(N_TRAIN, generator=g).split(BS):
                 opt.zero_grad()
                 F.cross_entropy(model(x[idx]), y[idx]).backward()
                 opt.step()
@@ -230,22 +235,37 @@ def _tiny_runs(data, tmp_path, n_runs=3, epochs=4, lr=0.05, bs=50):
         trajs.append(Trajectory.from_arrays(
             X, range(epochs + 1), tmp_path / f"run{s}", name=f"different_init-init{s}", init_seed=s,
             metrics={"step_length": (np.arange(1, epochs + 1), step)},
-            params={"lr": str(lr), "batch_size": str(bs), "momentum": "0.9", "train_subset": "300"}))
+            params={"dataset": "digits", "width": "0.125", "dropout": "0.5", "weight_decay": "0.0001",
+                    "lr": str(LR), "batch_size": str(BS), "momentum": "0.9", "train_subset": str(N_TRAIN)}))
     return trajs
+
+
+def _probe_evaluate(data, n=120, batch_size=256):
+    """The probes' evaluation, rebuilt independently: the same seeded subsets, a fresh model."""
+    fm = FlatModel(0.125, 0.5, batch_size=batch_size)
+    x_tr, y_tr = subset(data.x_train, data.y_train, n, seed=0)
+    x_te, y_te = subset(data.x_test, data.y_test, n, seed=1)
+
+    def evaluate(ths):
+        (trl, tre), (tel, tee) = fm.evaluate_many(ths, x_tr, y_tr), fm.evaluate_many(ths, x_te, y_te)
+        return {"train_loss": trl, "train_error": tre, "test_loss": tel, "test_error": tee}
+    return fm, evaluate
 
 
 def test_run_probes_end_to_end(digits, tmp_path):
     trajs = _tiny_runs(digits, tmp_path)
-    opts = ProbeOptions(interp_points=5, probe_subset=120, hessian_epochs="0,4,99", hessian_iters=4,
+    opts = ProbeOptions(interp_points=5, probe_subset=120, hessian_epochs=(0, 4, 99), hessian_iters=4,
                         surface_grid=5, batch_size=256)
+    sgd = [SGD(LR, 0.9, BS, N_TRAIN), SGD(LR, 0.9, BS, N_TRAIN), None]      # run 2: optimiser unknown
     res = run_probes(trajs, tmp_path / "fig", width=0.125, dropout=0.5, weight_decay=1e-4, data=digits,
-                     options=opts, progress=False)
+                     options=opts, sgd=sgd, progress=False)
     m = res.metrics
     for i in range(3):
         for k in ("interp_barrier_frankle", "interp_barrier_chord", "interp_loss_barrier_chord", "interp_monotone",
                   "grad_norm_final", "grad_norm_nowd_final", "hessian_top_eig_epoch0", "hessian_top_eig_epoch4",
-                  "hessian_iters_epoch4", "drift_over_step_final"):
+                  "hessian_iters_epoch4"):
             assert f"{k}_run{i}" in m, k
+    assert "drift_over_step_final_run1" in m and "drift_over_step_final_run2" not in m
     assert not any("epoch99" in k for k in m)
     for k in ("pair_barrier_frankle_mean", "pair_barrier_chord_mean", "pair_loss_barrier_chord_max",
               "hessian_tol", "disagreement_mean", "surface_dist_from_plane_median", "surface_evr_pc1",
@@ -262,23 +282,59 @@ def test_run_probes_end_to_end(digits, tmp_path):
     assert len(res.claims) == 5 and all(c.measured and c.verdict for c in res.claims)
     epochs, vals = res.series["grad_norm_run0"]
     assert list(epochs) == [0, 1, 2, 3, 4] and vals.shape == (5,)
-    # The init -> final line starts at the init's loss: the curve's endpoint is the snapshot itself.
-    assert m["interp_monotone_run0"] in (0.0, 1.0)
+
+    fm, evaluate = _probe_evaluate(digits)
+    final = [fm.theta(t.load(t.T - 1, mmap=False)) for t in trajs]
+    # The pair metrics are those of the line between the right two runs' final weights.
+    for i, j in ((0, 2), (1, 2), (0, 1)):
+        cur = interpolate(final[i], final[j], evaluate, 5)
+        assert m[f"pair_barrier_frankle_run{i}_run{j}"] == pytest.approx(barrier_frankle(cur.values["test_error"]),
+                                                                          abs=1e-12)
+        assert m[f"pair_loss_barrier_chord_run{i}_run{j}"] == pytest.approx(
+            barrier_chord(cur.alphas, cur.values["train_loss"]), rel=1e-4, abs=1e-7)
+    # The init -> final line starts at the init's loss and ends at the final snapshot's: its endpoints are the
+    # snapshots themselves, so the monotone flag is about the path between them.
+    for i, t in enumerate(trajs):
+        init = fm.theta(t.load(0, mmap=False))
+        own = interpolate(init, final[i], evaluate, 5)
+        ends = evaluate(torch.stack([init, final[i]]))["train_loss"]
+        np.testing.assert_allclose(own.values["train_loss"][[0, -1]], ends, rtol=1e-6)
+        np.testing.assert_allclose(res.series[f"grad_norm_run{i}"][1][[0, -1]],
+                                   [m[f"grad_norm_init_run{i}"], m[f"grad_norm_final_run{i}"]])
+        assert m[f"interp_monotone_run{i}"] == float(is_monotone_decreasing(own.values["train_loss"]))
+    assert m["interp_monotone_frac"] == pytest.approx(np.mean([m[f"interp_monotone_run{i}"] for i in range(3)]))
+
+
+def test_entry_point_reads_the_runs_params(digits, tmp_path):
+    """The MLflow side reads model, data and each run's optimiser from its params, and passes them on."""
+    from weightspace.experiments.analyse import AnalysisOptions
+    from weightspace.experiments.analyse import run_probes as entry_run_probes
+
+    trajs = _tiny_runs(digits, tmp_path, n_runs=2, epochs=2)
+    del trajs[1].params["lr"]
+    opts = AnalysisOptions(interp_points=0, probe_subset=60, hessian_epochs="", surface_grid=0, device="cpu")
+    res = entry_run_probes(trajs, tmp_path / "fig", opts, False)
+    assert "drift_over_step_final_run0" in res.metrics and "drift_over_step_final_run1" not in res.metrics
+    g = res.results["stationarity"].runs[0]
+    steps = -(-N_TRAIN // BS)
+    np.testing.assert_allclose(g.drift, LR / (1 - 0.9) * steps * g.grad_norm)
+    assert res.metrics["wd_times_weight_norm_final_run0"] == pytest.approx(
+        1e-4 * np.linalg.norm(trajs[0].load(2).astype(np.float64)), rel=1e-6)
 
 
 def test_run_probes_switches_and_given_directions(digits, tmp_path):
     trajs = _tiny_runs(digits, tmp_path, n_runs=1, epochs=2)
-    off = ProbeOptions(interp_points=0, grad_norm=False, hessian_epochs="", surface_grid=0, disagreement=False)
+    off = ProbeOptions(interp_points=0, grad_norm=False, hessian_epochs=(), surface_grid=0, disagreement=False)
     res = run_probes(trajs, tmp_path / "a", width=0.125, dropout=0.5, weight_decay=0.0, data=digits,
                      options=off, progress=False)
     assert res.metrics == {} and res.figures == [] and res.claims == []
     X = trajs[0].stack().astype(np.float64)
     mean = X.mean(0)
     dirs = np.linalg.svd(X - mean, full_matrices=False)[2][:2]
-    only_surface = ProbeOptions(interp_points=0, grad_norm=False, hessian_epochs="", surface_grid=4,
+    only_surface = ProbeOptions(interp_points=0, grad_norm=False, hessian_epochs=(), surface_grid=4,
                                 probe_subset=50)
     res = run_probes(trajs, tmp_path / "b", width=0.125, dropout=0.5, weight_decay=0.0, data=digits,
-                     options=only_surface, progress=False, pca_directions=(mean, dirs))
+                     options=only_surface, progress=False, plane=Plane(mean, dirs))
     assert [p.name for p in res.figures] == ["loss_surface.png"]
     # Three snapshots span a plane through their mean: every snapshot lies on it.
     assert res.metrics["surface_dist_from_plane_max"] < 1e-3
@@ -286,16 +342,13 @@ def test_run_probes_switches_and_given_directions(digits, tmp_path):
     assert "surface_evr_pc1" not in res.metrics
 
 
-@pytest.mark.parametrize("bad", [{"interp_points": 1}, {"hessian_epochs": "0,ten"}, {"hessian_tol": 0.0},
-                                 {"probe_subset": -1}])
-def test_probe_options_validation(bad):
-    from weightspace.config import ParamError
-
-    with pytest.raises(ParamError, match=next(iter(bad))):
-        ProbeOptions(**bad).validate()
-
-
-def test_run_probes_rejects_wrong_width(digits, tmp_path):
+def test_run_probes_rejects_misuse(digits, tmp_path):
     trajs = _tiny_runs(digits, tmp_path, n_runs=1, epochs=1)
     with pytest.raises(ValueError, match="different_init-init0"):
         run_probes(trajs, tmp_path, width=0.25, dropout=0.5, weight_decay=0.0, data=digits, progress=False)
+    with pytest.raises(ValueError, match="2 SGD settings for 1 runs"):
+        run_probes(trajs, tmp_path, width=0.125, dropout=0.5, weight_decay=0.0, data=digits, progress=False,
+                   sgd=[None, None])
+    with pytest.raises(ValueError, match="at least 2 points"):
+        run_probes(trajs, tmp_path, width=0.125, dropout=0.5, weight_decay=0.0, data=digits, progress=False,
+                   options=ProbeOptions(interp_points=1, probe_subset=20))

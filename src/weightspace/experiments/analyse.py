@@ -1,8 +1,8 @@
 """The analysis entry point's MLflow side: choose runs, fetch trajectories, log the results.
 
-The science lives in the ``analysis`` package as plain functions over arrays; this
+The science lives in ``weightspace.analysis`` as plain functions over arrays; this
 module only turns tracking-store runs into ``Trajectory`` objects and logs back what
-``analysis.pipeline.analyse_family`` (and the issue-4 probes) produce.
+``weightspace.analysis`` (the pipeline and the probes) produce.
 """
 
 from __future__ import annotations
@@ -179,9 +179,14 @@ def analyse_runs(client: MlflowClient, run_id: str, runs: list, opts: AnalysisOp
 
 
 def run_probes(trajs, out: Path, opts: AnalysisOptions, progress: bool):
-    """The issue-4 probes (interpolation, stationarity, loss surface, disagreement)."""
-    from ..analysis.beyond import ProbeOptions
-    from ..analysis.beyond import run_probes as probes
+    """The probes beyond the paper (interpolation, stationarity, loss surface, function space).
+
+    The runs' params say which model and data to probe and how each run was optimised; they
+    are read here and handed to the analysis as plain values. None (probes skipped) when the
+    first run's params do not name its model and data.
+    """
+    from ..analysis.probes import SGD, ProbeOptions
+    from ..analysis.probes import run_probes as probes
     from ..data import load_dataset
     from ..train import resolve_device
 
@@ -191,18 +196,26 @@ def run_probes(trajs, out: Path, opts: AnalysisOptions, progress: bool):
         print(f"weightspace: warning: run {trajs[0].run_id}: {e}; probes skipped", file=sys.stderr)
         return None
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.train_subset)
-    width, dropout, wd = cfg.width, cfg.dropout, cfg.weight_decay
     device = resolve_device(opts.device)
     # Auto costs: the full paper-scale analysis takes minutes on a GPU; on a CPU smaller
     # probes keep the short suite's analysis to about a minute per family.
     gpu = device.type == "cuda"
     subset = opts.probe_subset if opts.probe_subset >= 0 else (10000 if gpu else 1000)
     grid = opts.surface_grid if opts.surface_grid >= 0 else (31 if gpu else 15)
-    po = ProbeOptions(interp_points=opts.interp_points, probe_subset=subset,
-                      hessian_epochs=opts.hessian_epochs, hessian_iters=opts.hessian_iters,
-                      hessian_runs=opts.hessian_runs, surface_grid=grid)
-    return probes(trajs, out, width=width, dropout=dropout, weight_decay=wd, data=data, options=po,
-                  device=str(device), progress=progress)
+    hessian_epochs = tuple(sorted({int(e) for e in opts.hessian_epochs.split(",") if e.strip()}))
+    po = ProbeOptions(interp_points=opts.interp_points, probe_subset=subset, hessian_epochs=hessian_epochs,
+                      hessian_iters=opts.hessian_iters, hessian_runs=opts.hessian_runs, surface_grid=grid)
+
+    def sgd(tr):
+        """How the run was optimised; None when its params do not say (no drift reference for it)."""
+        try:
+            c = config_from_params(tr.params, require=("lr", "batch_size"))
+        except ParamError:
+            return None
+        return SGD(c.lr, c.momentum, c.batch_size, c.train_subset or len(data.y_train))
+
+    return probes(trajs, out, width=cfg.width, dropout=cfg.dropout, weight_decay=cfg.weight_decay, data=data,
+                  options=po, sgd=[sgd(tr) for tr in trajs], device=str(device), progress=progress)
 
 
 def analyse_selection(client: MlflowClient, run_id: str, sel: dict[str, str], opts: AnalysisOptions,

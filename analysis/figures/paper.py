@@ -1,9 +1,5 @@
-"""PNG figures of the analyses, readable without the code.
-
-Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas rather than
-pyplot, so nothing depends on (or changes) a global backend or figure registry.
-Each run keeps one colour across all figures (its index among the analysed runs).
-"""
+"""The paper's figures: PCA paths, distance from the origin, divergence, scree, heatmap, loss
+curves and step lengths."""
 
 from __future__ import annotations
 
@@ -11,36 +7,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from weightspace.analysis.distances import PairwiseOverEpochs, RunGeometry
+from weightspace.analysis.figures.style import colour, new_figure, run_label, save
 from weightspace.analysis.pca import PCAResult
-from weightspace.analysis.trajectory import Trajectory
-
-
-def colour(r: int, n: int = 10):
-    import matplotlib
-    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
-    return cmap(r % cmap.N)
-
-
-def run_label(t: Trajectory) -> str:
-    return f"{t.name} (init {t.init_seed}, shuffle {t.shuffle_seed})"
-
-
-def _new(ncols: int = 1, nrows: int = 1, w: float = 6.0, h: float = 4.8):
-    fig = Figure(figsize=(w * ncols, h * nrows), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    return fig, axes
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+from weightspace.trajectory import Trajectory
 
 
 def _pc_label(pca: PCAResult, k: int) -> str:
@@ -55,7 +26,7 @@ def pca_paths_figure(panels: Sequence[tuple[PCAResult, str]], trajs: Sequence[Tr
     ``stem``: optional (scores (n, 2), epochs (n,), label) of a shared pretraining path projected onto
     the last panel's PCs, drawn in grey.
     """
-    fig, axes = _new(len(panels))
+    fig, axes = new_figure(len(panels))
     n = len(trajs)
     for ax, (pca, sub) in zip(axes, panels):
         for r in np.unique(pca.run_index):
@@ -78,13 +49,13 @@ def pca_paths_figure(panels: Sequence[tuple[PCAResult, str]], trajs: Sequence[Tr
         ax.legend(fontsize=7, loc="best")
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def distance_from_origin_figure(geoms: Sequence[RunGeometry], trajs: Sequence[Trajectory], path: Path,
                                 every: int = 10) -> Path:
     """Figure 3a: ‖θ‖ at epochs that are multiples of ``every`` (all snapshots if none are)."""
-    fig, axes = _new()
+    fig, axes = new_figure()
     ax = axes[0]
     for r, (g, t) in enumerate(zip(geoms, trajs)):
         m = g.epochs % every == 0
@@ -95,12 +66,12 @@ def distance_from_origin_figure(geoms: Sequence[RunGeometry], trajs: Sequence[Tr
     ax.set_title(f"Distance from the origin, every {every} epochs")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def divergence_figure(pw: PairwiseOverEpochs, path: Path, title: str) -> Path:
     """Pairwise distance between runs against epoch, each pair plus the mean."""
-    fig, axes = _new(2)
+    fig, axes = new_figure(2)
     R = len(pw.names)
     for i in range(R):
         for j in range(i + 1, R):
@@ -116,13 +87,13 @@ def divergence_figure(pw: PairwiseOverEpochs, path: Path, title: str) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, ncol=2)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def scree_figure(centred: PCAResult, uncentred: PCAResult, null_centred: np.ndarray, null_uncentred: np.ndarray,
                  path: Path, title: str, n: int = 20) -> Path:
     """Measured explained variance per component and cumulative, against the random-walk null."""
-    fig, axes = _new(2)
+    fig, axes = new_figure(2)
     for ax, pca, null, what in ((axes[0], centred, null_centred, "centred PCA"),
                                 (axes[1], uncentred, null_uncentred, "PCA of θ_t − θ_final (uncentred)")):
         k = min(n, len(pca.explained_variance_ratio))
@@ -142,13 +113,13 @@ def scree_figure(centred: PCAResult, uncentred: PCAResult, null_centred: np.ndar
         ax.legend(fontsize=7, loc="center right")
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def heatmap_figure(D: np.ndarray, names: Sequence[str], path: Path, title: str, unit: str = "L2 distance") -> Path:
     """Annotated matrix of pairwise values."""
     R = len(names)
-    fig, axes = _new(w=max(5.0, 1.0 * R + 3), h=max(4.0, 0.9 * R + 2))
+    fig, axes = new_figure(w=max(5.0, 1.0 * R + 3), h=max(4.0, 0.9 * R + 2))
     ax = axes[0]
     im = ax.imshow(D, cmap="viridis")
     fig.colorbar(im, ax=ax, label=unit)
@@ -160,12 +131,12 @@ def heatmap_figure(D: np.ndarray, names: Sequence[str], path: Path, title: str, 
             ax.text(j, i, f"{D[i, j]:.3g}", ha="center", va="center", fontsize=8,
                     color="black" if D[i, j] > 0.6 * hi else "white")
     ax.set_title(title)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def loss_curves_figure(trajs: Sequence[Trajectory], path: Path) -> Path:
     """Train and test loss per epoch (log scale), one line per run."""
-    fig, axes = _new(2)
+    fig, axes = new_figure(2)
     for ax, name in ((axes[0], "train_loss"), (axes[1], "test_loss")):
         for r, t in enumerate(trajs):
             s, v = t.metric(name)
@@ -180,12 +151,12 @@ def loss_curves_figure(trajs: Sequence[Trajectory], path: Path) -> Path:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle("Loss curves")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def step_length_figure(trajs: Sequence[Trajectory], geoms: Sequence[RunGeometry], path: Path) -> Path:
     """‖θ_t − θ_{t−1}‖ per epoch from the step_length metric; without it, snapshot steps per epoch."""
-    fig, axes = _new()
+    fig, axes = new_figure()
     ax = axes[0]
     for r, (t, g) in enumerate(zip(trajs, geoms)):
         s, v = t.metric("step_length")
@@ -202,4 +173,4 @@ def step_length_figure(trajs: Sequence[Trajectory], geoms: Sequence[RunGeometry]
     ax.axvline(100, color="grey", ls=":")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save(fig, path)

@@ -1,64 +1,20 @@
-"""The claims report: the paper's claims against our numbers, as Markdown and as a terminal table.
-
-Claim builders take already computed numbers (no I/O), so each verdict rule is
-visible in one place and testable.
-"""
+"""Verdict rules for the paper's claims (Lipton 2016), from already computed numbers (no I/O),
+so that each rule is visible in one place and testable."""
 
 from __future__ import annotations
 
 import math
-import textwrap
 from typing import Sequence
 
 import numpy as np
 
-from weightspace.analysis.claims import Claim
 from weightspace.analysis.distances import RunGeometry
-from weightspace.analysis.trajectory import Trajectory
+from weightspace.analysis.report.table import Claim, num, pct
+from weightspace.trajectory import Trajectory
 
 EQUAL_CV = 0.1          # coefficient of variation below which distances count as "roughly equal"
 PAPER_TOP2, PAPER_TOP10 = 0.8139, 0.9563
-COLUMNS = ("Claim", "Paper", "Measured", "Null model", "Verdict")
 
-
-def pct(x: float) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.2f}%"
-
-
-def num(x: float) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:.4g}"
-
-
-# ---------------------------------------------------------------- rendering
-
-def _row(c: Claim) -> tuple[str, ...]:
-    return (c.claim, c.paper, c.measured, c.null, c.verdict)
-
-
-def render_markdown(claims: Sequence[Claim], title: str | None = None) -> str:
-    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    lines = [f"# {title}", ""] if title else []
-    lines.append("| " + " | ".join(COLUMNS) + " |")
-    lines.append("|" + "---|" * len(COLUMNS))
-    lines += ["| " + " | ".join(esc(v) for v in _row(c)) + " |" for c in claims]
-    return "\n".join(lines) + "\n"
-
-
-def render_text(claims: Sequence[Claim], widths: Sequence[int] = (34, 14, 22, 16, 46)) -> str:
-    """Fixed-width table; long cells wrap inside their column so the table fits a terminal."""
-    def block(cells):
-        wrapped = [textwrap.wrap(str(v), w) or [""] for v, w in zip(cells, widths)]
-        h = max(len(x) for x in wrapped)
-        return ["  ".join((x[i] if i < len(x) else "").ljust(w) for x, w in zip(wrapped, widths)).rstrip()
-                for i in range(h)]
-    sep = "  ".join("-" * w for w in widths)
-    out = block(COLUMNS) + [sep]
-    for c in claims:
-        out += block(_row(c))
-    return "\n".join(out) + "\n"
-
-
-# ---------------------------------------------------------------- claim builders
 
 def claim_pca_top(k: int, measured: float, null: float, scope: str) -> Claim:
     """Top-k variance explained against the paper and the random-walk null.

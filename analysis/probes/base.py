@@ -1,0 +1,112 @@
+"""What every probe reads: the options, the runs, the model as a function of θ and the probe data.
+
+Everything is measured in eval mode (no dropout) on a fixed seeded subset of
+``probe_subset`` train and test samples; the same subset for every θ, so values along
+a path or across runs are comparable even where the subset adds sampling noise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from weightspace.analysis.flatmodel import FlatModel, subset
+from weightspace.analysis.surface import Plane
+from weightspace.trajectory import Trajectory
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    """Cost parameters of the probes, already validated by the caller; each probe is disabled by
+    its zero/empty/False value."""
+
+    interp_points: int = 25             # α values per line (endpoints included); 0 disables
+    probe_subset: int = 10000           # train and test samples used by every probe; 0 = all
+    grad_norm: bool = True              # full-batch gradient norm at every snapshot
+    hessian_epochs: tuple[int, ...] = (0, 10, 50, 100, 200)   # intersected with each run's epochs; () disables
+    hessian_iters: int = 20             # max Hessian-vector products per eigenvalue
+    hessian_tol: float = 1e-3           # stop when the eigenvalue changes by less than this (relative)
+    hessian_runs: int = 0               # how many runs get Hessians (first N); 0 = all
+    surface_grid: int = 31              # n×n grid on the PCA plane; 0 disables
+    surface_margin: float = 0.25        # grid extends this fraction of the path's extent beyond it
+    disagreement: bool = True           # prediction disagreement between sibling final models
+    batch_size: int = 0                 # samples per forward call; 0 = auto (4096 cuda, 1024 cpu)
+    theta_chunk: int = 0                # θ per vmap call; 0 = auto (8 cuda, 1 = plain loop on cpu)
+    seed: int = 0                       # probe subset and power-iteration start vectors
+
+
+@dataclass(frozen=True)
+class SGD:
+    """How a run was trained, as far as the mean-gradient drift needs it."""
+
+    lr: float
+    momentum: float
+    batch_size: int
+    train_size: int                     # samples per epoch
+
+    def drift(self, grad_norm: np.ndarray) -> np.ndarray:
+        """Per-epoch displacement the mean gradient alone would cause: lr/(1−momentum)·steps·‖∇‖.
+
+        It ignores the change of the gradient within the epoch: an order-of-magnitude
+        reference, not a prediction.
+        """
+        steps = math.ceil(self.train_size / self.batch_size)
+        return self.lr / (1 - self.momentum) * steps * grad_norm
+
+
+@dataclass(frozen=True)
+class ProbeInputs:
+    trajs: list[Trajectory]
+    model: FlatModel
+    options: ProbeOptions
+    weight_decay: float
+    sgd: list[SGD | None]               # per run; None where the optimiser is not known
+    plane: Plane | None                 # the surface's plane; None = the runs' joint PCA plane
+    x_train: torch.Tensor               # the probe subsets, on the model's device
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    progress: bool = True
+
+    @classmethod
+    def prepare(cls, trajs, data, *, width: float, dropout: float, weight_decay: float, options: ProbeOptions,
+                sgd=None, plane: Plane | None = None, device="cpu", progress: bool = True) -> "ProbeInputs":
+        """Build the model and the probe subsets; ValueError when a run does not fit the model."""
+        if not trajs:
+            raise ValueError("run_probes: no trajectories")
+        fm = FlatModel(width, dropout, device, options.batch_size, options.theta_chunk)
+        for tr in trajs:
+            if tr.P != fm.P:
+                raise ValueError(f"run {tr.name}: snapshot {tr.files[0]} has {tr.P} parameters, "
+                                 f"a width={width} model has {fm.P}")
+        sgd = list(sgd) if sgd is not None else [None] * len(trajs)
+        if len(sgd) != len(trajs):
+            raise ValueError(f"run_probes: {len(sgd)} SGD settings for {len(trajs)} runs")
+        n, seed = options.probe_subset, options.seed
+        x_tr, y_tr = (t.to(fm.device) for t in subset(data.x_train, data.y_train, n, seed))
+        x_te, y_te = (t.to(fm.device) for t in subset(data.x_test, data.y_test, n, seed + 1))
+        return cls(list(trajs), fm, options, weight_decay, sgd, plane, x_tr, y_tr, x_te, y_te, progress)
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.trajs]
+
+    def theta(self, run: int, t: int) -> torch.Tensor:
+        """Snapshot t of run ``run`` as a float32 tensor on the model's device."""
+        return self.model.theta(self.trajs[run].load(t, mmap=False))
+
+    def final(self, run: int) -> torch.Tensor:
+        return self.theta(run, self.trajs[run].T - 1)
+
+    def train_loss(self, thetas: torch.Tensor) -> np.ndarray:
+        """(K,) probe train loss of K parameter vectors."""
+        return self.model.evaluate_many(thetas, self.x_train, self.y_train)[0]
+
+    def evaluate(self, thetas: torch.Tensor) -> dict[str, np.ndarray]:
+        """Train and test loss and error of K parameter vectors, (K,) each."""
+        trl, tre = self.model.evaluate_many(thetas, self.x_train, self.y_train)
+        tel, tee = self.model.evaluate_many(thetas, self.x_test, self.y_test)
+        return {"train_loss": trl, "train_error": tre, "test_loss": tel, "test_error": tee}

@@ -1,0 +1,68 @@
+"""The report's table: one row per claim, as Markdown (report.md) and as a fixed-width terminal table."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from weightspace.trajectory import Trajectory
+
+COLUMNS = ("Claim", "Paper", "Measured", "Null model", "Verdict")
+
+
+@dataclass
+class Claim:
+    claim: str          # what the paper says, short
+    paper: str          # the paper's number or statement ("81.39%", "roughly equal", "-")
+    measured: str       # our number, formatted
+    null: str           # the null model's number where one applies, else "-"
+    verdict: str        # e.g. "reproduced", "not reproduced", "reproduced, but mostly explained by the null model"
+
+
+def pct(x: float) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.2f}%"
+
+
+def num(x: float) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.4g}"
+
+
+def _row(c: Claim) -> tuple[str, ...]:
+    return (c.claim, c.paper, c.measured, c.null, c.verdict)
+
+
+def render_markdown(claims: Sequence[Claim], title: str | None = None) -> str:
+    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = [f"# {title}", ""] if title else []
+    lines.append("| " + " | ".join(COLUMNS) + " |")
+    lines.append("|" + "---|" * len(COLUMNS))
+    lines += ["| " + " | ".join(esc(v) for v in _row(c)) + " |" for c in claims]
+    return "\n".join(lines) + "\n"
+
+
+def render_text(claims: Sequence[Claim], widths: Sequence[int] = (34, 14, 22, 16, 46)) -> str:
+    """Fixed-width table; long cells wrap inside their column so the table fits a terminal."""
+    def block(cells):
+        wrapped = [textwrap.wrap(str(v), w) or [""] for v, w in zip(cells, widths)]
+        h = max(len(x) for x in wrapped)
+        return ["  ".join((x[i] if i < len(x) else "").ljust(w) for x, w in zip(wrapped, widths)).rstrip()
+                for i in range(h)]
+    sep = "  ".join("-" * w for w in widths)
+    out = block(COLUMNS) + [sep]
+    for c in claims:
+        out += block(_row(c))
+    return "\n".join(out) + "\n"
+
+
+def render_report(title: str, trajs: Sequence[Trajectory], claims: Sequence[Claim], figures: Sequence[Path]) -> str:
+    """report.md: the runs, the claims table, the null model, then the figures (paths under figures/)."""
+    runs_md = "\n".join(f"- `{t.name}` (run {t.run_id}, init {t.init_seed}, shuffle {t.shuffle_seed}, "
+                        f"{t.T} snapshots, epochs {int(t.epochs[0])}–{int(t.epochs[-1])})" for t in trajs)
+    figs_md = "\n".join(f"![{p.stem}](figures/{p.name})" for p in figures)
+    return (f"# {title}\n\n## Runs\n{runs_md}\n\n## Claims\n{render_markdown(claims)}\n"
+            f"The null model: independent isotropic random walks (variance ∝ epochs) sampled at the runs' "
+            f"epochs, from a shared start; for θ−θ_final each run is relative to its own final snapshot.\n\n"
+            f"## Figures\n{figs_md}\n")
