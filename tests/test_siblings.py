@@ -72,3 +72,19 @@ def test_rejects_mixed_precision_siblings(data):
     a, b = _trainers(data)[0], _trainers(data, precision="bf16")[1]
     with pytest.raises(ValueError, match="precision"):
         BatchedTrainer([a, b])
+
+
+def test_batched_evaluation_equals_one_by_one(data):
+    ts = _trainers(data)
+    for t in ts:
+        t.train_epoch()
+    one = [t.epoch_metrics() for t in ts]
+    bt = BatchedTrainer(ts)
+    together = [t.epoch_metrics() for t in ts]  # served by one vmapped evaluation of all three
+    assert bt._metrics is not None and bt._metrics[0] == 1
+    for a, b in zip(one, together):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-7), k
+    bt.train_epoch()
+    assert [t.epoch_metrics()["train_loss"] for t in ts] != [m["train_loss"] for m in together]  # recomputed

@@ -51,6 +51,10 @@ class BatchedTrainer:
         # A template on the meta device: functional_call only needs the module's code.
         self.base = _meta_copy(t0.model)
         self._step = vmap(self._loss, in_dims=(0, 0, 0, 0, 0))
+        self._forward = vmap(lambda p, x: functional_call(self.base, p, (x,)), in_dims=(0, None))
+        self._metrics: tuple[int, list[dict[str, float]]] | None = None
+        for t in self.trainers:
+            t.group = self  # their epoch_metrics() come from one vmapped evaluation of all K
 
     def _loss(self, params, x, y, m1, m2):
         if self.precision == "bf16":
@@ -95,6 +99,41 @@ class BatchedTrainer:
         bufs = [opt.state[p]["momentum_buffer"] for p in plist] if momentum != 0 else None
         self._write_back(names, plist, bufs)
         return list(total / n)
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def metrics_for(self, trainer: Trainer) -> dict[str, float]:
+        """``trainer.epoch_metrics()``: all K siblings are evaluated together, once per epoch."""
+        epoch = self.trainers[0].epoch
+        if self._metrics is None or self._metrics[0] != epoch:
+            self._metrics = (epoch, self.evaluate_all())
+        return self._metrics[1][self.trainers.index(trainer)]
+
+    @torch.no_grad()
+    def evaluate_all(self) -> list[dict[str, float]]:
+        """Eval-mode loss and accuracy of every sibling on the train and test sets, one vmap per batch."""
+        params, _ = stack_module_state([t.model for t in self.trainers])
+        params = {k: v.detach() for k, v in params.items()}
+        self.base.eval()
+        data = self.trainers[0].data
+        out: list[dict[str, float]] = [{} for _ in self.trainers]
+        for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
+            loss, correct = self._evaluate(params, x, y)
+            for k, m in enumerate(out):
+                m[f"{split}_loss"], m[f"{split}_accuracy"] = loss[k], correct[k]
+        return [{k: m[k] for k in ("train_loss", "train_accuracy", "test_loss", "test_accuracy")} for m in out]
+
+    def _evaluate(self, params: dict, x: torch.Tensor, y: torch.Tensor) -> tuple[list[float], list[float]]:
+        K, dev = len(self.trainers), self.device
+        batch = 2048 if dev.type == "cuda" else 256   # as Trainer.evaluate
+        loss = torch.zeros(K, dtype=torch.float64, device=dev)
+        correct = torch.zeros(K, dtype=torch.int64, device=dev)
+        for i in range(0, len(y), batch):
+            logits = self._forward(params, x[i:i + batch])                       # (K, B, classes)
+            yb = y[i:i + batch]
+            loss += F.cross_entropy(logits.flatten(0, 1), yb.repeat(K), reduction="none").view(K, -1).sum(1).double()
+            correct += (logits.argmax(2) == yb).sum(1)
+        n = max(1, len(y))
+        return (loss / n).tolist(), (correct.double() / n).tolist()
 
     # -- state in and out ---------------------------------------------------------------------
     def _stack_momentum(self, names: list[str]) -> list[torch.Tensor]:
