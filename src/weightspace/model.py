@@ -51,9 +51,11 @@ class CNN(nn.Module):
         if not self.training or self.p == 0:
             return None
         keep = 1.0 - self.p
-        m1 = torch.empty(batch, self.fc1.in_features, device=device).bernoulli_(keep, generator=self.dropout_gen)
-        m2 = torch.empty(batch, self.fc1.out_features, device=device).bernoulli_(keep, generator=self.dropout_gen)
-        return m1.div_(keep), m2.div_(keep)
+        # One draw for both masks (one kernel and one generator call per step); on the CPU it
+        # yields exactly the numbers of two successive draws, so trajectories are unchanged.
+        n1, n2 = batch * self.fc1.in_features, batch * self.fc1.out_features
+        flat = torch.empty(n1 + n2, device=device).bernoulli_(keep, generator=self.dropout_gen).div_(keep)
+        return flat[:n1].view(batch, -1), flat[n1:].view(batch, -1)
 
     def forward(self, x: torch.Tensor, masks: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         if masks is None and self.training:
