@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from . import params as P
 from . import tracking as T
 from .params import ParamError
+from .tracking.experiment import default_experiment_id, tag_kind
 
 EXIT_USAGE, EXIT_FAILURE = 2, 1
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
@@ -50,7 +51,7 @@ def experiment_id(c: MlflowClient) -> str:
     if name:
         exp = c.get_experiment_by_name(name)
         return exp.experiment_id if exp else c.create_experiment(name)
-    return "0"
+    return default_experiment_id(c)
 
 
 @contextlib.contextmanager
@@ -62,8 +63,7 @@ def entry_run(entry: str) -> Iterator[tuple[MlflowClient, str, bool]]:
     owned = not run_id
     if owned:
         run_id = c.create_run(experiment_id(c)).info.run_id
-    else:
-        c.get_run(run_id)  # unknown id -> MlflowException, reported as one line
+    tag_kind(c, c.get_run(run_id).info.experiment_id)  # an unknown run id fails here, in one line
     try:
         yield c, run_id, owned
     except BaseException as e:

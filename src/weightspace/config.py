@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import shlex
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
@@ -39,7 +40,7 @@ VARYING = {
 # Fields that say where or how to run, not what to run.
 # pretrain_run_id too: which pretraining run a clone starts from is fixed by the configuration
 # (init, hyperparameters, pretrain_epochs), whether it was found automatically or named.
-PLUMBING = ("device", "data_dir", "experiment", "pretrain_run_id", "checkpoint_every")
+PLUMBING = ("device", "data_dir", "experiment", "pretrain_run_id", "checkpoint_every", "register_model")
 
 MAX_EPOCHS = 100_000
 SEED_RANGE = "an integer from 0 to 2**31-1"
@@ -77,6 +78,9 @@ PRETRAIN_EPOCHS = Decl(int, "an integer >= 1 and < epochs", "epochs of the share
                        lambda v: 1 <= v <= MAX_EPOCHS)
 CHECKPOINT_EVERY = Decl(int, "an integer >= 1", "store the resume checkpoint every this many epochs (and the last); "
                         "a resumed run retrains the epochs since", lambda v: 1 <= v <= MAX_EPOCHS)
+REGISTER_MODEL = Decl(str, "empty (do not register) or a model name of up to 100 of A-Z a-z 0-9 _ . -",
+                      "register the final model in the MLflow Model Registry under this name",
+                      lambda v: re.fullmatch(r"[A-Za-z0-9_.-]{0,100}", v) is not None)
 PRETRAIN_RUN_ID = Decl(str, "a run id of a FINISHED pretrain run, or empty",
                        "start from this pretraining run; empty: find or train it")
 
@@ -110,6 +114,7 @@ class TrainConfig:
     pretrain_epochs: int = PRETRAIN_EPOCHS(0)
     pretrain_run_id: str = PRETRAIN_RUN_ID("")
     checkpoint_every: int = CHECKPOINT_EVERY(1)
+    register_model: str = REGISTER_MODEL("")
 
     # -- identities -------------------------------------------------------------
     def identity_fields(self, *, with_seeds: bool) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from ..config import (
     PRECISION,
     PRETRAIN_EPOCHS,
     PRETRAIN_RUN_ID,
+    REGISTER_MODEL,
     SHUFFLE_SEED,
     SNAPSHOT_EVERY,
     TRAIN_SUBSET,
@@ -68,6 +69,7 @@ class TrainCommon:
     precision: str = PRECISION("fp32")
     device: str = DEVICE("auto")
     checkpoint_every: int = CHECKPOINT_EVERY(1)
+    register_model: str = REGISTER_MODEL("")
 
 
 @dataclass(frozen=True, kw_only=True)

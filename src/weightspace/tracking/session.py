@@ -26,6 +26,8 @@ from .. import tracking as T
 from ..config import TRAIN_DECLS, ParamError, TrainConfig, unquote_param
 from ..model import Layout, n_params
 from ..train import Trainer, is_finite, weight_stats
+from .datasets import log_datasets
+from .model_export import register_model, save_mlflow_model
 
 CHECKPOINT = "checkpoint/state.safetensors"
 MODEL = "model/model.safetensors"
@@ -132,6 +134,8 @@ class RunSession:
         log_params_and_tags(client, run_id, cfg, extra, raw, identity=record)
         if start_from:
             T.retry(lambda: client.set_tag(run_id, T.TAG_PRETRAIN, start_from), "pretrain tag")
+        if record:
+            T.retry(lambda: log_datasets(client, run_id, cfg, data), "dataset inputs")
         self.up = T.Uploader(client, run_id, asynchronous=asynchronous)
         try:
             self._start(start_from) if record else self._start_unrecorded()
@@ -201,11 +205,22 @@ class RunSession:
         if self.record:
             self.manifest.complete = True
             self.manifest.publish()
-            model_path = Path(tempfile.mkdtemp(dir=self.up.spool)) / "model.safetensors"
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.trainer.model.state_dict().items()},
-                      str(model_path), metadata={"config": _config_json(self.cfg), "layout": self.layout.to_json()})
-            self.up.file(model_path, "model", cleanup=True)
+            state = {k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+                     for k, v in self.trainer.model.state_dict().items()}
+            self.up.call(lambda: self._store_model(state), "model")
         self.up.flush()
+        if self.record and self.cfg.register_model:
+            version = T.retry(lambda: register_model(self.run_id, self.cfg.register_model), "model registration")
+            tqdm.write(f"[{self.cfg.run_name}] registered model {self.cfg.register_model} version {version}",
+                       file=sys.stderr)
+
+    def _store_model(self, state: dict[str, torch.Tensor]) -> None:
+        """``model/model.safetensors``, and beside it the same weights as a loadable MLflow Model."""
+        d = Path(tempfile.mkdtemp(dir=self.up.spool))
+        weights = d / "model.safetensors"
+        save_file(state, str(weights), metadata={"config": _config_json(self.cfg), "layout": self.layout.to_json()})
+        self.client.log_artifact(self.run_id, str(weights), "model")
+        self.client.log_artifacts(self.run_id, str(save_mlflow_model(weights, d / "mlflow_model")), "model")
 
     def close(self) -> None:
         self.up.close()
