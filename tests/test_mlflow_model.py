@@ -10,7 +10,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from conftest import BIN, REPO, TINY
+from conftest import BIN, REPO, TINY, make_store
 from mlflow.tracking import MlflowClient
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -51,8 +51,6 @@ def test_runs_go_to_the_weightspace_experiment_unless_the_user_names_another(sto
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    from conftest import make_store
-
     store = make_store("sqlite", tmp_path_factory.mktemp("model"))
     store.mlflow_run("single", {**TINY, "epochs": "2", "register_model": "tiny-cnn"})
     [run] = store.runs(status="FINISHED")
@@ -102,3 +100,36 @@ def test_the_final_model_loads_as_an_mlflow_model_and_predicts_digit_probabiliti
     assert "loader_module: mlflow.pyfunc.loaders.code_model" in (local / "MLmodel").read_text()
     with pytest.raises(Exception, match="shape"):
         mlflow.pyfunc.load_model(str(local)).predict(images[:, 0])
+
+
+class _RecordingClient(MlflowClient):
+    """A real client that notes whether MLflow's download progress bar was on for each download."""
+
+    def __init__(self, uri):
+        super().__init__(uri)
+        self.bars = []
+
+    def download_artifacts(self, run_id, path, dst_path=None):
+        self.bars.append((path, os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")))
+        return super().download_artifacts(run_id, path, dst_path)
+
+
+@pytest.mark.parametrize("terminal, setting, want", [
+    (False, None, "false"), (True, "0", "false"), (True, None, "true"), (True, "1", "true")])
+def test_loading_a_trajectory_shows_one_progress_bar_at_most(finished, tmp_path, monkeypatch,
+                                                            terminal, setting, want):
+    """MLflow draws a "Downloading artifacts" bar per download through an HTTP artifact store: one
+    call of load_trajectory downloads twice (manifest, directory) and allows a bar for the second
+    only, and only on a terminal with WEIGHTSPACE_PROGRESS not 0."""
+    from weightspace.tracking import runs
+
+    store, run = finished
+    monkeypatch.setattr(runs.sys.stderr, "isatty", lambda: terminal)
+    monkeypatch.delenv("WEIGHTSPACE_PROGRESS", raising=False)
+    if setting is not None:
+        monkeypatch.setenv("WEIGHTSPACE_PROGRESS", setting)
+    client = _RecordingClient(store.uri)
+    X, epochs = runs.load_trajectory(run.info.run_id, client, tmp_path / "cache")
+    assert X.shape[0] == len(epochs) == 3
+    assert client.bars == [("trajectory/manifest.json", "false"), ("trajectory", want)]
+    assert "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ  # restored afterwards

@@ -12,6 +12,7 @@ its run and file instead of being analysed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -72,9 +73,30 @@ def find_siblings(group: str, client: MlflowClient | None = None, experiment_ids
     return [r for r in runs if r.data.tags.get(T.TAG_EXPERIMENT) not in ("analysis", "paper", "tune")]
 
 
-def _download(client: MlflowClient, run_id: str, path: str, dst: Path) -> Path:
+def show_progress() -> bool:
+    """Progress bars only for a person watching: a terminal, and WEIGHTSPACE_PROGRESS not 0."""
+    return os.environ.get("WEIGHTSPACE_PROGRESS", "1") != "0" and sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def _mlflow_bar(enabled: bool):
+    """MLflow draws a "Downloading artifacts" bar per download call unless told not to."""
+    key, old = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ[key] = "true" if enabled else "false"
     try:
-        return Path(client.download_artifacts(run_id, path, str(dst)))
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
+def _download(client: MlflowClient, run_id: str, path: str, dst: Path, bar: bool = False) -> Path:
+    """One download; at most one progress bar (``bar``, and only when ``show_progress()``)."""
+    try:
+        with _mlflow_bar(bar and show_progress()):
+            return Path(client.download_artifacts(run_id, path, str(dst)))
     except (MlflowException, OSError) as e:
         raise TrajectoryError(f"run {run_id}: cannot download {path} ({str(e).splitlines()[0]})") from None
 
@@ -100,7 +122,7 @@ def fetch_trajectory_dir(run_id: str, client: MlflowClient | None = None, cache_
     if not target.is_dir():
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
             # One call for the whole directory, not one per file.
-            got = _download(client, run_id, "trajectory", Path(tmp))
+            got = _download(client, run_id, "trajectory", Path(tmp), bar=True)
             verify(run_id, got, manifest)
             try:
                 os.replace(got, target)
