@@ -10,11 +10,11 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from conftest import BIN, REPO, TINY, make_store
 from mlflow.tracking import MlflowClient
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from conftest import BIN, REPO, TINY, make_store
 from weightspace.data import MEAN, STD, load_dataset
 from weightspace.model import CNN
 from weightspace.tracking.experiment import KIND, KIND_TAG, NAME
