@@ -38,7 +38,7 @@ class DataError(ParamError):
 
 
 def shipped_mnist_dir() -> Path:
-    return Path(str(resources.files("weightspace") / "data" / "mnist"))
+    return Path(str(resources.files("weightspace.mnist")))
 
 
 def read_idx(path: str | Path) -> tuple[np.ndarray, str]:
