@@ -100,19 +100,35 @@ def normalise_pairwise(D: np.ndarray, scale: np.ndarray) -> np.ndarray:
 @dataclass
 class FinalDistances:
     names: list[str]
-    epochs: np.ndarray           # (R,) epoch of each run's final snapshot
+    epochs: np.ndarray           # (R,) epoch of each run's snapshot (the final one, or the first)
     dist: np.ndarray             # (R, R)
     cosine: np.ndarray           # (R, R)
     norm: np.ndarray             # (R,) ‖θ_final‖
 
 
-def final_distances(trajs: Sequence[Trajectory], progress: bool = False) -> FinalDistances:
-    """Distances and cosine similarities between the runs' final snapshots (R vectors in memory)."""
+def final_distances(trajs: Sequence[Trajectory], progress: bool = False, first: bool = False) -> FinalDistances:
+    """Distances and cosine similarities between the runs' final snapshots (R vectors in memory).
+
+    ``first``: between their first snapshots instead (the inits; for clones, the fork).
+    """
     trajs = as_list(trajs)
-    X = np.stack([_vec(t, t.T - 1) for t in tqdm(trajs, desc="final snapshots", disable=not progress,
-                                                leave=False)])
-    return FinalDistances([t.name for t in trajs], np.array([int(t.epochs[-1]) for t in trajs]),
+    pick = [0 if first else t.T - 1 for t in trajs]
+    X = np.stack([_vec(t, i) for t, i in tqdm(list(zip(trajs, pick)), desc="snapshots", disable=not progress,
+                                              leave=False)])
+    return FinalDistances([t.name for t in trajs], np.array([int(t.epochs[i]) for t, i in zip(trajs, pick)]),
                           pairwise_distances(X), cosine_similarity(X), np.linalg.norm(X, axis=1))
+
+
+def same_norm_distances(norms) -> np.ndarray:
+    """(R, R) distances expected between independent isotropic random vectors of the given norms.
+
+    In P dimensions ‖x_i − x_j‖² = r_i² + r_j² − 2 x_i·x_j, and x_i·x_j is O(r_i r_j / √P): the
+    distances concentrate at √(r_i² + r_j²), the baseline for "roughly equidistant" in high dimension.
+    """
+    r = np.asarray(norms, dtype=np.float64)
+    D = np.sqrt(r[:, None] ** 2 + r[None, :] ** 2)
+    np.fill_diagonal(D, 0.0)
+    return D
 
 
 @dataclass

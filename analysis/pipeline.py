@@ -21,27 +21,28 @@ from weightspace.analysis.distances import (
     normalise_pairwise,
     pairwise_over_epochs,
     run_geometry,
+    same_norm_distances,
     summary_stats,
     upper_values,
 )
 from weightspace.analysis.figures import paper as FP
-from weightspace.analysis.nullmodel import null_evr, null_evr_runs
-from weightspace.analysis.pca import Gram, PCAResult, check_same_size, compute_gram, project
-from weightspace.analysis.report.paper import (
-    claim_divergence,
-    claim_equal_origin,
-    claim_equal_pairwise,
-    claim_low_loss,
-    claim_path_vs_displacement,
-    claim_pca_top,
-    claim_still_moving,
-    step_ratio,
-    value_at,
+from weightspace.analysis.nullmodel import (
+    ClockNull,
+    bootstrap_beyond,
+    centre,
+    diffusion_clock,
+    diffusion_rate,
+    family_nulls,
 )
+from weightspace.analysis.pca import Gram, PCAResult, check_same_size, compute_gram, project
+from weightspace.analysis.report import paper as RP
 from weightspace.analysis.report.table import Claim, render_report, render_text
 from weightspace.trajectory import Trajectory
 
 PANEL_SIZES = (1, 2, 5)   # the paper's Figure 1: PCA fit on the first 1, 2 and 5 runs
+# Families whose runs start apart: their null starts from the measured spread of the starts (the
+# others share one start: same-init runs, clones at the fork).
+DIFFERENT_STARTS = ("different_init", "mixed")
 
 
 @dataclass
@@ -102,39 +103,6 @@ FAMILIES = {
 
 
 @dataclass
-class Spectra:
-    """Every PCA of a family, from one Gram pass, and the random-walk null at the same epochs."""
-
-    gram: Gram
-    centred: PCAResult                  # joint
-    uncentred: PCAResult                # joint, θ − θ_final of each run
-    per_run: list[PCAResult]
-    per_run_uncentred: list[PCAResult]
-    null_centred: np.ndarray            # joint null ratios
-    null_uncentred: np.ndarray
-    null_per_run: list[np.ndarray | None]   # None for a run of one snapshot
-
-    def null_top(self, k: int, centred: bool = True) -> float:
-        """Variance the joint null puts in its top k components."""
-        return float((self.null_centred if centred else self.null_uncentred)[:k].sum())
-
-    def null_top_run(self, r: int, k: int) -> float:
-        """The same for run r alone (NaN for a run of one snapshot)."""
-        null = self.null_per_run[r]
-        return float("nan") if null is None else float(null[:k].sum())
-
-
-def spectra(trajs: list[Trajectory], progress: bool) -> Spectra:
-    gram = compute_gram(trajs, progress=progress)
-    runs = range(len(trajs))
-    epoch_lists = [t.epochs for t in trajs]
-    return Spectra(gram, gram.pca(centred=True), gram.pca(centred=False), [gram.pca(runs=[r]) for r in runs],
-                   [gram.pca(runs=[r], centred=False) for r in runs],
-                   null_evr_runs(epoch_lists, True), null_evr_runs(epoch_lists, False),
-                   [null_evr(t.epochs) if len(t.epochs) >= 2 else None for t in trajs])
-
-
-@dataclass
 class Geometry:
     """Distances of a family: per run, between final solutions, and between runs over common epochs."""
 
@@ -145,16 +113,60 @@ class Geometry:
     pairwise: dict[str, float]          # summary of the final pairwise distances
     by_path: np.ndarray                 # final distances over the pair's mean path length
     by_norm: np.ndarray                 # ... over the pair's mean ‖θ‖
+    start: FinalDistances               # between the runs' first snapshots (the inits; clones: the fork)
+    baselines: dict[str, dict[str, float]]  # summaries: start_pairwise, start_origin, same_norm_pairwise
 
 
 def geometry(trajs: list[Trajectory], progress: bool) -> Geometry:
     n = len(trajs)
     geoms = [run_geometry(t, progress=progress) for t in tqdm(trajs, desc="run geometry", disable=not progress)]
-    fd = final_distances(trajs, progress=progress)
+    fd, st = final_distances(trajs, progress=progress), final_distances(trajs, progress=progress, first=True)
     pw = pairwise_over_epochs(trajs, progress=progress) if n >= 2 and len(common_epochs(trajs)) else None
-    return Geometry(geoms, fd, pw, summary_stats(fd.norm), summary_stats(upper_values(fd.dist) if n >= 2 else []),
+    pairs = lambda D: upper_values(D) if n >= 2 else []  # noqa: E731
+    base = {"start_pairwise": summary_stats(pairs(st.dist)), "start_origin": summary_stats(st.norm),
+            "same_norm_pairwise": summary_stats(pairs(same_norm_distances(fd.norm)))}
+    return Geometry(geoms, fd, pw, summary_stats(fd.norm), summary_stats(pairs(fd.dist)),
                     normalise_pairwise(fd.dist, np.array([g.total_path for g in geoms])),
-                    normalise_pairwise(fd.dist, fd.norm))
+                    normalise_pairwise(fd.dist, fd.norm), st, base)
+
+
+@dataclass
+class Spectra:
+    """Every PCA of a family, from one Gram pass, and the random-walk null at the same snapshots."""
+
+    gram: Gram
+    centred: PCAResult                  # joint
+    uncentred: PCAResult                # joint, θ − θ_final of each run
+    per_run: list[PCAResult]
+    per_run_uncentred: list[PCAResult]
+    nulls: dict[str, ClockNull]         # "epochs" always, "diffusion" when every run logs its step lengths
+    start_var: float                    # runs' start variance per dimension, in epochs of diffusion (0: one start)
+    boot: dict[bool, list[tuple[float, float]]]   # centred? -> per TOP_K, interval of the share beyond the null
+
+    @property
+    def matched(self) -> ClockNull:
+        """The null whose clock matches the runs' measured diffusion (epochs when it is not measured)."""
+        return self.nulls.get("diffusion", self.nulls["epochs"])
+
+
+def spectra(trajs: list[Trajectory], family: str, geo: Geometry, progress: bool) -> Spectra:
+    gram = compute_gram(trajs, progress=progress)
+    n = len(trajs)
+    epochs = [np.asarray(t.epochs, np.float64) for t in trajs]
+    taus = [diffusion_clock(t.epochs, *t.metric("step_length")) for t in trajs]
+    S = None    # the Gram of the centred starts, in ‖θ‖² units
+    if family in DIFFERENT_STARTS and n > 1:
+        first = [int(gram.rows([r])[0]) for r in range(n)]
+        S = centre(gram.G[np.ix_(first, first)])
+    nulls, start_var = family_nulls(epochs, taus, S, diffusion_rate(epochs, taus, [g.step for g in geo.runs]))
+    sp = Spectra(gram, gram.pca(centred=True), gram.pca(centred=False), [gram.pca(runs=[r]) for r in range(n)],
+                 [gram.pca(runs=[r], centred=False) for r in range(n)], nulls, start_var, {})
+    if n >= 2:
+        m = sp.matched
+        sp.boot[True] = bootstrap_beyond(gram.G, m.cov_centred, gram.run_index, RP.TOP_K, True)
+        sp.boot[False] = bootstrap_beyond(gram.kernel(centred=False)[0], m.cov_uncentred, gram.run_index, RP.TOP_K,
+                                          False)
+    return sp
 
 
 def midpoint_epoch(trajs: Sequence[Trajectory]) -> int:
@@ -177,38 +189,53 @@ def analyse_family(trajs: Sequence[Trajectory], family: str, out_dir: Path, *, p
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
 
-    sp = spectra(trajs, progress)
     geo = geometry(trajs, progress)
+    sp = spectra(trajs, family, geo, progress)
+    rows = RP.pca_rows(sp, trajs)
     mid = midpoint_epoch(trajs)
-    metrics = {**_metrics(trajs, sp, geo, mid), **(extra_metrics or {})}
+    metrics = {**_metrics(trajs, sp, rows, geo, mid), **(extra_metrics or {})}
     figs = _figures(family, trajs, sp, geo, fig_dir, pretrain, progress)
-    claims = [*_claims(family, trajs, sp, geo, mid), *extra_claims]
+    claims = [*_claims(family, trajs, rows, geo, mid), *extra_claims]
     files = _write_json(out_dir, trajs, sp, geo)
 
     title = f"Claims report: {family} ({len(trajs)} run(s))"
     # the paper's figures first, then any others in the directory (the probes write theirs there)
     others = sorted(set(fig_dir.glob("*.png")) - set(figs))
-    report_md = render_report(title, trajs, claims, [*figs, *others])
+    report_md = render_report(title, trajs, claims, [*figs, *others], RP.null_note(sp))
     files.append(out_dir / "report.md")
     files[-1].write_text(report_md)
     return AnalysisResult(_finite(metrics), claims, report_md, f"{title}\n{render_text(claims)}", figs,
                           sp.centred, sp.uncentred, files)
 
 
-def _metrics(trajs: list[Trajectory], sp: Spectra, geo: Geometry, mid: int) -> dict[str, float]:
+def _metrics(trajs: list[Trajectory], sp: Spectra, rows: dict, geo: Geometry, mid: int) -> dict[str, float]:
+    """Every number the analysis logs; none for an undefined quantity (a spread of one value, a verdict's
+    share where the claim is n/a, a loss at an epoch the run never reached)."""
     n = len(trajs)
     m: dict[str, float] = {"n_runs": n, "n_snapshots": sum(t.T for t in trajs)}
     for k in (1, 2, 10):
         m[f"pca_evr_top{k}"] = sp.centred.evr_top(k)
         m[f"pca_uncentred_evr_top{k}"] = sp.uncentred.evr_top(k)
-        m[f"null_evr_top{k}"] = sp.null_top(k)
-        m[f"null_uncentred_evr_top{k}"] = sp.null_top(k, centred=False)
         for r in range(n):
             m[f"pca_evr_top{k}_run{r}"] = sp.per_run[r].evr_top(k)
             m[f"pca_uncentred_evr_top{k}_run{r}"] = sp.per_run_uncentred[r].evr_top(k)
-            m[f"null_evr_top{k}_run{r}"] = sp.null_top_run(r, k)
-    for key, st in (("final_origin_dist", geo.origin), ("final_pairwise_dist", geo.pairwise)):
-        for s in ("mean", "std", "cv"):
+        for clock, nl in sp.nulls.items():
+            pre = "null" if clock == "epochs" else f"null_{clock}"
+            m[f"{pre}_evr_top{k}"], m[f"{pre}_uncentred_evr_top{k}"] = nl.top(k), nl.top(k, centred=False)
+            for r in range(n):
+                m[f"{pre}_evr_top{k}_run{r}"] = nl.top_run(r, k)
+    if sp.start_var > 0:
+        m["null_start_var_epochs"] = sp.start_var
+    for (key, k), row in rows.items():
+        if key != "per_run" and row.na_reason is None:
+            name = f"pca{'_uncentred' if key == 'uncentred' else ''}_evr_top{k}_beyond_null"
+            m[name], (m[f"{name}_lo"], m[f"{name}_hi"]) = row.share, row.interval
+    pairs = n * (n - 1) // 2
+    for key, st, count in (("final_origin_dist", geo.origin, n), ("final_pairwise_dist", geo.pairwise, pairs),
+                           ("start_origin_dist", geo.baselines["start_origin"], n),
+                           ("start_pairwise_dist", geo.baselines["start_pairwise"], pairs),
+                           ("final_pairwise_dist_same_norm", geo.baselines["same_norm_pairwise"], pairs)):
+        for s in ("mean", "std", "cv") if count >= 2 else ("mean",) if count else ():
             m[f"{key}_{s}"] = st[s]
     if n >= 2:
         m["final_pairwise_dist_by_path_mean"] = float(np.nanmean(upper_values(geo.by_path)))
@@ -216,14 +243,16 @@ def _metrics(trajs: list[Trajectory], sp: Spectra, geo: Geometry, mid: int) -> d
         m["final_cosine_mean"] = float(upper_values(geo.final.cosine).mean())
     m["claims_midpoint_epoch"] = mid
     for r, g in enumerate(geo.runs):
-        m[f"train_loss_midpoint_run{r}"] = value_at(trajs[r], "train_loss", mid)[0]
-        m[f"step_ratio_after_before_midpoint_run{r}"] = step_ratio(trajs[r], mid)
+        m[f"train_loss_midpoint_run{r}"] = RP.value_at(trajs[r], "train_loss", mid)[0]
+        m[f"step_ratio_after_before_midpoint_run{r}"] = RP.step_ratio(trajs[r], mid)
         m[f"path_length_run{r}"] = g.total_path
         m[f"displacement_run{r}"] = g.displacement
         m[f"path_ratio_run{r}"] = g.path_ratio
         m[f"final_weight_norm_run{r}"] = float(g.norm[-1])
-        m[f"train_loss_epoch100_run{r}"] = value_at(trajs[r], "train_loss", 100)[0]
-        m[f"step_ratio_after_before_100_run{r}"] = step_ratio(trajs[r], 100)
+        loss100, at = RP.value_at(trajs[r], "train_loss", 100)
+        if at == 100:   # named for epoch 100: only when the run logged it
+            m[f"train_loss_epoch100_run{r}"] = loss100
+        m[f"step_ratio_after_before_100_run{r}"] = RP.step_ratio(trajs[r], 100)
     if geo.over_epochs is not None:
         mp = geo.over_epochs.mean_pairwise()
         m["pairwise_dist_first_common"], m["pairwise_dist_last_common"] = float(mp[0]), float(mp[-1])
@@ -248,8 +277,9 @@ def _figures(family: str, trajs: list[Trajectory], sp: Spectra, geo: Geometry, f
     pw = geo.over_epochs
     if pw is not None and len(pw.epochs) >= 2:
         figs.append(FP.divergence_figure(pw, fig_dir / fam.divergence_figure, f"Do the {family} runs drift apart?"))
-    figs.append(FP.scree_figure(pca, sp.uncentred, sp.null_centred, sp.null_uncentred, fig_dir / "scree.png",
-                                f"Explained variance, joint PCA of {n} run(s), against a random walk at the same epochs"))
+    figs.append(FP.scree_figure(pca, sp.uncentred, {c: (nl.centred, nl.uncentred) for c, nl in sp.nulls.items()},
+                                fig_dir / "scree.png",
+                                f"Explained variance, joint PCA of {n} run(s), against random walks at the same snapshots"))
     if n >= 2:
         figs.append(FP.heatmap_figure(geo.final.dist, [t.name for t in trajs], fig_dir / "pairwise_distance_heatmap.png",
                                       "Distance between final solutions ‖θ_i − θ_j‖"))
@@ -258,22 +288,20 @@ def _figures(family: str, trajs: list[Trajectory], sp: Spectra, geo: Geometry, f
     return figs
 
 
-def _claims(family: str, trajs: list[Trajectory], sp: Spectra, geo: Geometry, mid: int) -> list[Claim]:
-    n, fam = len(trajs), FAMILIES[family]
-    scope = f"joint PCA, {n} run(s), {len(sp.centred.epochs)} snapshots"
-    claims = [claim_pca_top(k, sp.centred.evr_top(k), sp.null_top(k), scope) for k in (2, 10)]
-    claims += [claim_pca_top(k, sp.uncentred.evr_top(k), sp.null_top(k, centred=False), "θ−θ_final, Li et al. 2018")
-               for k in (2, 10)]
-    if n > 1:
-        for k in (2, 10):
-            meas = float(np.median([p.evr_top(k) for p in sp.per_run]))
-            nul = float(np.median([sp.null_top_run(r, k) for r in range(n)]))
-            claims.append(claim_pca_top(k, meas, nul, "per run, median"))
-        claims.append(claim_equal_pairwise(geo.pairwise, n * (n - 1) // 2))
-        claims.append(claim_equal_origin(geo.origin, n))
-    if fam.diverging and geo.over_epochs is not None:
-        claims.append(claim_divergence(geo.over_epochs.epochs, geo.over_epochs.mean_pairwise(), fam.diverging))
-    return claims + [claim_low_loss(trajs, mid), claim_still_moving(trajs, mid), claim_path_vs_displacement(geo.runs)]
+def _claims(family: str, trajs: list[Trajectory], rows: dict, geo: Geometry, mid: int) -> list[Claim]:
+    n, fam, start = len(trajs), FAMILIES[family], RP.start_label(family, trajs)
+    claims = [RP.claim_pca_top(rows[key, k]) for key in ("joint", "uncentred", "per_run") for k in RP.TOP_K
+              if (key, k) in rows]
+    b = geo.baselines
+    claims.append(RP.claim_equal_pairwise(geo.pairwise, n, {f"at {start}": b["start_pairwise"]["cv"],
+                                                         "random vectors, same norms": b["same_norm_pairwise"]["cv"]}))
+    claims.append(RP.claim_equal_origin(geo.origin, n, {f"at {start}": b["start_origin"]["cv"]}))
+    if fam.diverging:
+        pw = geo.over_epochs
+        claims.append(RP.claim_divergence(np.zeros(0) if pw is None else pw.epochs,
+                                       np.zeros(0) if pw is None else pw.mean_pairwise(), fam.diverging))
+    return claims + [RP.claim_low_loss(trajs, mid), RP.claim_still_moving(trajs, mid),
+                     RP.claim_path_vs_displacement(geo.runs, start)]
 
 
 def _write_json(out_dir: Path, trajs: list[Trajectory], sp: Spectra, geo: Geometry) -> list[Path]:
@@ -287,8 +315,12 @@ def _write_json(out_dir: Path, trajs: list[Trajectory], sp: Spectra, geo: Geomet
         "per_run": [{"run": name, "centred_ratio": c.explained_variance_ratio,
                      "uncentred_ratio": u.explained_variance_ratio}
                     for name, c, u in zip(names, sp.per_run, sp.per_run_uncentred)],
-        "null": {"centred_ratio": sp.null_centred, "uncentred_ratio": sp.null_uncentred,
-                 "model": "independent isotropic random walks from a shared start, variance ∝ epochs"},
+        "null": {"centred_ratio": sp.nulls["epochs"].centred, "uncentred_ratio": sp.nulls["epochs"].uncentred,
+                 **{f"{c}_{w}_ratio": getattr(nl, w) for c, nl in sp.nulls.items() if c != "epochs"
+                    for w in ("centred", "uncentred")},
+                 "matched_clock": sp.matched.clock, "start_var_epochs": sp.start_var, "model": RP.null_note(sp),
+                 "bootstrap_share_beyond_null": {"top_k": RP.TOP_K, **{("centred" if c else "uncentred"): v
+                                                                    for c, v in sp.boot.items()}}},
         "scores": {"run_index": sp.centred.run_index, "epoch": sp.centred.epochs, "pc": sp.centred.scores[:, :2]},
     }
     distances = {
@@ -301,7 +333,8 @@ def _write_json(out_dir: Path, trajs: list[Trajectory], sp: Spectra, geo: Geomet
         "per_run": [{"run": g.name, "epochs": g.epochs, "norm": g.norm, "dist_from_init": g.dist_from_init,
                      "step": g.step, "path_length": g.path_length, "displacement": g.displacement}
                     for g in geo.runs],
-        "summary": {"final_pairwise": geo.pairwise, "final_origin": geo.origin},
+        "start": {"epoch": geo.start.epochs, "dist": geo.start.dist, "norm": geo.start.norm},
+        "summary": {"final_pairwise": geo.pairwise, "final_origin": geo.origin, **geo.baselines},
     }
     files = []
     for name, obj in (("pca_spectrum.json", spectrum), ("distances.json", distances)):

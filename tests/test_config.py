@@ -2,8 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from weightspace.config import (ParamError, TrainConfig, build_config, config_from_params, pretrain_config,
-                                unquote_param)
+from weightspace.config import ParamError, TrainConfig, build_config, config_from_params, pretrain_config, unquote_param
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ import pytest
 from scipy.spatial.distance import pdist
 from sklearn.decomposition import PCA
 
-from weightspace.analysis.nullmodel import null_evr
+from weightspace.analysis.nullmodel import null_evr, null_evr_runs
 from weightspace.analysis.pipeline import analyse_family
 from weightspace.analysis.report.table import Claim
 from weightspace.trajectory import Trajectory
@@ -43,13 +43,20 @@ def _family(tmp, kind, n, epochs, seed=0, start=None, experiment=None):
 
 BASE_KEYS = ["pca_evr_top2", "pca_evr_top10", "pca_uncentred_evr_top2", "pca_uncentred_evr_top10",
              "null_evr_top2", "null_evr_top10", "null_uncentred_evr_top2", "null_uncentred_evr_top10",
-             "final_origin_dist_mean", "final_origin_dist_std", "final_origin_dist_cv"]
-PAIR_KEYS = ["final_pairwise_dist_mean", "final_pairwise_dist_std", "final_pairwise_dist_cv"]
+             "null_diffusion_evr_top2", "null_diffusion_uncentred_evr_top10", "final_origin_dist_mean",
+             "start_origin_dist_mean"]
+# spreads: only where there are at least two values (a spread of one value is 0 by construction)
+RUN_KEYS = ["final_origin_dist_std", "final_origin_dist_cv", "start_origin_dist_cv", "final_pairwise_dist_mean"]
+PAIR_KEYS = ["final_pairwise_dist_std", "final_pairwise_dist_cv", "final_pairwise_dist_same_norm_cv"]
 
 
 def _check_common(res, out, n, arrays, figures):
-    for k in BASE_KEYS + (PAIR_KEYS if n > 1 else []):
+    for k in BASE_KEYS + (RUN_KEYS if n > 1 else []):
         assert k in res.metrics, k
+    for k in PAIR_KEYS:
+        assert (k in res.metrics) == (n > 2), k
+    for k in ([] if n > 1 else RUN_KEYS):
+        assert k not in res.metrics, k
     for r in range(n):
         for k in ("pca_evr_top2_run", "pca_evr_top10_run", "path_length_run", "displacement_run"):
             assert f"{k}{r}" in res.metrics
@@ -64,7 +71,8 @@ def _check_common(res, out, n, arrays, figures):
     if n > 1:
         d = pdist(F)
         assert res.metrics["final_pairwise_dist_mean"] == pytest.approx(d.mean(), rel=1e-9)
-        assert res.metrics["final_pairwise_dist_cv"] == pytest.approx(d.std() / d.mean(), rel=1e-6)
+        if n > 2:
+            assert res.metrics["final_pairwise_dist_cv"] == pytest.approx(d.std() / d.mean(), rel=1e-6)
     else:
         assert "final_pairwise_dist_mean" not in res.metrics
     # files
@@ -80,6 +88,8 @@ def _check_common(res, out, n, arrays, figures):
     assert md == res.report_md
     for c in res.claims:
         assert c.claim in md and c.claim[:20] in res.report_text
+        # every verdict is "n/a: <reason>" or names its threshold
+        assert c.verdict.startswith("n/a: ") or "threshold" in c.verdict or "(probe)" in c.claim, c
     return md
 
 
@@ -114,6 +124,37 @@ def test_different_init_with_extras(tmp_path):
     assert any("equidistant from the origin" in c.claim for c in res.claims)
     sk1 = PCA(svd_solver="full").fit(arrays[3])
     assert res.metrics["pca_evr_top2_run3"] == pytest.approx(sk1.explained_variance_ratio_[:2].sum(), rel=1e-6)
+    # the null: independent walks from the measured starts, on the epochs clock and on the diffusion clock
+    # τ = Σ step_length², the start Gram in the null's units (‖θ‖² per epoch of diffusion on the epochs clock)
+    e = np.arange(0, 101, 10)
+    starts = np.stack([A[0] for A in arrays])
+    S = (starts - starts.mean(axis=0)) @ (starts - starts.mean(axis=0)).T
+    taus = [np.concatenate([[0], np.cumsum(t.metric("step_length")[1] ** 2)])[e] for t in trajs]
+    rate = sum(tau[-1] for tau in taus) / (5 * 100)
+    m = res.metrics
+    for k in (2, 10):
+        assert m[f"null_evr_top{k}"] == pytest.approx(null_evr_runs([e] * 5, start_gram=S / rate)[:k].sum(), rel=1e-5)
+        assert m[f"null_diffusion_evr_top{k}"] == pytest.approx(null_evr_runs(taus, start_gram=S)[:k].sum(), rel=1e-5)
+    assert m["null_evr_top2"] > null_evr_runs([e] * 5)[:2].sum() + 0.05       # the starts matter here
+    assert m["null_start_var_epochs"] == pytest.approx(np.trace(S) / 5 / rate, rel=1e-5)
+    assert m["null_uncentred_evr_top2"] == pytest.approx(null_evr_runs([e] * 5, False)[:2].sum(), rel=1e-9)
+    spec = json.loads((tmp_path / "out" / "pca_spectrum.json").read_text())
+    assert spec["null"]["matched_clock"] == "diffusion" and len(spec["null"]["diffusion_centred_ratio"]) == 55
+    assert "measured spread" in md and "diffusion time" in md
+    # per run, 11 snapshots span at most 10 components: the top-10 row is n/a, its share is not logged
+    [per10] = [c for c in res.claims if c.claim.startswith("top-10") and "per run" in c.claim]
+    assert per10.verdict.startswith("n/a: top-10 is 100% by construction")
+    # judged rows log their share beyond the matched null, with a bootstrap interval over runs
+    for name in ("pca_evr_top2_beyond_null", "pca_uncentred_evr_top2_beyond_null"):
+        assert m[f"{name}_lo"] <= m[f"{name}_hi"] and np.isfinite(m[name])
+    assert "train_loss_epoch100_run0" in m                     # these runs reach epoch 100
+    assert "Li et al" not in md and any("PCA of θ_t − θ_final (uncentred)" in c.claim for c in res.claims)
+    eq = next(c for c in res.claims if "equidistant from each other" in c.claim)
+    assert "at init: CV" in eq.measured and "random vectors, same norms: CV" in eq.measured
+    assert m["start_pairwise_dist_cv"] == pytest.approx(pdist(starts).std() / pdist(starts).mean(), rel=1e-6)
+    F = np.stack([A[-1] for A in arrays])
+    same = pdist(np.linalg.norm(F, axis=1)[:, None], lambda a, b: np.sqrt(a[0] ** 2 + b[0] ** 2))
+    assert m["final_pairwise_dist_same_norm_cv"] == pytest.approx(same.std() / same.mean(), rel=1e-9)
 
 
 def test_clone_with_pretrain_stem(tmp_path):
@@ -127,7 +168,20 @@ def test_clone_with_pretrain_stem(tmp_path):
                    "scree.png", "loss_curves.png", "step_length.png", "pairwise_distance_heatmap.png"])
     div = next(c for c in res.claims if "diverge" in c.claim)
     assert div.verdict.startswith("reproduced")          # clones start at one point and drift apart
-    assert res.metrics["pairwise_dist_first_common"] == 0.0
+    m = res.metrics
+    assert m["pairwise_dist_first_common"] == 0.0
+    # clones start at the fork: the shared-start null, rows labelled from the fork, 6 snapshots per run
+    e = np.arange(10, 61, 10)
+    assert m["null_evr_top2"] == pytest.approx(null_evr_runs([e] * 3)[:2].sum(), rel=1e-9)
+    assert "null_start_var_epochs" not in m and "start_pairwise_dist_cv" not in m
+    path = next(c for c in res.claims if "straight" in c.claim)
+    assert "from the fork (epoch 10)" in path.measured
+    [per10] = [c for c in res.claims if c.claim.startswith("top-10") and "per run" in c.claim]
+    assert per10.verdict.startswith("n/a: top-10 is 100% by construction (at most 5 components")
+    assert "at the fork (epoch 10): CV 0" in next(c for c in res.claims if "origin" in c.claim).measured
+    # epoch-named metrics only for epochs the runs reached (they stop at 60)
+    assert not [k for k in m if "epoch100" in k or "after_before_100" in k]
+    assert "train_loss_midpoint_run0" in m
 
 
 def test_mixed_epochs_and_bad_input(tmp_path):
@@ -140,6 +194,10 @@ def test_mixed_epochs_and_bad_input(tmp_path):
                    "step_length.png", "pairwise_distance_heatmap.png", "pairwise_distance_over_epochs.png"])
     dist = json.loads((tmp_path / "out" / "distances.json").read_text())
     assert dist["over_epochs"]["epochs"] == [0, 10, 20, 30]
+    # two runs make one pair: no spread to judge or log
+    eq = next(c for c in res.claims if "equidistant from each other" in c.claim)
+    assert eq.verdict == "n/a: fewer than 3 runs (one pair has no spread)"
+    assert "final_pairwise_dist_cv" not in res.metrics and "final_origin_dist_cv" in res.metrics
     with pytest.raises(ValueError, match="family"):
         analyse_family(a, "bogus", tmp_path / "x", progress=False)
     small = Trajectory.from_arrays(np.zeros((2, 10)), [0, 1], tmp_path / "small", name="tiny")

@@ -7,11 +7,13 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from weightspace.analysis.alignment import align
 from weightspace.analysis.flatmodel import FlatModel, subset, weight_decay_piece
 from weightspace.analysis.interpolation import alphas, barrier_chord, barrier_frankle, interpolate, is_monotone_decreasing
 from weightspace.analysis.pca import project, trajectory_pca
 from weightspace.analysis.probes import SGD, Plane, ProbeOptions, run_probes
 from weightspace.analysis.probes.function_space import disagreement
+from weightspace.analysis.probes.stationarity import debiased, halves, sampling_floor
 from weightspace.analysis.stationarity import grad_norm, gradient, hvp, top_hessian_eig
 from weightspace.analysis.surface import grid_loss, orthonormalize, plane_points
 from weightspace.data import load_dataset
@@ -275,8 +277,8 @@ def test_run_probes_end_to_end(digits, tmp_path):
     assert all(k.replace("_", "").replace(".", "").replace("-", "").replace("/", "").isalnum() for k in m)
     assert m["hessian_tol"] == 1e-3
     names = {p.name for p in res.figures}
-    assert names == {"interp_init_final.png", "interp_pairs.png", "interp_barrier_heatmap.png", "stationarity.png",
-                     "hessian_top_eig.png", "loss_surface.png", "disagreement_vs_distance.png"}
+    assert names == {"interp_init_final.png", "interp_pairs.png", "interp_barrier_heatmap.png", "interp_aligned.png",
+                     "stationarity.png", "hessian_top_eig.png", "loss_surface.png", "disagreement_vs_distance.png"}
     for p in res.figures:
         assert p.read_bytes()[:8] == PNG and p.stat().st_size > 5000
     assert len(res.claims) == 5 and all(c.measured and c.verdict for c in res.claims)
@@ -292,6 +294,29 @@ def test_run_probes_end_to_end(digits, tmp_path):
                                                                           abs=1e-12)
         assert m[f"pair_loss_barrier_chord_run{i}_run{j}"] == pytest.approx(
             barrier_chord(cur.alphas, cur.values["train_loss"]), rel=1e-4, abs=1e-7)
+        # after permutation alignment: the line to align()'s output, run independently
+        host = [f.numpy() for f in final]
+        bj, _ = align(host[i], host[j], fm.layout)
+        al = interpolate(final[i], fm.theta(bj), evaluate, 5)
+        assert m[f"pair_barrier_aligned_frankle_run{i}_run{j}"] == pytest.approx(
+            barrier_frankle(al.values["test_error"]), abs=1e-12)
+        raw = np.linalg.norm(host[i].astype(np.float64) - host[j])
+        aligned = m[f"aligned_final_pairwise_dist_run{i}_run{j}"]
+        assert aligned == pytest.approx(np.linalg.norm(host[i].astype(np.float64) - bj), rel=1e-12)
+        assert aligned <= raw * (1 + 1e-12)
+        # the aligned network computes the same function as the recorded one: same endpoint at α = 1
+        np.testing.assert_allclose(al.values["test_error"][-1], cur.values["test_error"][-1], atol=1e-12)
+    assert m["aligned_final_pairwise_dist_mean"] == pytest.approx(
+        np.mean([m[f"aligned_final_pairwise_dist_run{i}_run{j}"] for i, j in ((0, 1), (0, 2), (1, 2))]))
+    assert m["pair_barrier_aligned_frankle_mean"] == pytest.approx(
+        np.mean([m[f"pair_barrier_aligned_frankle_run{i}_run{j}"] for i, j in ((0, 1), (0, 2), (1, 2))]))
+    # the gradient combined from the two halves is the gradient on the whole probe subset
+    x_tr, y_tr = subset(digits.x_train, digits.y_train, 120, seed=0)
+    g_ref = grad_norm(fm.loss_pieces(x_tr, y_tr) + [weight_decay_piece(1e-4)], final[1])
+    assert m["grad_norm_final_run1"] == pytest.approx(g_ref, rel=1e-5)
+    assert 0 < m["grad_floor_final_run1"] < m["grad_norm_final_run1"] * 10
+    assert m["grad_probe_samples"] == 120 and m["grad_train_size"] == len(digits.y_train)
+    assert res.series["grad_floor_run0"][1][-1] == m["grad_floor_final_run0"]
     # The init -> final line starts at the init's loss and ends at the final snapshot's: its endpoints are the
     # snapshots themselves, so the monotone flag is about the path between them.
     for i, t in enumerate(trajs):
@@ -352,3 +377,95 @@ def test_run_probes_rejects_misuse(digits, tmp_path):
     with pytest.raises(ValueError, match="at least 2 points"):
         run_probes(trajs, tmp_path, width=0.125, dropout=0.5, weight_decay=0.0, data=digits, progress=False,
                    options=ProbeOptions(interp_points=1, probe_subset=20))
+
+
+# -- the gradient's sampling floor ------------------------------------------------------------
+def test_sampling_floor_matches_the_spread_of_subset_gradients():
+    """Per-sample gradients G (N, P) with a known mean: the split-half floor of an n-subset estimates
+    the root-mean-square deviation of the n-subset's mean gradient from the whole set's, without
+    replacement (finite-population correction included)."""
+    rng = np.random.default_rng(0)
+    N, P, n = 400, 300, 100
+    G = rng.standard_normal((N, P)) * np.linspace(0.2, 2.0, P) + 0.3
+    g = G.mean(0)
+    true, est = [], []
+    for _ in range(400):
+        sub = rng.choice(N, n, replace=False)
+        a, b = (sub[h.numpy()] for h in halves(n, int(rng.integers(1 << 30))))
+        true.append(np.sum((G[sub].mean(0) - g) ** 2))
+        est.append(sampling_floor(np.linalg.norm(G[a].mean(0) - G[b].mean(0)), len(a), len(b), N) ** 2)
+    assert np.mean(est) == pytest.approx(np.mean(true), rel=0.03)
+    # the formula itself: ‖ĝ_A − ĝ_B‖·sqrt(n_A n_B)/n·sqrt(1 − n/N); 0 on the whole set
+    assert sampling_floor(2.0, 30, 70, 1000) == pytest.approx(2.0 * np.sqrt(30 * 70) / 100 * np.sqrt(0.9))
+    assert sampling_floor(2.0, 50, 50, 100) == 0.0
+    assert np.isnan(sampling_floor(2.0, 0, 1, 100))
+    a, b = halves(11, 3)
+    assert (len(a), len(b)) == (5, 6) and sorted(torch.cat([a, b]).tolist()) == list(range(11))
+    np.testing.assert_allclose(debiased(np.array([5.0, 1.0]), np.array([3.0, 2.0])), [4.0, 0.0])
+
+
+def test_gradient_on_the_whole_training_set_has_no_floor(digits, tmp_path):
+    trajs = _tiny_runs(digits, tmp_path, n_runs=1, epochs=2)
+    opts = ProbeOptions(interp_points=0, probe_subset=0, hessian_epochs=(), surface_grid=0, disagreement=False)
+    res = run_probes(trajs, tmp_path / "f", width=0.125, dropout=0.5, weight_decay=1e-4, data=digits,
+                     options=opts, sgd=[SGD(LR, 0.9, BS, N_TRAIN)], progress=False)
+    m = res.metrics
+    assert m["grad_probe_samples"] == m["grad_train_size"] == len(digits.y_train)
+    assert m["grad_floor_final_run0"] == 0 and m["grad_floor_late_run0"] == 0
+    assert "grad_late_over_floor_run0" not in m        # undefined with a zero floor: not logged
+    assert m["grad_norm_debiased_late_run0"] == pytest.approx(m["grad_norm_late_run0"])
+    g = res.results["stationarity"].runs[0]
+    fm = FlatModel(0.125, 0.5)
+    th = fm.theta(trajs[0].load(2, mmap=False))
+    ref = grad_norm(fm.loss_pieces(digits.x_train, digits.y_train) + [weight_decay_piece(1e-4)], th)
+    assert g.grad_norm[-1] == pytest.approx(ref, rel=1e-5)
+    # drift over the observed step at the late snapshots (epochs 1 and 2 of 2)
+    steps = dict(zip(*trajs[0].metric("step_length")))
+    factor = LR / (1 - 0.9) * -(-N_TRAIN // BS)
+    expected = np.median([factor * g.grad_norm[t] / steps[t] for t in (1, 2)])
+    assert m["drift_over_step_late_run0"] == pytest.approx(expected, rel=1e-9)
+    [claim] = res.claims
+    assert "the whole training set" in claim.measured and "measured on the whole training set" in claim.verdict
+
+
+# -- verdict rules, each on both sides of its threshold ----------------------------------------
+def test_basins_verdict_on_both_sides():
+    from weightspace.analysis.report.probes import BARRIER_THRESHOLD as T
+    from weightspace.analysis.report.probes import basins_verdict
+
+    assert basins_verdict(0.5 * T, None).startswith("not supported: linearly connected")
+    assert basins_verdict(0.5 * T, 0.1 * T).startswith("not supported")
+    assert basins_verdict(2 * T, None).startswith("supported") and "not aligned" in basins_verdict(2 * T, None)
+    assert basins_verdict(2 * T, 0.5 * T).startswith("different basins only up to a permutation")
+    assert basins_verdict(2 * T, 2 * T).startswith("supported") and "even after" in basins_verdict(2 * T, 2 * T)
+    assert all(f"[threshold {T}]" in basins_verdict(r, a) for r, a in ((0, 0), (1, None), (1, 0), (1, 1)))
+
+
+def test_critical_verdict_on_both_sides():
+    from weightspace.analysis.report.probes import CRITICAL_RATIO, DRIFT_SHARE, FLOOR_MARGIN, critical_verdict
+
+    # the floor decides first: below FLOOR_MARGIN x floor nothing else is read
+    below = critical_verdict(late=0.9 * FLOOR_MARGIN, floor=1.0, drift_over_step=5.0, ratio=1.0)
+    assert below.startswith("inconclusive") and f"{FLOOR_MARGIN}x floor" in below
+    # above the floor, the share of the step the mean gradient explains
+    assert critical_verdict(1.1 * FLOOR_MARGIN, 1.0, 0.5 * DRIFT_SHARE, 1.0).startswith("not supported: near-critical")
+    assert critical_verdict(1.1 * FLOOR_MARGIN, 1.0, 2 * DRIFT_SHARE, 1e-6).startswith("supported")
+    assert f"drift/step {DRIFT_SHARE}" in critical_verdict(1.1 * FLOOR_MARGIN, 1.0, 2 * DRIFT_SHARE, 1.0)
+    # a zero floor (the whole training set) never makes the verdict inconclusive
+    assert critical_verdict(1e-9, 0.0, 2 * DRIFT_SHARE, 1.0).startswith("supported")
+    # without step lengths: the late/early ratio
+    assert critical_verdict(10.0, 1.0, None, 0.5 * CRITICAL_RATIO).startswith("not supported")
+    v = critical_verdict(10.0, 1.0, None, 2 * CRITICAL_RATIO)
+    assert v.startswith("supported") and f"ratio {CRITICAL_RATIO}" in v
+
+
+def test_clone_rows_say_from_the_fork():
+    from weightspace.analysis.interpolation import Curve
+    from weightspace.analysis.probes.interpolation import InterpolationResult
+    from weightspace.analysis.report.probes import common_start, interpolation_claims
+
+    a = alphas(3)
+    cur = Curve("c", a, {"train_loss": np.array([2.0, 1.0, 0.5]), "test_loss": np.array([2.0, 1.0, 0.5])})
+    r = InterpolationResult(["c0", "c1"], 3, [cur, cur], [], [], start_epochs=[2, 2])
+    assert "from the fork (epoch 2) to the final" in interpolation_claims(r)[0].claim
+    assert common_start([0, 0]) == "init" and common_start([0, 3]) == "init or fork"

@@ -90,27 +90,34 @@ def divergence_figure(pw: PairwiseOverEpochs, path: Path, title: str) -> Path:
     return save(fig, path)
 
 
-def scree_figure(centred: PCAResult, uncentred: PCAResult, null_centred: np.ndarray, null_uncentred: np.ndarray,
+NULL_STYLE = {"epochs": ("tab:red", "x--", "s--"), "diffusion": ("tab:purple", "+:", "d:")}
+
+
+def scree_figure(centred: PCAResult, uncentred: PCAResult, nulls: dict[str, tuple[np.ndarray, np.ndarray]],
                  path: Path, title: str, n: int = 20) -> Path:
-    """Measured explained variance per component and cumulative, against the random-walk null."""
+    """Measured explained variance per component and cumulative, against the random-walk null on each
+    clock (``nulls``: clock -> (centred ratios, uncentred ratios))."""
     fig, axes = new_figure(2)
-    for ax, pca, null, what in ((axes[0], centred, null_centred, "centred PCA"),
-                                (axes[1], uncentred, null_uncentred, "PCA of θ_t − θ_final (uncentred)")):
+    for j, (ax, pca, what) in enumerate(((axes[0], centred, "centred PCA"),
+                                         (axes[1], uncentred, "PCA of θ_t − θ_final (uncentred)"))):
         k = min(n, len(pca.explained_variance_ratio))
         x = np.arange(1, k + 1)
         ax.bar(x, 100 * pca.explained_variance_ratio[:k], color="tab:blue", alpha=0.6, label="measured, per PC")
         ax.plot(x, 100 * np.cumsum(pca.explained_variance_ratio)[:k], "o-", color="tab:blue",
                 label=f"measured, cumulative (top-2 {100 * pca.evr_top(2):.1f}%)")
-        kn = min(k, len(null))
-        ax.plot(x[:kn], 100 * null[:kn], "x--", color="tab:red", label="random-walk null, per PC")
-        ax.plot(x[:kn], 100 * np.cumsum(null)[:kn], "s--", color="tab:red", mfc="none",
-                label=f"random-walk null, cumulative (top-2 {100 * null[:2].sum():.1f}%)")
+        for clock, ratios in nulls.items():
+            null = ratios[j]
+            c, per, cum = NULL_STYLE.get(clock, ("tab:grey", "x--", "s--"))
+            kn = min(k, len(null))
+            ax.plot(x[:kn], 100 * null[:kn], per, color=c, label=f"random-walk null ({clock} clock), per PC")
+            ax.plot(x[:kn], 100 * np.cumsum(null)[:kn], cum, color=c, mfc="none",
+                    label=f"random-walk null ({clock} clock), cumulative (top-2 {100 * null[:2].sum():.1f}%)")
         ax.set_xlabel("principal component")
         ax.set_ylabel("variance explained (%)")
         ax.set_ylim(0, 102)
         ax.set_xticks(x)
         ax.set_title(what)
-        ax.legend(fontsize=7, loc="center right")
+        ax.legend(fontsize=6, loc="center right")
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     return save(fig, path)
@@ -170,7 +177,8 @@ def step_length_figure(trajs: Sequence[Trajectory], geoms: Sequence[RunGeometry]
     ax.set_xlabel("epoch")
     ax.set_ylabel("step length ‖θ(t) − θ(t−1)‖ per epoch (L2, log scale)")
     ax.set_title("How far the weights move each epoch")
-    ax.axvline(100, color="grey", ls=":")
+    if max((int(t.epochs[-1]) for t in trajs), default=0) >= 100:
+        ax.axvline(100, color="grey", ls=":")       # the paper's "after epoch 100"
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return save(fig, path)

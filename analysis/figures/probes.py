@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from weightspace.analysis.figures.style import colour, legend, new_figure, save
+from weightspace.analysis.report.probes import common_start
 
 if TYPE_CHECKING:
     from weightspace.analysis.interpolation import Curve
@@ -25,11 +26,38 @@ def _save(fig, out: Path, name: str) -> Path:
 
 # -- interpolation ----------------------------------------------------------------------------
 def interpolation_figures(r: InterpolationResult, out: Path) -> list[Path]:
-    figs = [_curves(r.own, out, "interp_init_final.png", "init -> final")]
+    figs = [_curves(r.own, out, "interp_init_final.png", f"{common_start(r.start_epochs or [0])} -> final")]
     if r.pairs:
         figs.append(_curves(r.between, out, "interp_pairs.png", "between sibling final solutions"))
         figs.append(_barrier_heatmap(r, out))
+    if r.aligned:
+        figs.append(_aligned(r, out))
     return figs
+
+
+def _aligned(r: InterpolationResult, out: Path) -> Path:
+    """Each pair's line as recorded (solid) and after permutation alignment (dashed), and the distances."""
+    fig, (axl, axe, axd) = new_figure(3, w=5.2, h=4.2)
+    for k, ((i, j), raw, al) in enumerate(zip(r.pairs, r.between, r.aligned)):
+        col, name = colour(k, len(r.pairs)), f"{r.names[i]} / {r.names[j]}"
+        for cur, ls, how in ((raw, "-", "recorded"), (al, "--", "aligned")):
+            axl.plot(cur.alphas, cur.values["train_loss"], ls, color=col, label=f"{name} ({how})")
+            axe.plot(cur.alphas, cur.values["test_error"], ls, color=col, label=f"{name} ({how})")
+    axl.set_yscale("log")
+    axl.set(xlabel=ALPHA_LABEL, ylabel="train cross-entropy loss (probe subset)",
+            title="Loss between sibling solutions:\nrecorded (solid) vs permutation-aligned (dashed)")
+    axe.set(xlabel=ALPHA_LABEL, ylabel="test error rate (probe subset)",
+            title="Test error between sibling solutions:\nrecorded (solid) vs permutation-aligned (dashed)")
+    legend(axe, fontsize=6, loc="best")
+    x = np.arange(len(r.pairs))
+    axd.bar(x - 0.2, r.dist, 0.4, color="C0", label="recorded ‖θ_i − θ_j‖")
+    axd.bar(x + 0.2, r.aligned_dist, 0.4, color="C1", label="aligned ‖θ_i − π(θ_j)‖")
+    axd.set_xticks(x, [f"{r.names[i]} / {r.names[j]}" for i, j in r.pairs], rotation=45, ha="right", fontsize=6)
+    axd.set_ylim(0, 1.3 * max(r.dist.max(), r.aligned_dist.max(), 1e-30))
+    axd.set(xlabel="sibling pair", ylabel="L2 distance between final weights (parameter units)",
+            title="Distance before and after weight matching")
+    legend(axd, fontsize=7, loc="upper center")
+    return _save(fig, out, "interp_aligned.png")
 
 
 def _curves(curves: Sequence[Curve], out: Path, name: str, title: str) -> Path:
@@ -81,6 +109,8 @@ def _gradients(r: StationarityResult, out: Path) -> Path:
         ep = np.maximum(g.epochs, 0)
         axg.plot(ep, g.grad_norm, "-o", ms=2, color=col, label=f"{g.name}: CE + wd/2‖θ‖²")
         axg.plot(ep, g.grad_norm_ce, "--", color=col, label=f"{g.name}: CE only")
+        if np.any(g.floor > 0):
+            axg.plot(ep, g.floor, ":", color=col, label=f"{g.name}: sampling floor of the probe subset")
         if len(g.step_epochs):
             axs.plot(g.step_epochs, g.step_length, "-", color=col, label=f"{g.name}: observed ‖θ_t − θ_(t−1)‖")
         if g.drift is not None:

@@ -24,6 +24,7 @@ class ProbeOptions:
     its zero/empty/False value."""
 
     interp_points: int = 25             # α values per line (endpoints included); 0 disables
+    align: bool = True                  # also interpolate between permutation-aligned sibling pairs
     probe_subset: int = 10000           # train and test samples used by every probe; 0 = all
     grad_norm: bool = True              # full-batch gradient norm at every snapshot
     hessian_epochs: tuple[int, ...] = (0, 10, 50, 100, 200)   # intersected with each run's epochs; () disables
@@ -47,14 +48,18 @@ class SGD:
     batch_size: int
     train_size: int                     # samples per epoch
 
+    @property
+    def drift_factor(self) -> float:
+        """lr/(1−momentum)·steps per epoch: per-epoch displacement per unit of mean-gradient norm."""
+        return self.lr / (1 - self.momentum) * math.ceil(self.train_size / self.batch_size)
+
     def drift(self, grad_norm: np.ndarray) -> np.ndarray:
         """Per-epoch displacement the mean gradient alone would cause: lr/(1−momentum)·steps·‖∇‖.
 
         It ignores the change of the gradient within the epoch: an order-of-magnitude
         reference, not a prediction.
         """
-        steps = math.ceil(self.train_size / self.batch_size)
-        return self.lr / (1 - self.momentum) * steps * grad_norm
+        return self.drift_factor * grad_norm
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class ProbeInputs:
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    train_size: int                     # samples in the whole training set the probe subset is drawn from
     progress: bool = True
 
     @classmethod
@@ -88,7 +94,8 @@ class ProbeInputs:
         n, seed = options.probe_subset, options.seed
         x_tr, y_tr = (t.to(fm.device) for t in subset(data.x_train, data.y_train, n, seed))
         x_te, y_te = (t.to(fm.device) for t in subset(data.x_test, data.y_test, n, seed + 1))
-        return cls(list(trajs), fm, options, weight_decay, sgd, plane, x_tr, y_tr, x_te, y_te, progress)
+        return cls(list(trajs), fm, options, weight_decay, sgd, plane, x_tr, y_tr, x_te, y_te, len(data.y_train),
+                   progress)
 
     @property
     def names(self) -> list[str]:

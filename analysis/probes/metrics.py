@@ -31,9 +31,9 @@ def series_of(result) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {}
 
 
-def _barriers(curve: Curve, prefix: str, suffix: str) -> dict[str, float]:
+def _barriers(curve: Curve, prefix: str, suffix: str, tag: str = "") -> dict[str, float]:
     b = curve.barriers()
-    return {f"{prefix}{infix}barrier_{kind}{suffix}": b[f"{q}/{kind}"]
+    return {f"{prefix}{infix}barrier_{tag}{kind}{suffix}": b[f"{q}/{kind}"]
             for q, infix in QUANTITIES.items() for kind in KINDS}
 
 
@@ -46,14 +46,22 @@ def _(r: InterpolationResult) -> dict[str, float]:
         m[f"interp_monotone_test_run{i}"] = float(mono_test)
     for (i, j), cur in zip(r.pairs, r.between):
         m |= _barriers(cur, "pair_", f"_run{i}_run{j}")
+    # after permutation alignment: pair_barrier_aligned_frankle_run0_run1, ..._mean, and the distances
+    for (i, j), cur, d in zip(r.pairs, r.aligned, r.aligned_dist):
+        m |= _barriers(cur, "pair_", f"_run{i}_run{j}", "aligned_")
+        m[f"aligned_final_pairwise_dist_run{i}_run{j}"] = float(d)
     m["interp_points"] = float(r.points)
     m["interp_monotone_frac"] = float(np.mean(r.monotone))
-    if r.pairs:
+    for aligned, tag in ((False, ""), (True, "aligned_")):
+        if not r.pairs or (aligned and not r.aligned):
+            continue
         for q, infix in QUANTITIES.items():
             for kind in KINDS:
-                v = r.pair_barriers(q, kind)
-                m[f"pair_{infix}barrier_{kind}_mean"] = float(np.mean(v))
-                m[f"pair_{infix}barrier_{kind}_max"] = float(np.max(v))
+                v = r.pair_barriers(q, kind, aligned)
+                m[f"pair_{infix}barrier_{tag}{kind}_mean"] = float(np.mean(v))
+                m[f"pair_{infix}barrier_{tag}{kind}_max"] = float(np.max(v))
+    if r.aligned:
+        m["aligned_final_pairwise_dist_mean"] = float(np.mean(r.aligned_dist))
     return m
 
 
@@ -71,6 +79,15 @@ def _(r: StationarityResult) -> dict[str, float]:
               f"wd_times_weight_norm_final_run{i}": g.wd_weight_norm_final}
         if g.drift_over_step_final is not None:
             m[f"drift_over_step_final_run{i}"] = g.drift_over_step_final
+        m |= {f"grad_floor_final_run{i}": float(g.floor[-1]),
+              f"grad_floor_late_run{i}": g.late_floor,
+              f"grad_norm_debiased_late_run{i}": g.late_debiased}
+        if g.late_floor > 0:
+            m[f"grad_late_over_floor_run{i}"] = g.late_over_floor
+        if g.late_drift_over_step is not None:
+            m[f"drift_over_step_late_run{i}"] = g.late_drift_over_step
+    if r.runs:
+        m["grad_probe_samples"], m["grad_train_size"] = float(r.samples), float(r.train_size)
     for (i, e), eig in r.eigs.items():
         for k, v in (("top_eig", eig.value), ("residual", eig.residual), ("rel_change", eig.rel_change),
                      ("iters", eig.iters), ("converged", eig.converged)):
@@ -87,6 +104,7 @@ def _(r: StationarityResult) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     for i, g in enumerate(r.runs):
         out[f"grad_norm_run{i}"] = (g.epochs.copy(), g.grad_norm.copy())
         out[f"grad_norm_nowd_run{i}"] = (g.epochs.copy(), g.grad_norm_ce.copy())
+        out[f"grad_floor_run{i}"] = (g.epochs.copy(), g.floor.copy())
     return out
 
 

@@ -19,7 +19,7 @@ class Claim:
     paper: str          # the paper's number or statement ("81.39%", "roughly equal", "-")
     measured: str       # our number, formatted
     null: str           # the null model's number where one applies, else "-"
-    verdict: str        # e.g. "reproduced", "not reproduced", "reproduced, but mostly explained by the null model"
+    verdict: str        # the rule's verdict and its threshold, or "n/a: <reason>"
 
 
 def pct(x: float) -> str:
@@ -57,12 +57,15 @@ def render_text(claims: Sequence[Claim], widths: Sequence[int] = (34, 14, 22, 16
     return "\n".join(out) + "\n"
 
 
-def render_report(title: str, trajs: Sequence[Trajectory], claims: Sequence[Claim], figures: Sequence[Path]) -> str:
-    """report.md: the runs, the claims table, the null model, then the figures (paths under figures/)."""
+def render_report(title: str, trajs: Sequence[Trajectory], claims: Sequence[Claim], figures: Sequence[Path],
+                  null_note: str = "") -> str:
+    """report.md: the runs, the claims table (each verdict with its threshold), the null model, the figures."""
     runs_md = "\n".join(f"- `{t.name}` (run {t.run_id}, init {t.init_seed}, shuffle {t.shuffle_seed}, "
                         f"{t.T} snapshots, epochs {int(t.epochs[0])}–{int(t.epochs[-1])})" for t in trajs)
     figs_md = "\n".join(f"![{p.stem}](figures/{p.name})" for p in figures)
+    note = null_note or ("The null model: independent isotropic random walks (variance ∝ epochs) sampled at the "
+                         "runs' epochs, from a shared start; for θ−θ_final each run is relative to its own final "
+                         "snapshot.")
     return (f"# {title}\n\n## Runs\n{runs_md}\n\n## Claims\n{render_markdown(claims)}\n"
-            f"The null model: independent isotropic random walks (variance ∝ epochs) sampled at the runs' "
-            f"epochs, from a shared start; for θ−θ_final each run is relative to its own final snapshot.\n\n"
-            f"## Figures\n{figs_md}\n")
+            f"\"n/a\" marks a claim that cannot be judged here, with the reason; thresholds are in brackets.\n\n"
+            f"{note}\n\n## Figures\n{figs_md}\n")

@@ -26,6 +26,7 @@ from ..params import Decl, int_range
 from ..tracking.runs import TrajectoryError, find_runs, find_siblings, trajectory
 
 FAMILIES = ("single", "different_init", "same_init", "clone")
+PAPER_FAMILIES = FAMILIES[1:]   # the experiments the paper's cross-experiment claim compares
 
 
 def _epoch_list(v: str) -> bool:
@@ -124,6 +125,13 @@ def check_architecture(trajs) -> None:
                                   f"from run {ref.run_id} ({ref.P}); analyse runs of one architecture together")
 
 
+def family_of(runs: list) -> str:
+    """The runs' experiment (weightspace.experiment), or "mixed"."""
+    exps = {r.data.tags.get(T.TAG_EXPERIMENT, "") for r in runs}
+    family = exps.pop() if len(exps) == 1 else "mixed"
+    return family if family in FAMILIES else "mixed"
+
+
 # -- one analysis run -------------------------------------------------------------------------------
 
 def analyse_runs(client: MlflowClient, run_id: str, runs: list, opts: AnalysisOptions, label: str,
@@ -134,9 +142,7 @@ def analyse_runs(client: MlflowClient, run_id: str, runs: list, opts: AnalysisOp
     if not runs:
         raise ParamError(f"analysis {label}: no FINISHED runs to analyse")
     ids = [r.info.run_id for r in runs]
-    exps = {r.data.tags.get(T.TAG_EXPERIMENT, "") for r in runs}
-    family = exps.pop() if len(exps) == 1 else "mixed"
-    family = family if family in FAMILIES else "mixed"
+    family = family_of(runs)
     tags = {T.TAG_EXPERIMENT: "analysis", T.TAG_SOURCES: ",".join(ids)[:5000], "weightspace.family": family,
             "mlflow.runName": f"analysis-{label}"}
     groups = {r.data.tags.get(T.TAG_GROUP, "") for r in runs}
@@ -226,17 +232,65 @@ def analyse_selection(client: MlflowClient, run_id: str, sel: dict[str, str], op
         label, runs = next(iter(fams.items()))
         analyse_runs(client, run_id, runs, opts, label, progress)
         return
-    # Several families (a paper run): one nested analysis run each, under this one.
-    client.log_batch(run_id, tags=[RunTag(T.TAG_EXPERIMENT, "analysis"),
+    # Several families (a paper run): one nested analysis run each, under this one, which holds
+    # the cross-experiment comparison.
+    client.log_batch(run_id, tags=[RunTag(T.TAG_EXPERIMENT, "analysis"), RunTag("weightspace.family", "families"),
                                    RunTag(T.TAG_SOURCES, sel["parent_run_id"])])
+    analyse_suite(client, run_id, fams, opts, progress, families_run=run_id)
+
+
+def in_child_run(client: MlflowClient, parent_id: str, body) -> str:
+    """Create a run nested under ``parent_id``, call ``body(child_id)``, end it FINISHED (FAILED on error)."""
+    exp_id = client.get_run(parent_id).info.experiment_id
+    child = client.create_run(exp_id, tags={T.TAG_PARENT: parent_id}).info.run_id
+    try:
+        body(child)
+    except BaseException as e:
+        mark_failed(client, child, e)
+        raise
+    client.set_terminated(child, "FINISHED")
+    return child
+
+
+def analyse_suite(client: MlflowClient, parent_id: str, fams: dict[str, list], opts: AnalysisOptions,
+                  progress: bool = True, families_run: str | None = None) -> None:
+    """One nested analysis run per family ({label: runs}) under ``parent_id``, then the cross-experiment
+    comparison on ``families_run`` (None: a new nested run, ``analysis-families``)."""
     for label, runs in fams.items():
-        child = client.create_run(exp_id, tags={T.TAG_PARENT: run_id}).info.run_id
-        try:
-            analyse_runs(client, child, runs, opts, label, progress)
-        except BaseException as e:
-            mark_failed(client, child, e)
-            raise
-        client.set_terminated(child, "FINISHED")
+        in_child_run(client, parent_id, lambda child, r=runs, lb=label: analyse_runs(client, child, r, opts, lb,
+                                                                                      progress))
+    paper = {f: runs for f in PAPER_FAMILIES for runs in fams.values() if family_of(runs) == f}
+    if len(paper) < 2:
+        return
+    if families_run is None:
+        in_child_run(client, parent_id, lambda child: analyse_families_run(client, child, paper, opts, progress))
+    else:
+        analyse_families_run(client, families_run, paper, opts, progress, run_name=None)
+
+
+def analyse_families_run(client: MlflowClient, run_id: str, fams: dict[str, list], opts: AnalysisOptions,
+                         progress: bool = True, run_name: str | None = "analysis-families") -> dict[str, float]:
+    """The paper's cross-experiment claim ({family: runs}), logged into the analysis run ``run_id``
+    (a run of its own, named ``run_name``, that records the runs it read; None: a selection's run, whose
+    tags stay): families_* metrics, figures/families_distances.png, report.md."""
+    from ..analysis.families import analyse_families
+    from ..analysis.report.table import render_text
+
+    tags = {T.TAG_EXPERIMENT: "analysis", "weightspace.family": "families"}
+    if run_name:
+        tags |= {"mlflow.runName": run_name,
+                 T.TAG_SOURCES: ",".join(r.info.run_id for runs in fams.values() for r in runs)[:5000]}
+    T.retry(lambda: client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()]), "analysis tags")
+    cache = Path(opts.cache_dir) if opts.cache_dir else None
+    trajs = {f: [trajectory(r, client, cache) for r in runs] for f, runs in fams.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        res = analyse_families(trajs, Path(tmp), progress=progress)
+        metrics = {k: float(v) for k, v in res.metrics.items() if np.isfinite(v)}
+        T.retry(lambda: client.log_batch(run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()]),
+                "analysis metrics")
+        T.retry(lambda: client.log_artifacts(run_id, tmp), "analysis artifacts")
+    print(f"\n== across the experiments: {', '.join(fams)} ==\n{render_text(res.claims)}", file=sys.stderr)
+    return metrics
 
 
 def run_analysis(opts: AnalysisOptions) -> None:

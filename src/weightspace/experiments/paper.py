@@ -176,7 +176,7 @@ def train_in_processes(client: MlflowClient, todo: list[tuple[str, TrainConfig]]
 
 
 def run_paper(params: Paper) -> None:
-    from .analyse import AnalysisOptions, analyse_runs
+    from .analyse import AnalysisOptions, analyse_suite
 
     fams = suite(params)
     with entry_run("paper") as (c, run_id, _):
@@ -185,16 +185,9 @@ def run_paper(params: Paper) -> None:
                     params=[Param(k, v) for k, v in as_strings(params).items() if k not in have])
         ids = run_suite(c, run_id, fams, params.siblings)
         if params.analysis:
-            exp_id = c.get_run(run_id).info.experiment_id
-            for family, cfgs in fams.items():
-                runs = [c.get_run(i) for i in ids[family]]
-                child = c.create_run(exp_id, tags={T.TAG_PARENT: run_id}).info.run_id
-                try:
-                    analyse_runs(c, child, runs, AnalysisOptions(device=cfgs[0].device), family)
-                except BaseException as e:
-                    mark_failed(c, child, e)
-                    raise
-                c.set_terminated(child, "FINISHED")
+            # one analysis run per family, then one more (analysis-families) across the experiments
+            analyse_suite(c, run_id, {f: [c.get_run(i) for i in ids[f]] for f in fams},
+                          AnalysisOptions(device=fams["single"][0].device))
     print(f"weightspace: paper suite {run_id} done. Open the UI with:\n"
           f"  mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}\n"
           f"then the experiment's runs; figures and report.md are artifacts of the analysis-* runs.",
