@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Install what scripts/server.sh needs from Debian: the PostgreSQL server (package 'postgresql'),
-# plus curl and iproute2 (ss) which it uses to check the server. Skips what is already installed.
+# Install what scripts/server.sh and the tests need from Debian: the PostgreSQL server (package
+# 'postgresql'), curl and iproute2 (ss) which it uses to check the server, and chromium for the
+# test that renders the MLflow UI headless. Skips what is already installed.
 # Needs root (or sudo). Python packages (mlflow, psycopg2-binary) come from the project itself.
 set -euo pipefail
 
-packages=(postgresql curl iproute2)
+packages=(postgresql curl iproute2 chromium)
 missing=()
 for pkg in "${packages[@]}"; do
   status="$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)"
