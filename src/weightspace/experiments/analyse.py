@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from mlflow.entities import Metric, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .. import tracking as T
 from ..cli import EntryPoint, entry_run, mark_failed
 from ..config import DEVICE, ParamError, config_from_params
-from ..params import Decl, int_range
+from ..params import Decl, as_strings, int_range
 from ..tracking.runs import TrajectoryError, find_runs, find_siblings, trajectory
 
 FAMILIES = ("single", "different_init", "same_init", "clone")
@@ -134,6 +134,14 @@ def family_of(runs: list) -> str:
 
 # -- one analysis run -------------------------------------------------------------------------------
 
+def describe(client: MlflowClient, run_id: str, tags: dict[str, str], opts: AnalysisOptions) -> None:
+    """Tags, and the options as params, however the analysis run was started (``paper`` makes its own)."""
+    have = client.get_run(run_id).data.params
+    params = [Param(k, v) for k, v in as_strings(opts).items() if k not in have]
+    T.retry(lambda: client.log_batch(run_id, params=params, tags=[RunTag(k, v) for k, v in tags.items()]),
+            "analysis tags and params")
+
+
 def analyse_runs(client: MlflowClient, run_id: str, runs: list, opts: AnalysisOptions, label: str,
                  progress: bool = True) -> dict[str, float]:
     """Analyse ``runs`` (siblings) and log everything into the analysis run ``run_id``."""
@@ -148,7 +156,7 @@ def analyse_runs(client: MlflowClient, run_id: str, runs: list, opts: AnalysisOp
     groups = {r.data.tags.get(T.TAG_GROUP, "") for r in runs}
     if len(groups) == 1:  # not weightspace.group: the analysis must not become a sibling
         tags["weightspace.analysed_group"] = groups.pop()
-    T.retry(lambda: client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()]), "analysis tags")
+    describe(client, run_id, tags, opts)
     # The note shows in the MLflow UI beside the run: the runs it read, as links.
     note = "Analysis of runs:\n" + "\n".join(f"- {r.info.run_name}: `{r.info.run_id}`" for r in runs)
     client.set_tag(run_id, "mlflow.note.content", note)
@@ -280,7 +288,7 @@ def analyse_families_run(client: MlflowClient, run_id: str, fams: dict[str, list
     if run_name:
         tags |= {"mlflow.runName": run_name,
                  T.TAG_SOURCES: ",".join(r.info.run_id for runs in fams.values() for r in runs)[:5000]}
-    T.retry(lambda: client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()]), "analysis tags")
+    describe(client, run_id, tags, opts)
     cache = Path(opts.cache_dir) if opts.cache_dir else None
     trajs = {f: [trajectory(r, client, cache) for r in runs] for f, runs in fams.items()}
     with tempfile.TemporaryDirectory() as tmp:
