@@ -85,27 +85,41 @@ PRETRAIN_RUN_ID = Decl(str, "a run id of a FINISHED pretrain run, or empty",
                        "start from this pretraining run; empty: find or train it")
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+@dataclass(frozen=True, kw_only=True)
+class DataModel:
+    """The data, the model and where it trains: the parameters every training entry point and tune share."""
+
+    dataset: str = DATASET("mnist")
+    data_dir: str = DATA_DIR("")
+    train_subset: int = TRAIN_SUBSET(0)
+    width: float = WIDTH(1.0)
+    # bf16: the training step's forward and backward under bfloat16 autocast (weights, optimizer
+    # state, snapshots and evaluation stay fp32). About 1.6x faster on CPUs with AVX512_BF16.
+    precision: str = PRECISION("fp32")
+    device: str = DEVICE("auto")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainCommon(DataModel):
+    """What every training entry point (and paper) shares: data and model, optimiser, plumbing."""
+
+    batch_size: int = BATCH_SIZE(128)
+    lr: float = LR(0.01)
+    momentum: float = MOMENTUM(0.9)
+    weight_decay: float = WEIGHT_DECAY(1e-5)
+    dropout: float = DROPOUT(0.5)
+    checkpoint_every: int = CHECKPOINT_EVERY(1)
+    register_model: str = REGISTER_MODEL("")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(TrainCommon):
     """Everything that determines one training run.
 
     Defaults reproduce the paper's regime (see README, "Why these defaults").
     """
 
     experiment: str = "single"
-    dataset: str = DATASET("mnist")
-    data_dir: str = DATA_DIR("")
-    train_subset: int = TRAIN_SUBSET(0)
-    batch_size: int = BATCH_SIZE(128)
-    lr: float = LR(0.01)
-    momentum: float = MOMENTUM(0.9)
-    weight_decay: float = WEIGHT_DECAY(1e-5)
-    dropout: float = DROPOUT(0.5)
-    width: float = WIDTH(1.0)
-    # bf16: the training step's forward and backward under bfloat16 autocast (weights, optimizer
-    # state, snapshots and evaluation stay fp32). About 1.6x faster on CPUs with AVX512_BF16.
-    precision: str = PRECISION("fp32")
-    device: str = DEVICE("auto")
     init_seed: int = INIT_SEED(0)
     shuffle_seed: int = SHUFFLE_SEED(0)
     epochs: int = EPOCHS(200)
@@ -113,8 +127,6 @@ class TrainConfig:
     # clone / pretrain only
     pretrain_epochs: int = PRETRAIN_EPOCHS(0)
     pretrain_run_id: str = PRETRAIN_RUN_ID("")
-    checkpoint_every: int = CHECKPOINT_EVERY(1)
-    register_model: str = REGISTER_MODEL("")
 
     # -- identities -------------------------------------------------------------
     def identity_fields(self, *, with_seeds: bool) -> dict[str, Any]:

@@ -25,11 +25,11 @@ from tqdm.auto import tqdm
 
 from .. import tracking as T
 from ..cli import EntryPoint, entry_run, mark_failed
-from ..config import EPOCHS, INIT_SEED, PRETRAIN_EPOCHS, SNAPSHOT_EVERY, TrainConfig, build_config
+from ..config import EPOCHS, INIT_SEED, PRETRAIN_EPOCHS, SNAPSHOT_EVERY, TrainCommon, TrainConfig, build_config
 from ..params import Decl, as_strings, int_range, one_of
 from ..tracking.session import RunSession
 from ..train import Trainer, fit, resolve_device
-from .training import TrainCommon, dataset_for, ensure_pretrain, run_child, runs_with_key
+from .training import dataset_for, ensure_pretrain, run_child, runs_with_key
 
 SIBLING_MODES = ("sequential", "batched", "processes")
 

@@ -21,26 +21,14 @@ from tqdm.auto import tqdm
 from .. import tracking as T
 from ..cli import EntryPoint, entry_run, mark_failed
 from ..config import (
-    BATCH_SIZE,
-    CHECKPOINT_EVERY,
-    DATA_DIR,
-    DATASET,
-    DEVICE,
-    DROPOUT,
     EPOCHS,
     INIT_SEED,
-    LR,
-    MOMENTUM,
-    PRECISION,
     PRETRAIN_EPOCHS,
     PRETRAIN_RUN_ID,
-    REGISTER_MODEL,
     SHUFFLE_SEED,
     SNAPSHOT_EVERY,
-    TRAIN_SUBSET,
-    WEIGHT_DECAY,
-    WIDTH,
     ParamError,
+    TrainCommon,
     TrainConfig,
     build_config,
     config_from_params,
@@ -52,25 +40,6 @@ from ..tracking.session import RunSession
 from ..train import Trainer, fit, resolve_device
 
 # -- each training entry point's parameters ----------------------------------------------------------
-
-@dataclass(frozen=True, kw_only=True)
-class TrainCommon:
-    """The data, model, optimiser and device parameters every training entry point shares."""
-
-    dataset: str = DATASET("mnist")
-    data_dir: str = DATA_DIR("")
-    train_subset: int = TRAIN_SUBSET(0)
-    batch_size: int = BATCH_SIZE(128)
-    lr: float = LR(0.01)
-    momentum: float = MOMENTUM(0.9)
-    weight_decay: float = WEIGHT_DECAY(1e-5)
-    dropout: float = DROPOUT(0.5)
-    width: float = WIDTH(1.0)
-    precision: str = PRECISION("fp32")
-    device: str = DEVICE("auto")
-    checkpoint_every: int = CHECKPOINT_EVERY(1)
-    register_model: str = REGISTER_MODEL("")
-
 
 @dataclass(frozen=True, kw_only=True)
 class Single(TrainCommon):

@@ -37,22 +37,7 @@ from optuna.trial import TrialState
 
 from .. import tracking as T
 from ..cli import EntryPoint, entry_run
-from ..config import (
-    DATA_DIR,
-    DATASET,
-    DEVICE,
-    EPOCHS,
-    INIT_SEED,
-    PRECISION,
-    SHUFFLE_SEED,
-    TRAIN_SUBSET,
-    WIDTH,
-    ParamError,
-    TrainConfig,
-    _digest,
-    build_config,
-    read_params,
-)
+from ..config import EPOCHS, INIT_SEED, SHUFFLE_SEED, DataModel, ParamError, TrainConfig, _digest, build_config, read_params
 from ..params import Decl, int_range, one_of
 from .tune_study import RUN_ATTR, default_storage, redact, run_study
 from .tune_trial import TAG_STUDY, Objective
@@ -66,7 +51,7 @@ TAG_STORAGE = "weightspace.optuna_storage"
 
 
 @dataclass(frozen=True, kw_only=True)
-class Tune:
+class Tune(DataModel):
     """tune: one worker of an Optuna search over lr, momentum, batch_size, weight_decay and dropout."""
 
     n_trials: int = int_range(1, 10_000, "COMPLETE+PRUNED trials the study holds when workers stop")(20)
@@ -82,12 +67,6 @@ class Tune:
                            "the study; the same name resumes it",
                            lambda v: re.fullmatch(r"[A-Za-z0-9_.-]{0,100}", v) is not None)("")
     sampler_seed: int = int_range(0, 2**31 - 1, "seed of the TPE sampler", "an integer from 0 to 2**31-1")(0)
-    dataset: str = DATASET("mnist")
-    data_dir: str = DATA_DIR("")
-    train_subset: int = TRAIN_SUBSET(0)
-    width: float = WIDTH(1.0)
-    precision: str = PRECISION("fp32")
-    device: str = DEVICE("auto")
     init_seed: int = INIT_SEED(0)
     shuffle_seed: int = SHUFFLE_SEED(0)
 
