@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from .. import tracking as T
 from ..config import config_from_params, read_params
-from .runs import TrajectoryError, complete_manifest, metric_histories
+from .runs import TrajectoryError, _download, complete_manifest, metric_histories
 
 # The epochs at which the paper states its loss and distance figures, and a finer grid for the
 # README's loss table; only those a run reaches are written, plus its last epoch.
@@ -31,7 +31,9 @@ TABLE_EPOCHS = (1, 5, 10, 25, 50, 75, 100, 125, 150, 175, 200)
 # Analysis metrics copied as they are (the paper's PCA claim and its random-walk null).
 ANALYSIS_KEYS = ("pca_evr_top2", "pca_evr_top10", "null_evr_top2", "null_evr_top10",
                  "pca_uncentred_evr_top2", "pca_uncentred_evr_top10", "null_uncentred_evr_top2",
-                 "null_uncentred_evr_top10")
+                 "null_uncentred_evr_top10", "null_diffusion_evr_top2", "null_diffusion_evr_top10",
+                 "pca_evr_top2_beyond_null", "pca_evr_top10_beyond_null", "grad_norm_final_run0",
+                 "grad_floor_final_run0", "grad_floor_late_run0")
 
 
 class ExportError(RuntimeError):
@@ -107,7 +109,7 @@ def export(client: MlflowClient, run_id: str, out_dir: Path, analysis_id: str | 
     metrics = export_metrics(client, run, analysis_id)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        got = Path(client.download_artifacts(analysis_id, "", tmp))
+        got = _download(client, analysis_id, "", Path(tmp), bar=True)
         if not (got / "report.md").is_file():
             raise ExportError(f"analysis run {analysis_id} has no report.md")
         shutil.copy2(got / "report.md", out_dir / "report.md")
