@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's main job: a short version of the paper suite on the embedded default
-# store (sqlite:///mlflow.db), about 10 minutes on a 2-core CPU, ending with the
+# store (sqlite:///mlflow.db) on a 2-core CPU (README: measured times), ending with the
 # analyses (figures and claims report) and how to open the MLflow UI.
 # Extra arguments go to `mlflow run`, e.g. scripts/demo.sh -P epochs=50
 set -euo pipefail
@@ -14,4 +14,5 @@ mlflow run . --env-manager local -e paper \
   -P single_snapshot_every=1 -P snapshot_every=5 -P siblings=processes "$@"
 echo
 echo "Done. Browse the runs, metrics and figures with:"
-echo "  .venv/bin/mlflow ui --backend-store-uri $MLFLOW_TRACKING_URI   # then open http://127.0.0.1:5000"
+echo "  .venv/bin/mlflow ui --backend-store-uri $MLFLOW_TRACKING_URI"
+echo "then open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (the experiment weightspace)"
