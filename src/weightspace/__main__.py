@@ -15,17 +15,24 @@ import sys
 
 
 def main(argv: list[str]) -> int:
-    from .cli import run_entry
-    from .experiments.tune import flags_main
-    from .tracking import export, store
+    # Imported per command: init-store and export need neither torch's trainers nor Optuna.
+    def run(a):
+        from .cli import run_entry
+        return run_entry(a[0], a[1:]) if a else _usage()
 
-    commands = {
-        "run": lambda a: run_entry(a[0], a[1:]) if a else _usage(),
-        "init-store": lambda a: store.main(["init", *a]),
-        "launch": lambda a: store.main(["launch", *a]),
-        "flags": lambda a: flags_main(["flags", *a]),
-        "export": export.main,
-    }
+    def store(*head):
+        from .tracking import store
+        return lambda a: store.main([*head, *a])
+
+    def flags(a):
+        from .experiments.tune import flags_main
+        return flags_main(["flags", *a])
+
+    def export(a):
+        from .tracking import export
+        return export.main(a)
+
+    commands = {"run": run, "init-store": store("init"), "launch": store("launch"), "flags": flags, "export": export}
     if not argv or argv[0] not in commands:
         return _usage()
     return commands[argv[0]](argv[1:]) or 0
