@@ -58,8 +58,10 @@ def machine() -> str:
 
 
 def sync(device: str | torch.device = "cpu") -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
+    """Wait for ``device``'s queued work (that device's, not GPU 0's), so a clock read after it is honest."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def timeit(fn: Callable[[], object], repeats: int, device: str | torch.device = "cpu", warmup: int = 1) -> list[float]:
@@ -85,6 +87,15 @@ def spread(xs: list[float]) -> str:
 
 def row(*cells: object) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def write_json(path: str | None, obj: object) -> None:
+    """Results for a caller that builds a summary (benchmarks/gpu_check.sh); nothing when no path."""
+    if path:
+        import json
+
+        with open(path, "w") as f:
+            json.dump(obj, f, indent=1)
 
 
 def slug(s: str) -> str:

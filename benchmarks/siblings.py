@@ -3,10 +3,11 @@
 Throughput is model-samples/s: K x n / wall seconds for one epoch of all K siblings.
 The process variant splits the CPU's threads between P = min(K, CPUs) worker processes,
 each training its share of the siblings one after another: on a CPU, several processes
-with the threads split between them can beat one vmapped process.
+with the threads split between them can beat one vmapped process. On CUDA it is K processes
+sharing the one GPU, one sibling each (what five `mlflow run`s launched together do).
 
     python benchmarks/siblings.py --k 5 --n 1280 --repeats 5
-    python benchmarks/siblings.py --k 5 --n 60000 --device cuda --no-processes
+    python benchmarks/siblings.py --k 5 --n 60000 --device cuda
 """
 
 from __future__ import annotations
@@ -36,10 +37,13 @@ def make_trainers(seeds: list[int], args, device) -> list[Trainer]:
 
 def worker(conn, seeds: list[int], threads: int, args) -> None:
     torch.set_num_threads(threads)
-    trainers = make_trainers(seeds, args, torch.device("cpu"))
+    dev = torch.device(args.device)
+    trainers = make_trainers(seeds, args, dev)
+    conn.send(True)  # ready: the set-up (CUDA context, data on the device) is not timed
     while conn.recv():
         for t in trainers:
             t.train_epoch()
+        C.sync(dev)
         conn.send(True)
 
 
@@ -55,6 +59,8 @@ class Processes:
             proc.start()
             self.conns.append(a)
             self.procs.append(proc)
+        for c in self.conns:
+            c.recv()
 
     def __call__(self) -> None:
         for c in self.conns:
@@ -81,6 +87,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="*", default=None,
                     help="thread counts for the in-process variants (default: all CPUs)")
     ap.add_argument("--no-processes", action="store_true")
+    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = ap.parse_args()
     dev = torch.device(args.device)
     print(f"machine: {C.machine()}")
@@ -93,10 +100,11 @@ def main() -> None:
         variants += [(f"{args.k} sequential Trainers, {th} thr", th, lambda seq=seq: [t.train_epoch() for t in seq]),
                      (f"BatchedTrainer (vmap), {th} thr", th, bat.train_epoch)]
     procs = None
-    if not args.no_processes and dev.type == "cpu" and os.cpu_count() > 1:
-        p = min(args.k, os.cpu_count())
+    if not args.no_processes and (dev.type == "cuda" or os.cpu_count() > 1):
+        p = args.k if dev.type == "cuda" else min(args.k, os.cpu_count())
         procs = Processes(args.k, p, args)
-        variants.append((f"{p} processes x {max(1, os.cpu_count() // p)} thr", 1, procs))
+        where = " on one GPU" if dev.type == "cuda" else ""
+        variants.append((f"{p} processes x {max(1, os.cpu_count() // p)} thr{where}", 1, procs))
     try:
         times = C.interleaved([(th, fn) for _, th, fn in variants], args.repeats, dev)
     finally:
@@ -105,10 +113,14 @@ def main() -> None:
     base = C.med(times[0])
     print(C.row("variant", "median s / epoch of all K", "model-samples/s", "range", f"vs {variants[0][0]}"))
     print(C.row(*["---"] * 5))
+    out = []
     for (name, _, _), ts in zip(variants, times):
         tot = args.k * args.n
         print(C.row(name, f"{C.med(ts):.2f}", f"{tot / C.med(ts):.0f}",
                     f"{tot / max(ts):.0f}-{tot / min(ts):.0f}", f"{base / C.med(ts):.2f}x"))
+        out.append({"variant": name, "seconds": C.med(ts), "model_samples_per_s": tot / C.med(ts),
+                    "vs_sequential": base / C.med(ts)})
+    C.write_json(args.json, {"machine": C.machine(), "k": args.k, "n": args.n, "device": str(dev), "rows": out})
 
 
 if __name__ == "__main__":

@@ -9,7 +9,14 @@ DataLoader with shuffle=True (num_workers=0 as the example uses on the CPU; on a
 num_workers=1 and pin_memory=True), standard
 F.dropout, and loss.item() every log_interval=10 batches.
 
+On CUDA every variant runs under the numerics of its precision, set before each timed epoch
+(weightspace.numerics: fp32 is true fp32, TF32 off; tf32 turns TF32 on for convolutions and
+matmuls, roughly PyTorch's own CUDA default; bf16 autocasts the step), so the process-wide flags
+of whichever Trainer was built last never leak into another variant. Without torchvision the
+reference is left out and the trainer's rows are still timed.
+
     python benchmarks/train_throughput.py --n 6400 --repeats 5
+    python benchmarks/train_throughput.py --device cuda --n 20000 --precisions fp32 tf32 bf16 --levers
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 import _common as C  # noqa: E402
 
+from weightspace import numerics  # noqa: E402
 from weightspace.config import TrainConfig  # noqa: E402
 from weightspace.data import Data, load_dataset, shipped_mnist_dir  # noqa: E402
 from weightspace.model import CNN  # noqa: E402
@@ -50,6 +58,14 @@ class RefNet(nn.Module):
         return self.fc2(self.drop(x))
 
 
+def have_torchvision() -> bool:
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def reference_loader(n: int, batch: int, cuda: bool = False):
     from torchvision import datasets, transforms
 
@@ -68,12 +84,12 @@ def reference_loader(n: int, batch: int, cuda: bool = False):
     return torch.utils.data.DataLoader(sub, batch_size=batch, shuffle=True, **extra), root
 
 
-def reference_epoch(model, opt, loader, device, bf16: bool = False):
+def reference_epoch(model, opt, loader, device, precision: str = "fp32"):
     model.train()
     for batch_idx, (data, target) in enumerate(loader):
         data, target = data.to(device), target.to(device)
         opt.zero_grad()
-        with autocast("bf16" if bf16 else "fp32", device):  # the trainer's own autocast, for a like comparison
+        with autocast(precision, device):  # the trainer's own autocast, for a like comparison
             loss = F.cross_entropy(model(data), target)
         loss.backward()
         opt.step()
@@ -119,7 +135,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, nargs="*", default=None,
                     help="thread counts to try for the weightspace trainer (default: all CPUs only)")
-    ap.add_argument("--levers", action="store_true", help="also time channels_last off, .item() per step and precision=bf16")
+    ap.add_argument("--levers", action="store_true",
+                    help="also time channels_last off and .item() per step; adds bf16 (and tf32 on CUDA) "
+                         "unless --precisions is given")
+    ap.add_argument("--precisions", nargs="*", default=None, choices=["fp32", "bf16", "tf32"],
+                    help="precisions to time, trainer and reference alike (default fp32; tf32 needs CUDA)")
+    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = ap.parse_args()
     dev = torch.device(args.device)
     cfg = TrainConfig(width=args.width, batch_size=args.batch, lr=0.01, momentum=0.9, weight_decay=1e-5,
@@ -136,43 +157,68 @@ def main() -> None:
         peak, how = float("nan"), "not derived for GPUs (the % column is left blank)"
     print(f"peak FP32: {how}\n")
 
-    # (name, threads, one epoch). Repeats are interleaved across variants, so a burst of
+    # (name, threads, precision, one epoch). Repeats are interleaved across variants, so a burst of
     # load from other processes on a shared machine hits every variant alike.
-    variants: list[tuple[str, int, object]] = []
-    loader, root = reference_loader(args.n, args.batch, dev.type == "cuda")
-    for th in args.threads or [torch.get_num_threads()]:
+    precisions = args.precisions or (["fp32", "bf16"] + (["tf32"] if dev.type == "cuda" else []) if args.levers
+                                     else ["fp32"])
+    if "fp32" not in precisions:
+        precisions = ["fp32", *precisions]
+    variants: list[tuple[str, int, str, object]] = []
+    ref_ok = have_torchvision()
+    if not ref_ok:
+        print("torchvision is not installed: the reference (PyTorch MNIST example) is left out\n")
+    loader, root = reference_loader(args.n, args.batch, dev.type == "cuda") if ref_ok else (None, None)
+
+    def reference(prec: str):
         ref = RefNet(args.width, 0.5).to(dev)
         ref_opt = torch.optim.SGD(ref.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-5)
-        variants.append((f"reference (torchvision MNIST + DataLoader), {th} thr", th,
-                         lambda ref=ref, ref_opt=ref_opt: reference_epoch(ref, ref_opt, loader, dev)))
-        t = Trainer(cfg, data, dev)
-        variants.append((f"weightspace Trainer.train_epoch, {th} thr", th, t.train_epoch))
-        if args.levers:
-            t2 = Trainer(cfg, data, dev)
-            variants.append((f"weightspace + .item() per step, {th} thr", th, lambda t2=t2: item_per_step_epoch(t2)))
-            t3 = Trainer(cfg, data, dev)
-            t3.model.to(memory_format=torch.contiguous_format)
-            variants.append((f"weightspace, channels_last off, {th} thr", th, t3.train_epoch))
-            ref2 = RefNet(args.width, 0.5).to(dev)
-            ref2_opt = torch.optim.SGD(ref2.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-5)
-            variants.append((f"reference + bf16 autocast, {th} thr", th,
-                             lambda ref2=ref2, ref2_opt=ref2_opt: reference_epoch(ref2, ref2_opt, loader, dev, True)))
-            t4 = Trainer(cfg.replace(precision="bf16"), data, dev)
-            variants.append((f"weightspace precision=bf16, {th} thr", th, t4.train_epoch))
-    try:
-        times = C.interleaved([(th, fn) for _, th, fn in variants], args.repeats, dev)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    ref_s = {th: C.med(ts) for (name, th, _), ts in zip(variants, times) if name.startswith("reference (")}
-    rows = [(name, th, ts) for (name, th, _), ts in zip(variants, times)]
+        return lambda: reference_epoch(ref, ref_opt, loader, dev, prec)
 
-    print(C.row("variant", "median samples/s", "range samples/s", "vs reference (same threads)", "GFLOP/s", "% of peak"))
-    print(C.row(*["---"] * 6))
-    for name, th, secs in rows:
+    for th in args.threads or [torch.get_num_threads()]:
+        for prec in precisions:
+            tag = "" if prec == "fp32" else f" + {prec}" if prec == "tf32" else f" + {prec} autocast"
+            if ref_ok:
+                variants.append((f"reference (torchvision MNIST + DataLoader){tag}, {th} thr", th, prec, reference(prec)))
+            t = Trainer(cfg.replace(precision=prec), data, dev)
+            name = "weightspace Trainer.train_epoch" if prec == "fp32" else f"weightspace precision={prec}"
+            variants.append((f"{name}, {th} thr", th, prec, t.train_epoch))
+            if args.levers and prec == "fp32":
+                t2 = Trainer(cfg, data, dev)
+                variants.append((f"weightspace + .item() per step, {th} thr", th, prec,
+                                 lambda t2=t2: item_per_step_epoch(t2)))
+                t3 = Trainer(cfg, data, dev)
+                t3.model.to(memory_format=torch.contiguous_format)
+                variants.append((f"weightspace, channels_last off, {th} thr", th, prec, t3.train_epoch))
+
+    def under(prec: str, fn):
+        regime = numerics.resolve(dev.type, prec)
+        return lambda: (regime.apply(), fn())
+
+    try:
+        times = C.interleaved([(th, under(prec, fn)) for _, th, prec, fn in variants], args.repeats, dev)
+    finally:
+        if root is not None:
+            shutil.rmtree(root, ignore_errors=True)
+    # Each row against the reference at the same thread count and precision (fp32 if it has none).
+    ref_s = {(th, prec): C.med(ts) for (name, th, prec, _), ts in zip(variants, times) if name.startswith("reference")}
+    rows = [(name, th, prec, ts) for (name, th, prec, _), ts in zip(variants, times)]
+
+    print(C.row("variant", "median samples/s", "range samples/s", "vs reference (same threads, fp32)",
+                "vs reference (same threads and precision)", "GFLOP/s", "% of peak"))
+    print(C.row(*["---"] * 7))
+    out = []
+    for name, th, prec, secs in rows:
         sps = args.n / C.med(secs)
         gf = sps * fwdbwd
+        vs = {k: ref_s[key] / C.med(secs) if key in ref_s else None
+              for k, key in (("vs_ref_fp32", (th, "fp32")), ("vs_ref_same", (th, prec)))}
         print(C.row(name, f"{sps:.0f}", f"{args.n / max(secs):.0f}-{args.n / min(secs):.0f}",
-                    f"{ref_s[th] / C.med(secs):.2f}x", f"{gf / 1e9:.1f}", f"{100 * gf / peak:.1f}%" if peak == peak else "-"))
+                    *(f"{v:.2f}x" if v is not None else "-" for v in vs.values()),
+                    f"{gf / 1e9:.1f}", f"{100 * gf / peak:.1f}%" if peak == peak else "-"))
+        out.append({"variant": name, "threads": th, "precision": prec, "samples_per_s": sps,
+                    "min_samples_per_s": args.n / max(secs), "max_samples_per_s": args.n / min(secs), **vs})
+    C.write_json(args.json, {"machine": C.machine(), "n": args.n, "repeats": args.repeats, "device": str(dev),
+                             "reference": ref_ok, "rows": out})
 
 
 if __name__ == "__main__":

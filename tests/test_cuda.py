@@ -1,0 +1,138 @@
+"""The CUDA path, on a real GPU: skipped without one (no test pretends a CUDA device exists).
+
+``pytest -m cuda tests/test_cuda.py`` is step 1 of benchmarks/gpu_check.sh, the prepared device check.
+What it holds, and to what tolerance:
+
+* fp32 is true fp32 on CUDA: after building a Trainer with precision=fp32, cuDNN's and cuBLAS's
+  TF32 are off, matmul precision is "highest", cuDNN is deterministic and does not benchmark;
+  precision=tf32 turns TF32 on, and the next fp32 Trainer turns it off again.
+* Batched siblings (BatchedTrainer, vmap) follow sequential training in fp32: mean losses and every
+  parameter within 1e-5 absolute after two epochs on digits (width 0.125), and within 1e-4 after one
+  epoch of 1,024 MNIST images at the paper's width 1.0. TF32 convolutions (10-bit mantissa)
+  would miss both by orders of magnitude.
+* A run stopped after one epoch and resumed from its saved state (``Trainer.state_tensors`` through
+  a safetensors file, ``load_state_tensors``) ends bitwise equal to an uninterrupted run, and two
+  identical runs are bitwise equal: cuDNN determinism and the generators' states are enough.
+* bf16 batched siblings run, their convolutions run in bf16, and their step stays within bf16 noise
+  (15 %) of the sequential bf16 step.
+* A configuration that trains on CUDA has its own group and run_key (device_type enters the hash).
+"""
+
+import math
+
+import pytest
+import torch
+
+from weightspace.config import build_config
+from weightspace.data import load_dataset
+from weightspace.siblings import BatchedTrainer
+from weightspace.train import Trainer
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")]
+
+CUDA = torch.device("cuda")
+SEEDS = [(0, 0), (1, 1), (0, 2)]  # different init, and same init with a different shuffle
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", train_subset=300).to(CUDA)
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return load_dataset("mnist", train_subset=1024).to(CUDA)
+
+
+def trainer(data, dataset="digits", **kw) -> Trainer:
+    raw = {"dataset": dataset, "train_subset": str(len(data.y_train)), "width": "0.125", "batch_size": "128",
+           "lr": "0.05", "momentum": "0.9", "weight_decay": "1e-4", "dropout": "0.5", "device": "cuda",
+           "epochs": "3", **{k: str(v) for k, v in kw.items()}}
+    return Trainer(build_config("single", raw), data, CUDA)
+
+
+def test_fp32_is_true_fp32_and_tf32_is_an_opt_in(digits):
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    trainer(digits, precision="fp32")
+    assert torch.backends.cudnn.allow_tf32 is False
+    assert torch.backends.cuda.matmul.allow_tf32 is False
+    assert torch.get_float32_matmul_precision() == "highest"
+    assert torch.backends.cudnn.deterministic is True
+    assert torch.backends.cudnn.benchmark is False
+    trainer(digits, precision="tf32")
+    assert torch.backends.cudnn.allow_tf32 is True and torch.backends.cuda.matmul.allow_tf32 is True
+    trainer(digits, precision="fp32")
+    assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
+
+
+@pytest.mark.parametrize("case", ["digits-w0.125-2ep", "mnist-w1.0-1ep"])
+def test_batched_equals_sequential_fp32(case, digits, mnist):
+    if case.startswith("digits"):
+        data, kw, epochs, tol = digits, {}, 2, 1e-5
+    else:
+        data, kw, epochs, tol = mnist, {"dataset": "mnist", "width": "1.0", "lr": "0.01", "weight_decay": "1e-5"}, 1, 1e-4
+    seq = [trainer(data, init_seed=i, shuffle_seed=s, **kw) for i, s in SEEDS]
+    bat = [trainer(data, init_seed=i, shuffle_seed=s, **kw) for i, s in SEEDS]
+    seq_losses = [float(t.train_epoch()) for _ in range(epochs) for t in seq]
+    bt = BatchedTrainer(bat)
+    bat_losses = [float(v) for _ in range(epochs) for v in bt.train_epoch()]
+    assert torch.backends.cudnn.allow_tf32 is False
+    assert seq_losses == pytest.approx(bat_losses, abs=tol)
+    for a, b in zip(seq, bat):
+        assert b.epoch == a.epoch == epochs
+        assert float((a.theta() - b.theta()).abs().max()) < tol
+        assert torch.equal(a.model.dropout_gen.get_state(), b.model.dropout_gen.get_state())
+
+
+def test_resumed_run_is_bitwise_equal_to_an_uninterrupted_one(digits, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    ref = trainer(digits, shuffle_seed=3)
+    for _ in range(3):
+        ref.train_epoch()
+    again = trainer(digits, shuffle_seed=3)
+    for _ in range(3):
+        again.train_epoch()
+    assert torch.equal(ref.theta(), again.theta())  # repeatable at all: deterministic cuDNN
+
+    first = trainer(digits, shuffle_seed=3)
+    first.train_epoch()
+    save_file(first.state_tensors(), tmp_path / "state.safetensors")
+    del first  # "killed": nothing of it survives but the file
+    resumed = trainer(digits, shuffle_seed=3)
+    resumed.load_state_tensors(load_file(tmp_path / "state.safetensors"))
+    assert resumed.epoch == 1
+    resumed.train_epoch()
+    resumed.train_epoch()
+    assert torch.equal(resumed.theta(), ref.theta())
+    assert torch.equal(resumed.model.dropout_gen.get_state(), ref.model.dropout_gen.get_state())
+    m_ref, m_res = ref.epoch_metrics(), resumed.epoch_metrics()
+    assert m_ref == m_res
+
+
+def test_bf16_batched_siblings_run(digits):
+    seq = [trainer(digits, init_seed=i, shuffle_seed=s, precision="bf16") for i, s in SEEDS]
+    bat = [trainer(digits, init_seed=i, shuffle_seed=s, precision="bf16") for i, s in SEEDS]
+    start = [t.theta() for t in seq]
+    for t in seq:
+        t.train_epoch()
+    bt = BatchedTrainer(bat)
+    seen = []
+    bt.base.conv2.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    losses = [float(v) for v in bt.train_epoch()]
+    assert all(math.isfinite(v) for v in losses)
+    assert seen and set(seen) == {torch.bfloat16}
+    for a, b, s in zip(seq, bat, start):
+        step = a.theta() - s
+        assert float(((b.theta() - s) - step).norm() / step.norm()) < 0.15
+
+
+def test_cuda_configuration_has_its_own_identity():
+    gpu = build_config("single", {"device": "cuda"})
+    cpu = build_config("single", {"device": "cpu"})
+    assert gpu.device_type == "cuda" and cpu.device_type == "cpu"
+    assert gpu.group != cpu.group and gpu.run_key != cpu.run_key
+    assert build_config("single", {"device": "auto"}).group == gpu.group
