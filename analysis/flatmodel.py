@@ -1,4 +1,6 @@
-"""The CNN as a function of a flat parameter vector θ (float32, P), for the probes.
+"""A model as a function of a flat parameter vector θ (float32, P), for the probes: the CNN
+by default, or any classifier module with the layout of its recorded parameters (those not in
+the layout, and the buffers, are the module's own) and its loss.
 
 Everything here is functional (torch.func.functional_call), so one module instance
 serves any number of θ and vmap can batch over θ. Always eval mode: the probes
@@ -25,11 +27,19 @@ AUTO_THETA_CHUNK = {"cuda": 8, "cpu": 1}
 
 
 class FlatModel:
-    def __init__(self, width: float, dropout: float, device: str | torch.device = "cpu",
-                 batch_size: int = 0, theta_chunk: int = 0):
+    def __init__(self, width: float = 1.0, dropout: float = 0.5, device: str | torch.device = "cpu",
+                 batch_size: int = 0, theta_chunk: int = 0, *, module: torch.nn.Module | None = None,
+                 layout: Layout | None = None, loss: Callable | None = None):
+        """``module``: any model instead of the CNN; ``layout``: which of its parameters θ holds (default
+        all); ``loss``: ``loss(outputs, targets)``, a batch mean (default cross-entropy on logits)."""
         self.device = torch.device(device)
-        self.module = CNN(width=width, dropout=dropout).to(self.device).eval()
-        self.layout = Layout.of(self.module)
+        self.module = (module if module is not None else CNN(width=width, dropout=dropout)).to(self.device).eval()
+        self.layout = layout or Layout.of(self.module)
+        self.loss = loss
+        have = dict(self.module.named_parameters())
+        missing = [n for n, s in zip(self.layout.names, self.layout.shapes) if n not in have or tuple(have[n].shape) != s]
+        if missing:
+            raise ValueError(f"the model has no parameters {missing} of the layout's shapes")
         kind = "cuda" if self.device.type == "cuda" else "cpu"
         self.batch_size = batch_size or AUTO_BATCH[kind]
         self.theta_chunk = theta_chunk or AUTO_THETA_CHUNK[kind]
@@ -47,6 +57,12 @@ class FlatModel:
 
     def logits(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.module, self.layout.unflatten(theta), (x,))
+
+    def loss_sum(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss summed over a batch."""
+        if self.loss is None:
+            return F.cross_entropy(out, y, reduction="sum")
+        return self.loss(out, y) * y.shape[0]
 
     def batches(self, n: int) -> Iterator[slice]:
         for s in range(0, n, self.batch_size):
@@ -78,7 +94,7 @@ class FlatModel:
 
         def sums(th, xb, yb):
             out = self.logits(th, xb)
-            return F.cross_entropy(out, yb, reduction="sum"), (out.argmax(1) != yb).sum()
+            return self.loss_sum(out, yb), (out.argmax(1) != yb).sum()
 
         batched = vmap(sums, in_dims=(0, None, None))
         for k in range(0, K, chunk):
@@ -112,7 +128,7 @@ class FlatModel:
         bs = max(1, self.batch_size // 4)
 
         def piece(xb, yb):
-            return lambda th: F.cross_entropy(self.logits(th, xb), yb, reduction="sum") / n
+            return lambda th: self.loss_sum(self.logits(th, xb), yb) / n
 
         return [piece(x[s:s + bs].to(self.device), y[s:s + bs].to(self.device)) for s in range(0, n, bs)]
 

@@ -42,7 +42,7 @@ from weightspace.trajectory import Trajectory
 PANEL_SIZES = (1, 2, 5)   # the paper's Figure 1: PCA fit on the first 1, 2 and 5 runs
 # Families whose runs start apart: their null starts from the measured spread of the starts (the
 # others share one start: same-init runs, clones at the fork).
-DIFFERENT_STARTS = ("different_init", "mixed")
+DIFFERENT_STARTS = ("different_init", "mixed", "recorded")
 
 
 @dataclass
@@ -99,6 +99,7 @@ FAMILIES = {
                     panel_label="PCA fit on all clones", stem=True, divergence_figure="fig3c_clone_divergence.png",
                     diverging="clones of one pretrained model"),
     "mixed": Family("pca_paths.png", "2D PCA of the path{s} ({family})"),
+    "recorded": Family("pca_paths.png", "2D PCA of the path{s} ({family} with weightspace.record)"),
 }
 
 

@@ -63,17 +63,18 @@ class ProbeResult:
     results: dict[str, object] = field(default_factory=dict)    # probe name -> its result dataclass
 
 
-def run_probes(trajs: Sequence[Trajectory], out_dir, *, width: float, dropout: float, weight_decay: float,
-               data, options: ProbeOptions | None = None, sgd: Sequence[SGD | None] | None = None,
-               plane: Plane | None = None, device="cpu", progress: bool = True) -> ProbeResult:
+def run_probes(trajs: Sequence[Trajectory], out_dir, *, width: float = 1.0, dropout: float = 0.5,
+               weight_decay: float, data, options: ProbeOptions | None = None, sgd: Sequence[SGD | None] | None = None,
+               plane: Plane | None = None, device="cpu", progress: bool = True, model=None) -> ProbeResult:
     """Run the enabled probes on sibling trajectories; figures go to ``out_dir`` as PNG.
 
     ``sgd``: per run, how it was trained (for the mean-gradient drift), None where unknown;
-    ``plane``: the loss surface's plane, by default the runs' joint PCA plane.
+    ``plane``: the loss surface's plane, by default the runs' joint PCA plane; ``model``: a
+    ``FlatModel`` of any classifier instead of the CNN of ``width`` and ``dropout``.
     """
     opt = options or ProbeOptions()
     inp = ProbeInputs.prepare(trajs, data, width=width, dropout=dropout, weight_decay=weight_decay, options=opt,
-                              sgd=sgd, plane=plane, device=device, progress=progress)
+                              sgd=sgd, plane=plane, device=device, progress=progress, model=model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     res = ProbeResult({}, [], [])

@@ -78,16 +78,18 @@ class ProbeInputs:
     progress: bool = True
 
     @classmethod
-    def prepare(cls, trajs, data, *, width: float, dropout: float, weight_decay: float, options: ProbeOptions,
-                sgd=None, plane: Plane | None = None, device="cpu", progress: bool = True) -> "ProbeInputs":
-        """Build the model and the probe subsets; ValueError when a run does not fit the model."""
+    def prepare(cls, trajs, data, *, width: float = 1.0, dropout: float = 0.5, weight_decay: float,
+                options: ProbeOptions, sgd=None, plane: Plane | None = None, device="cpu", progress: bool = True,
+                model: FlatModel | None = None) -> "ProbeInputs":
+        """Build the model (the CNN of ``width``, unless ``model`` is given) and the probe subsets;
+        ValueError when a run does not fit the model."""
         if not trajs:
             raise ValueError("run_probes: no trajectories")
-        fm = FlatModel(width, dropout, device, options.batch_size, options.theta_chunk)
+        fm = model or FlatModel(width, dropout, device, options.batch_size, options.theta_chunk)
         for tr in trajs:
             if tr.P != fm.P:
-                raise ValueError(f"run {tr.name}: snapshot {tr.files[0]} has {tr.P} parameters, "
-                                 f"a width={width} model has {fm.P}")
+                what = f"a width={width} model" if model is None else "the probe's model"
+                raise ValueError(f"run {tr.name}: snapshot {tr.files[0]} has {tr.P} parameters, {what} has {fm.P}")
         sgd = list(sgd) if sgd is not None else [None] * len(trajs)
         if len(sgd) != len(trajs):
             raise ValueError(f"run_probes: {len(sgd)} SGD settings for {len(trajs)} runs")

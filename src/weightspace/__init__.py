@@ -4,6 +4,10 @@ The query API, for notebooks and scripts (imported on first use, so ``import wei
 stays light):
 
     from weightspace import find_siblings, load_trajectory, config_from_params
+
+and the recorder for any PyTorch training loop (docs/record.md):
+
+    with weightspace.record(model, group="my-study", seed=3) as rec: ...
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ _EXPORTS = {
     "config_from_params": "weightspace.config",
     "read_params": "weightspace.config",
     "TrainConfig": "weightspace.config",
+    "record": "weightspace.tracking.record",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -20,7 +20,7 @@ class Trajectory:
     init_seed: int
     shuffle_seed: int
     epochs: np.ndarray             # (T,) int64, increasing; epoch 0 is the init
-    files: list[Path]              # files[i] holds the (P,) float32 vector of epochs[i]
+    files: list[Path]              # files[i] holds the (P,) float32 (or float16) vector of epochs[i]
     metrics: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # name -> (steps, values)
     params: dict[str, str] = field(default_factory=dict)
     layout: dict | None = None     # parsed trajectory/layout.json
@@ -34,12 +34,12 @@ class Trajectory:
         return int(np.load(self.files[0], mmap_mode="r", allow_pickle=False).shape[0])
 
     def load(self, i: int, mmap: bool = True) -> np.ndarray:
-        """Snapshot i as a (P,) float32 array (memory-mapped by default)."""
+        """Snapshot i as a (P,) array as stored (memory-mapped by default): float32, or float16 when recorded so."""
         return np.load(self.files[i], mmap_mode="r" if mmap else None, allow_pickle=False)
 
     def stack(self) -> np.ndarray:
         """All snapshots as a (T, P) float32 array. Only for small P; analyses stream."""
-        return np.stack([self.load(i, mmap=False) for i in range(self.T)])
+        return np.stack([self.load(i, mmap=False).astype(np.float32, copy=False) for i in range(self.T)])
 
     def metric(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(steps, values) of a per-epoch metric, empty arrays when absent."""

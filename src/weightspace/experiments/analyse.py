@@ -26,6 +26,7 @@ from ..params import Decl, as_strings, int_range
 from ..tracking.runs import TrajectoryError, find_runs, find_siblings, trajectory
 
 FAMILIES = ("single", "different_init", "same_init", "clone")
+RECORDED = "recorded"           # runs of weightspace.record: any model, analysed as one family
 PAPER_FAMILIES = FAMILIES[1:]   # the experiments the paper's cross-experiment claim compares
 
 
@@ -126,10 +127,10 @@ def check_architecture(trajs) -> None:
 
 
 def family_of(runs: list) -> str:
-    """The runs' experiment (weightspace.experiment), or "mixed"."""
+    """The runs' experiment (weightspace.experiment: a training entry point's or "recorded"), or "mixed"."""
     exps = {r.data.tags.get(T.TAG_EXPERIMENT, "") for r in runs}
     family = exps.pop() if len(exps) == 1 else "mixed"
-    return family if family in FAMILIES else "mixed"
+    return family if family in (*FAMILIES, RECORDED) else "mixed"
 
 
 # -- one analysis run -------------------------------------------------------------------------------
@@ -196,29 +197,26 @@ def run_probes(trajs, out: Path, opts: AnalysisOptions, progress: bool):
     """The probes beyond the paper (interpolation, stationarity, loss surface, function space).
 
     The runs' params say which model and data to probe and how each run was optimised; they
-    are read here and handed to the analysis as plain values. None (probes skipped) when the
-    first run's params do not name its model and data.
+    are read here and handed to the analysis as plain values. A recorded run's ``probe`` param
+    names a function that gives its model, loss and data (``probe_hook``). When neither says,
+    the probes are skipped, and the report says why.
     """
-    from ..analysis.probes import SGD, ProbeOptions
+    from ..analysis.probes import SGD
     from ..analysis.probes import run_probes as probes
     from ..data import load_dataset
     from ..train import resolve_device
+    from .probe_hook import PROBE_PARAM, probe_options, recorded_probes, skipped
 
+    device = resolve_device(opts.device)
+    po = probe_options(opts, device)
+    if trajs[0].params.get(PROBE_PARAM):
+        return recorded_probes(trajs, out, po, device, progress)
     try:
         cfg = config_from_params(trajs[0].params)
     except ParamError as e:
-        print(f"weightspace: warning: run {trajs[0].run_id}: {e}; probes skipped", file=sys.stderr)
-        return None
+        why = "a run of weightspace.record without probe=" if trajs[0].experiment == RECORDED else str(e)
+        return skipped(trajs[0].run_id, why)
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.train_subset)
-    device = resolve_device(opts.device)
-    # Auto costs: the full paper-scale analysis takes minutes on a GPU; on a CPU smaller
-    # probes keep the short suite's analysis to about a minute per family.
-    gpu = device.type == "cuda"
-    subset = opts.probe_subset if opts.probe_subset >= 0 else (10000 if gpu else 1000)
-    grid = opts.surface_grid if opts.surface_grid >= 0 else (31 if gpu else 15)
-    hessian_epochs = tuple(sorted({int(e) for e in opts.hessian_epochs.split(",") if e.strip()}))
-    po = ProbeOptions(interp_points=opts.interp_points, probe_subset=subset, hessian_epochs=hessian_epochs,
-                      hessian_iters=opts.hessian_iters, hessian_runs=opts.hessian_runs, surface_grid=grid)
 
     def sgd(tr):
         """How the run was optimised; None when its params do not say (no drift reference for it)."""

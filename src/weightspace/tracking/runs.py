@@ -146,8 +146,8 @@ def verify(run_id: str, directory: Path, manifest: dict) -> None:
             arr = np.load(p, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError) as e:
             raise TrajectoryError(f"run {run_id}: snapshot trajectory/{name} is unreadable ({e})") from None
-        if arr.ndim != 1 or arr.dtype != np.float32:
-            raise TrajectoryError(f"run {run_id}: snapshot trajectory/{name} is not a flat float32 vector")
+        if arr.ndim != 1 or arr.dtype not in (np.float32, np.float16):
+            raise TrajectoryError(f"run {run_id}: snapshot trajectory/{name} is not a flat float32 or float16 vector")
 
 
 def metric_histories(client: MlflowClient, run_id: str, names=METRICS) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from mlflow.entities import Param, RunTag
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -27,6 +26,8 @@ from ..config import TRAIN_DECLS, ParamError, TrainConfig, unquote_param
 from ..model import Layout, n_params
 from ..train import Trainer, is_finite, weight_stats
 from .datasets import log_datasets
+from .manifest import Manifest as _Manifest
+from .manifest import existing_manifest as _existing_manifest
 from .model_export import register_model, save_mlflow_model
 
 CHECKPOINT = "checkpoint/state.safetensors"
@@ -246,54 +247,3 @@ def _refuse_changed(run_id: str, stored: dict, cfg: TrainConfig) -> None:
         if k in now and now[k] != v and not _same_value(k, v, now[k]):
             raise ParamError(f"run {run_id} was started with {k}={v}, refusing to resume it with {k}={now[k]}; "
                              "start a new run or resume with the original parameters")
-
-
-class _Manifest:
-    """trajectory/manifest.json: the snapshots stored so far with their sha256.
-
-    Uploaded after each snapshot file, so it never lists a file that is not stored;
-    ``complete`` turns true only once the last epoch is in.
-    """
-
-    def __init__(self, up: T.Uploader, existing: dict | None):
-        self.up = up
-        self.files: dict[str, dict] = dict((existing or {}).get("files", {}))
-        self.complete = False
-
-    def add(self, epoch: int, theta: torch.Tensor) -> None:
-        """Save, hash and upload one snapshot on the uploader's thread; ``theta`` must be a private copy."""
-        name = f"epoch_{epoch:04d}.npy"
-
-        def job() -> None:
-            local = Path(tempfile.mkdtemp(dir=self.up.spool)) / name
-            np.save(local, theta.numpy().astype(np.float32, copy=False), allow_pickle=False)
-            info = {"epoch": epoch, "sha256": T.sha256_file(local), "size": local.stat().st_size}
-            self.up.client.log_artifact(self.up.run_id, str(local), "trajectory")
-            local.unlink(missing_ok=True)
-            self.files[name] = info  # listed only once stored
-        self.up.call(job, f"trajectory/{name}")
-        self.publish()
-
-    def publish(self) -> None:
-        """Upload the manifest as it stands when the uploader reaches this job (after every earlier file)."""
-        def job() -> None:
-            doc = {"format": "weightspace-trajectory-1", "complete": self.complete,
-                   "epochs": sorted(v["epoch"] for v in self.files.values()), "files": self.files}
-            local = Path(tempfile.mkdtemp(dir=self.up.spool)) / "manifest.json"
-            local.write_text(json.dumps(doc, indent=1, sort_keys=True))
-            self.up.client.log_artifact(self.up.run_id, str(local), "trajectory")
-            local.unlink(missing_ok=True)
-        self.up.call(job, "trajectory/manifest.json")
-
-
-def _existing_manifest(client: MlflowClient, run_id: str) -> dict | None:
-    try:
-        names = [f.path for f in client.list_artifacts(run_id, "trajectory")]
-        if "trajectory/manifest.json" not in names:
-            return None
-        with tempfile.TemporaryDirectory() as tmp:
-            return json.loads(Path(client.download_artifacts(run_id, "trajectory/manifest.json", tmp)).read_text())
-    except (MlflowException, OSError, ValueError):
-        return None
-
-

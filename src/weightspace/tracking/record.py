@@ -1,0 +1,270 @@
+"""Record the weight trajectory of any PyTorch training loop into MLflow.
+
+    import weightspace
+    with weightspace.record(model, group="my-study", seed=3) as rec:
+        for epoch in range(1, epochs + 1):
+            train_one_epoch(model, ...)
+            rec.epoch_end(epoch, {"train_loss": ..., "test_accuracy": ...})
+
+The run gets what the entry points' runs get: ``trajectory/epoch_NNNN.npy`` (epoch 0 on
+entry), ``trajectory/layout.json``, ``trajectory/manifest.json`` (sha256 per file and
+``complete``), the metrics ``weight_norm``, ``distance_from_init``, ``step_length`` and
+``epoch_seconds`` beside the user's (step=epoch), and the tags ``weightspace.experiment=recorded``,
+``weightspace.group`` and the seed. The training thread only copies the flat vector; the
+statistics, serialising, hashing and uploads run on the ordered background uploader.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+import mlflow
+import torch
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from torch import nn
+
+from .. import tracking as T
+from ..model import Layout
+from ..train import weight_stats
+from .experiment import default_experiment_id
+from .manifest import SNAPSHOT_DTYPES, Manifest
+
+EXPERIMENT = "recorded"
+DEFAULT_MAX_BYTES = 8 << 30     # the most one run's trajectory may hold unless told otherwise
+Selection = Iterable[str] | Callable[[str, nn.Parameter], bool] | None
+
+
+def select(model: nn.Module, parameters: Selection) -> tuple[list[tuple[str, nn.Parameter]], dict]:
+    """The kept (name, parameter) pairs in ``named_parameters`` order, and how they were chosen.
+
+    ``parameters``: None (all), names (a name keeps that parameter, or every parameter of that
+    submodule: ``"fc"`` keeps ``fc.weight`` and ``fc.bias``), or a predicate ``(name, param) -> bool``.
+    """
+    named = list(model.named_parameters())
+    if not named:
+        raise ValueError(f"weightspace.record: the model ({type(model).__name__}) has no parameters to record")
+    if parameters is None:
+        return named, {"kind": "all"}
+    if callable(parameters):
+        kept = [(n, p) for n, p in named if parameters(n, p)]
+        how = {"kind": "predicate", "predicate": getattr(parameters, "__qualname__", repr(parameters))}
+    else:
+        names = [parameters] if isinstance(parameters, str) else list(parameters)
+        unknown = [w for w in names if not any(n == w or n.startswith(w + ".") for n, _ in named)]
+        if unknown:
+            raise ValueError(f"weightspace.record: parameters {unknown} match no parameter of the model "
+                             f"(it has {', '.join(n for n, _ in named[:8])}{', ...' if len(named) > 8 else ''})")
+        kept = [(n, p) for n, p in named if any(n == w or n.startswith(w + ".") for w in names)]
+        how = {"kind": "names", "names": names}
+    if not kept:
+        raise ValueError("weightspace.record: the parameter filter keeps no parameter of the model")
+    return kept, how
+
+
+def layout_of(kept: list[tuple[str, nn.Parameter]], dtype: str, how: dict, total: int) -> tuple[Layout, str]:
+    """The Layout of the kept parameters, and layout.json (the filter and the dtype written into it)."""
+    names, shapes, offsets, off = [], [], [], 0
+    for n, p in kept:
+        names.append(n)
+        shapes.append(tuple(p.shape))
+        offsets.append(off)
+        off += p.numel()
+    layout = Layout(tuple(names), tuple(shapes), tuple(offsets), dtype)
+    doc = json.loads(layout.to_json())
+    doc["selection"] = {**how, "kept": layout.size, "model_params": total}
+    return layout, json.dumps(doc, indent=1)
+
+
+class Recorder:
+    """One run's recording; made by ``record`` and used as a context manager."""
+
+    def __init__(self, model: nn.Module, *, group: str, seed: int = 0, snapshot_every: int = 1,
+                 epochs: int | None = None, parameters: Selection = None, dtype: str = "float32",
+                 experiment: str | None = None, run_name: str | None = None, probe: str | None = None,
+                 params: Mapping[str, object] | None = None, max_bytes: int | None = DEFAULT_MAX_BYTES,
+                 asynchronous: bool = True):
+        if not isinstance(group, str) or not group.strip():
+            raise ValueError("weightspace.record: group must be a non-empty string (the siblings' group)")
+        if not isinstance(snapshot_every, int) or snapshot_every < 1:
+            raise ValueError(f"weightspace.record: snapshot_every must be an integer >= 1, got {snapshot_every!r}")
+        if dtype not in SNAPSHOT_DTYPES:
+            raise ValueError(f"weightspace.record: dtype must be one of {', '.join(SNAPSHOT_DTYPES)}, got {dtype!r}")
+        if probe is not None and (not isinstance(probe, str) or ":" not in probe):
+            raise ValueError(f"weightspace.record: probe must be 'package.module:function', got {probe!r}")
+        self.model, self.group, self.seed, self.every = model, group, int(seed), snapshot_every
+        self.epochs, self.dtype, self.experiment, self.probe = epochs, dtype, experiment, probe
+        self.run_name = run_name or f"{group}-seed{seed}"
+        self.user_params = {k: str(v) for k, v in (params or {}).items()}
+        self.asynchronous, self.client = asynchronous, None
+        self.kept, how = select(model, parameters)
+        self.layout, self.layout_json = layout_of(self.kept, dtype, how, sum(p.numel() for p in model.parameters()))
+        self.snapshot_bytes = self.layout.size * SNAPSHOT_DTYPES[dtype]().itemsize
+        self.max_bytes = max_bytes
+        self._check_size(self._planned(epochs) if epochs else 1)
+        self.run_id: str | None = None
+        self.last_epoch, self.stored, self.snapped = 0, 0, set()
+
+    # -- size ------------------------------------------------------------------------
+    def _planned(self, epochs: int) -> int:
+        return len({0, epochs} | set(range(self.every, epochs + 1, self.every)))
+
+    def _check_size(self, snapshots: int) -> None:
+        if self.max_bytes is None or snapshots * self.snapshot_bytes <= self.max_bytes:
+            return
+        need = math.ceil(snapshots * self.snapshot_bytes / self.max_bytes)
+        raise ValueError(
+            f"weightspace.record: {snapshots} snapshot(s) of {self.layout.size:,} parameters as {self.dtype} "
+            f"({self.snapshot_bytes:,} bytes each) exceed max_bytes={self.max_bytes:,}; record fewer snapshots "
+            f"(snapshot_every={self.every * need} or more), fewer parameters (parameters=...), "
+            "dtype='float16', or raise max_bytes")
+
+    # -- the training thread's part ----------------------------------------------------
+    def _theta(self) -> torch.Tensor:
+        """A private float32 CPU copy of the kept parameters (the only work done on the training thread)."""
+        with torch.no_grad():
+            # torch.cat always allocates: the result is the uploader's own, whatever the device.
+            return torch.cat([p.detach().reshape(-1) for _, p in self.kept]).to("cpu", torch.float32)
+
+    def __enter__(self) -> "Recorder":
+        self._start_run()
+        try:
+            self.up = T.Uploader(self.client, self.run_id, asynchronous=self.asynchronous)
+            self.manifest = Manifest(self.up, None, self.dtype)
+            self.up.text(self.layout_json, "trajectory/layout.json")
+            self.theta0 = self.prev = self._theta()
+            self._log(0, {}, self.prev, None)
+            self._snapshot(0, self.prev)
+            self.t_last = time.perf_counter()
+        except BaseException as e:
+            self._end_run(e)
+            raise
+        return self
+
+    def epoch_end(self, epoch: int, metrics: Mapping[str, float] | None = None) -> None:
+        """Record the model as it is after ``epoch`` (1, 2, ...), with the user's metrics for that epoch."""
+        if self.run_id is None:
+            raise RuntimeError("weightspace.record: call epoch_end inside the `with weightspace.record(...)` block")
+        if isinstance(epoch, bool) or not isinstance(epoch, int):
+            raise TypeError(f"weightspace.record: epoch must be an int, got {epoch!r}")
+        if epoch <= self.last_epoch:
+            what = "repeated" if epoch == self.last_epoch else "out of order"
+            raise ValueError(f"weightspace.record: epoch_end({epoch}) {what}: epoch {self.last_epoch} is already "
+                             "recorded (epoch 0 is the model on entry); epochs must increase")
+        if self.epochs is not None and epoch > self.epochs:
+            raise ValueError(f"weightspace.record: epoch_end({epoch}) after the stated epochs={self.epochs}")
+        user = {}
+        for k, v in (metrics or {}).items():
+            try:
+                user[str(k)] = float(v)
+            except (TypeError, ValueError):
+                raise TypeError(f"weightspace.record: metric {k!r} is not a number ({v!r})") from None
+        seconds = time.perf_counter() - self.t_last
+        theta = self._theta()
+        self._log(epoch, {**user, "epoch_seconds": seconds}, theta, self.prev)
+        if epoch % self.every == 0 or epoch == self.epochs:
+            self._snapshot(epoch, theta)
+        self.prev, self.last_epoch = theta, epoch
+        self.t_last = time.perf_counter()
+
+    def _snapshot(self, epoch: int, theta: torch.Tensor) -> None:
+        if self.max_bytes is not None and self.stored + self.snapshot_bytes > self.max_bytes:
+            self._check_size(len(self.snapped) + 1)
+        self.stored += self.snapshot_bytes
+        self.snapped.add(epoch)
+        self.manifest.add(epoch, theta)
+
+    def _log(self, epoch: int, user: dict[str, float], theta: torch.Tensor, prev: torch.Tensor | None) -> None:
+        """The epoch's metrics in one batch; the weight statistics computed on the uploader's thread."""
+        client, run_id, theta0 = self.client, self.run_id, self.theta0
+
+        def job() -> None:
+            ts = int(time.time() * 1000)
+            m = {**user, **weight_stats(theta, theta0, prev)}
+            client.log_batch(run_id, metrics=[Metric(k, v, ts, epoch) for k, v in m.items()])
+        self.up.call(job, f"metrics of epoch {epoch}")
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            if exc is None:
+                if self.last_epoch not in self.snapped:   # the last epoch is always stored
+                    self._snapshot(self.last_epoch, self.prev)
+                self.manifest.complete = True
+                self.manifest.publish()
+                self.up.close()
+            else:
+                try:    # keep what was recorded; the manifest stays incomplete
+                    self.up.close()
+                except Exception as e:  # noqa: BLE001 - the user's exception is the one to see
+                    print(f"weightspace: warning: run {self.run_id}: uploads failed too: {e}", file=sys.stderr)
+        except BaseException as e:
+            self._end_run(e)
+            raise
+        self._end_run(exc)
+        return False
+
+    # -- the run ---------------------------------------------------------------------------
+    def _start_run(self) -> None:
+        self.client = MlflowClient()
+        active = mlflow.active_run()
+        self.owned = active is None
+        if active is not None:
+            self.run_id = active.info.run_id
+        else:
+            exp_id = None   # MLflow's choice when the user made one (env, mlflow.set_experiment)
+            if self.experiment:
+                exp = self.client.get_experiment_by_name(self.experiment)
+                exp_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment)
+            elif not (os.environ.get("MLFLOW_EXPERIMENT_NAME") or os.environ.get("MLFLOW_EXPERIMENT_ID")
+                      or getattr(mlflow.tracking.fluent, "_active_experiment_id", None)):
+                exp_id = default_experiment_id(self.client)   # where `mlflow run . -e analysis` looks
+            self.run_id = mlflow.start_run(experiment_id=exp_id, run_name=self.run_name).info.run_id
+        try:
+            self._describe()
+        except BaseException as e:
+            self._end_run(e)
+            raise
+
+    def _describe(self) -> None:
+        device = str(self.kept[0][1].device)
+        tags = {T.TAG_EXPERIMENT: EXPERIMENT, T.TAG_GROUP: self.group, T.TAG_RUN_KEY: f"{self.group}-seed{self.seed}",
+                "weightspace.seed": str(self.seed), "weightspace.init_seed": str(self.seed),
+                "weightspace.shuffle_seed": str(self.seed), T.TAG_MACHINE: T.machine(device)}
+        if self.owned:
+            tags["mlflow.runName"] = self.run_name
+        params = {"seed": str(self.seed), "snapshot_every": str(self.every), "snapshot_dtype": self.dtype,
+                  "n_params": str(self.layout.size), "model_class": type(self.model).__name__,
+                  "resolved_device": device, **({"epochs": str(self.epochs)} if self.epochs else {}),
+                  **({"probe": self.probe} if self.probe else {}), **self.user_params}
+        have = self.client.get_run(self.run_id).data.params
+        new = [Param(k, v) for k, v in params.items() if k not in have]
+        T.retry(lambda: self.client.log_batch(self.run_id, params=new, tags=[RunTag(k, v) for k, v in tags.items()]),
+                "parameters and tags")
+
+    def _end_run(self, exc: BaseException | None) -> None:
+        if exc is not None:
+            msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:4000]
+            try:
+                self.client.set_tag(self.run_id, T.TAG_ERROR, msg)
+            except Exception:  # noqa: BLE001 - the user's exception is the one to see
+                pass
+        if self.owned:
+            status = "FINISHED" if exc is None else ("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            mlflow.end_run(status)
+        self.run_id = None
+
+
+def record(model: nn.Module, *, group: str, seed: int = 0, snapshot_every: int = 1, **kw) -> Recorder:
+    """A context manager that records ``model``'s weight trajectory into MLflow (see docs/record.md).
+
+    Keywords: ``epochs`` (the last epoch, stored and checked), ``parameters`` (names or a predicate;
+    default all), ``dtype`` ("float32" or "float16"), ``experiment`` and ``run_name`` (for a run it
+    starts; inside an active run it logs there), ``probe`` ("package.module:function" for the
+    analysis' probes), ``params`` (more params to log), ``max_bytes`` (the trajectory's budget).
+    """
+    return Recorder(model, group=group, seed=seed, snapshot_every=snapshot_every, **kw)
