@@ -16,6 +16,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from .runs import mlflow_bar
 from .uploader import Uploader, sha256_file
 
 # What a snapshot may be stored as; the analysis upcasts float16 to float32.
@@ -69,6 +70,7 @@ def existing_manifest(client: MlflowClient, run_id: str) -> dict | None:
         if "trajectory/manifest.json" not in names:
             return None
         with tempfile.TemporaryDirectory() as tmp:
-            return json.loads(Path(client.download_artifacts(run_id, "trajectory/manifest.json", tmp)).read_text())
+            with mlflow_bar(False):
+                return json.loads(Path(client.download_artifacts(run_id, "trajectory/manifest.json", tmp)).read_text())
     except (MlflowException, OSError, ValueError):
         return None

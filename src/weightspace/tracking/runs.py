@@ -79,7 +79,7 @@ def show_progress() -> bool:
 
 
 @contextlib.contextmanager
-def _mlflow_bar(enabled: bool):
+def mlflow_bar(enabled: bool):
     """MLflow draws a "Downloading artifacts" bar per download call unless told not to."""
     key, old = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
     os.environ[key] = "true" if enabled else "false"
@@ -95,7 +95,7 @@ def _mlflow_bar(enabled: bool):
 def _download(client: MlflowClient, run_id: str, path: str, dst: Path, bar: bool = False) -> Path:
     """One download; at most one progress bar (``bar``, and only when ``show_progress()``)."""
     try:
-        with _mlflow_bar(bar and show_progress()):
+        with mlflow_bar(bar and show_progress()):
             return Path(client.download_artifacts(run_id, path, str(dst)))
     except (MlflowException, OSError) as e:
         raise TrajectoryError(f"run {run_id}: cannot download {path} ({str(e).splitlines()[0]})") from None

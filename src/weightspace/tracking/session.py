@@ -29,6 +29,7 @@ from .datasets import log_datasets
 from .manifest import Manifest as _Manifest
 from .manifest import existing_manifest as _existing_manifest
 from .model_export import register_model, save_mlflow_model
+from .runs import mlflow_bar
 
 CHECKPOINT = "checkpoint/state.safetensors"
 MODEL = "model/model.safetensors"
@@ -90,7 +91,8 @@ def download_checkpoint(client: MlflowClient, run_id: str, dst: Path) -> tuple[d
     names = [f.path for f in client.list_artifacts(run_id, "checkpoint")]
     if CHECKPOINT not in names:
         return None
-    local = client.download_artifacts(run_id, CHECKPOINT, str(dst))
+    with mlflow_bar(False):  # small single files: no progress bar in the training log
+        local = client.download_artifacts(run_id, CHECKPOINT, str(dst))
     from safetensors import safe_open
 
     with safe_open(local, "pt") as f:
@@ -105,7 +107,8 @@ def _first_snapshot(client: MlflowClient, run_id: str, dst: Path) -> torch.Tenso
     if not files:
         raise RuntimeError(f"run {run_id}: cannot resume, trajectory/manifest.json lists no snapshot")
     name, info = files[0]
-    local = client.download_artifacts(run_id, f"trajectory/{name}", str(dst))
+    with mlflow_bar(False):
+        local = client.download_artifacts(run_id, f"trajectory/{name}", str(dst))
     if T.sha256_file(local) != info["sha256"]:
         raise RuntimeError(f"run {run_id}: cannot resume, snapshot trajectory/{name} is corrupted")
     return torch.from_numpy(np.load(local, allow_pickle=False))
