@@ -7,6 +7,7 @@ import pytest
 from sklearn.decomposition import PCA
 
 from conftest import TINY, make_store
+from weightspace.analysis.nullmodel import null_evr, null_evr_runs
 from weightspace.tracking.runs import find_siblings, load_trajectory
 
 pytestmark = pytest.mark.e2e
@@ -34,9 +35,11 @@ def arts(client, rid, path=None):
 
 
 def test_paper_ends_with_one_analysis_per_family(suite):
-    ana = by_exp(suite, "analysis")
-    fams = sorted(r.data.tags["weightspace.family"] for r in ana)
-    assert fams == ["clone", "different_init", "same_init", "single"]
+    everything = by_exp(suite, "analysis")
+    fams = sorted(r.data.tags["weightspace.family"] for r in everything)
+    # one per family, and one across the families (test_paper_analysis_compares_the_experiments)
+    assert fams == ["clone", "different_init", "families", "same_init", "single"]
+    ana = [r for r in everything if r.data.tags["weightspace.family"] != "families"]
     c = suite.client()
     for r in ana:
         assert r.info.status == "FINISHED"
@@ -50,8 +53,17 @@ def test_paper_ends_with_one_analysis_per_family(suite):
         assert "figures/fig3a_distance_from_origin.png" in files
         if fam != "single":  # the issue-4 probes ran too
             assert "figures/interp_pairs.png" in files and "pair_barrier_frankle_mean" in r.data.metrics
-    # the claims table is printed to the terminal as well
-    assert "top-2" in suite.paper_stderr or "top 2" in suite.paper_stderr
+    # the claims table is printed to the terminal as well: each family's top-2 row shows the
+    # measured share and a random-walk null's, as logged in its metrics
+    rows = [line for line in suite.paper_stderr.splitlines() if line.startswith("top-2")]
+    assert len(rows) >= len(ana), suite.paper_stderr[-3000:]
+    for r in ana:
+        m = r.data.metrics
+        measured = f"{100 * m['pca_evr_top2']:.2f}%"
+        nulls = {f"{100 * v:.2f}%" for k, v in m.items() if k.startswith("null") and k.endswith("_evr_top2")}
+        assert "null_evr_top2" in m and nulls
+        assert any(measured in row and any(n in row for n in nulls) for row in rows), (
+            r.data.tags["weightspace.family"], measured, nulls, rows)
 
 
 def test_pca_metrics_match_sklearn_on_the_stored_trajectories(suite):
@@ -70,7 +82,16 @@ def test_pca_metrics_match_sklearn_on_the_stored_trajectories(suite):
     d = [np.linalg.norm(finals[i] - finals[j]) for i in range(3) for j in range(i + 1, 3)]
     assert m["final_pairwise_dist_mean"] == pytest.approx(np.mean(d), rel=1e-5)
     assert m["final_pairwise_dist_cv"] == pytest.approx(np.std(d) / np.mean(d), rel=1e-4)
-    assert "null_evr_top2" in m and 0 < m["null_evr_top2"] < 1
+    # the random-walk null in closed form at the runs' own snapshot epochs
+    epoch_lists = [load_trajectory(i, c)[1] for i in ids]
+    assert [e.tolist() for e in epoch_lists] == [[0, 2, 4]] * 3  # epochs=4, snapshot_every=2
+    for r, e in enumerate(epoch_lists):
+        for k in (1, 2):
+            assert m[f"null_evr_top{k}_run{r}"] == pytest.approx(null_evr(e)[:k].sum(), rel=1e-9, abs=1e-12)
+    joint = null_evr_runs(epoch_lists)  # three independent walks from the shared start
+    for k in (1, 2, 10):
+        assert m[f"null_evr_top{k}"] == pytest.approx(joint[:k].sum(), rel=1e-9, abs=1e-12)
+    assert 0 < m["null_evr_top2"] < 1 and m["null_evr_top10"] == pytest.approx(1.0)  # 9 snapshots, rank 8
 
 
 @pytest.mark.parametrize("how", ["group", "run_ids", "parent_run_id"])
@@ -151,7 +172,38 @@ def test_report_and_spectrum_artifacts(suite):
     for needle in ("81.39", "95.63", "null"):
         assert needle in report
     spec = json.load(open(c.download_artifacts(ana.info.run_id, "pca_spectrum.json", str(d))))
-    assert isinstance(spec, dict) and spec
+    [rid] = ana.data.tags["weightspace.source_run_ids"].split(",")
+    X, epochs = load_trajectory(rid, c)
+    X = X.astype(np.float64)
+    assert epochs.tolist() == [0, 1, 2, 3, 4]  # the paper's single run: epochs=4, a snapshot every epoch
+    assert len(spec["runs"]) == 1 and spec["epochs"] == [epochs.tolist()]
+    m = ana.data.metrics
+    # joint (here: the one run) centred PCA: ratios descending, summing to 1, as sklearn finds them
+    joint = spec["joint"]["centred"]
+    ratio, var = np.asarray(joint["ratio"]), np.asarray(joint["variance"])
+    assert np.all(np.diff(ratio) <= 1e-12) and ratio.sum() == pytest.approx(1.0, abs=1e-9)
+    np.testing.assert_allclose(var / var.sum(), ratio, rtol=1e-9, atol=1e-12)
+    sk = PCA(svd_solver="full").fit(X)
+    n = len(sk.explained_variance_ratio_)
+    np.testing.assert_allclose(ratio[:n], sk.explained_variance_ratio_, rtol=1e-5, atol=1e-9)
+    assert np.all(ratio[n:] < 1e-9)
+    assert ratio[:2].sum() == pytest.approx(m["pca_evr_top2"], rel=1e-9)
+    # uncentred: PCA of θ_t − θ_final (Li et al. 2018)
+    sv = np.linalg.svd(X - X[-1], compute_uv=False) ** 2
+    un = np.asarray(spec["joint"]["uncentred"]["ratio"])
+    np.testing.assert_allclose(un[:len(sv)], sv / sv.sum(), rtol=1e-5, atol=1e-9)
+    assert un[:2].sum() == pytest.approx(m["pca_uncentred_evr_top2"], rel=1e-9)
+    [per_run] = spec["per_run"]
+    np.testing.assert_allclose(per_run["centred_ratio"], ratio, rtol=1e-9, atol=1e-12)
+    # the null: closed form at the run's snapshot epochs
+    np.testing.assert_allclose(spec["null"]["centred_ratio"], null_evr(epochs), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(spec["null"]["uncentred_ratio"], null_evr(epochs, centred=False), rtol=1e-9,
+                               atol=1e-12)
+    # the scores drawn in the PCA figure: each snapshot on the first two components (up to sign)
+    sc = spec["scores"]
+    assert sc["epoch"] == epochs.tolist() and sc["run_index"] == [0] * len(epochs)
+    np.testing.assert_allclose(np.abs(np.asarray(sc["pc"])), np.abs(sk.transform(X)[:, :2]), rtol=1e-4,
+                               atol=1e-6 * np.abs(sk.transform(X)[:, :2]).max())
 
 
 # -- scripts/export_run.py: what docs/paper-scale/ holds ---------------------------------------------
@@ -167,8 +219,6 @@ def _export(store, *args):
 
 
 def test_export_writes_what_the_store_holds(suite, tmp_path):
-    from weightspace.analysis.nullmodel import null_evr
-
     # the paper's own single run (other tests of this module add single runs of their own)
     [single] = [r for r in by_exp(suite, "single") if "mlflow.parentRunId" in r.data.tags]
     rid, c = single.info.run_id, suite.client()
@@ -200,3 +250,32 @@ def test_export_refuses_without_an_analysis_or_a_run(suite, tmp_path):
     assert not (tmp_path / "a" / "metrics.json").exists()
     p = _export(suite, "0123456789abcdef0123456789abcdef", str(tmp_path / "b"))
     assert p.returncode == 1 and p.stderr.strip().count("\n") == 0 and "no such run" in p.stderr
+
+
+# -- across the experiments, and permutation alignment ------------------------------------------------
+
+def test_paper_analysis_compares_the_experiments(suite):
+    """The paper run's analysis adds one run across the experiments (different_init, same_init, clone):
+    families_* metrics, figures/families_distances.png and report.md; its per-family means are the
+    families' own final_pairwise_dist_mean; the different_init analysis logs the aligned metrics."""
+    c = suite.client()
+    [paper] = by_exp(suite, "paper")
+    own = {r.data.tags["weightspace.family"]: r for r in by_exp(suite, "analysis")
+           if r.data.tags.get("mlflow.parentRunId") == paper.info.run_id}
+    fam = own["families"]
+    assert fam.info.status == "FINISHED" and fam.info.run_name == "analysis-families"
+    files = arts(c, fam.info.run_id)
+    assert "figures/families_distances.png" in files and "report.md" in files
+    m = fam.data.metrics
+    means = {f: m[f"families_final_pairwise_dist_mean_{f}"] for f in ("different_init", "same_init", "clone")}
+    for f, v in means.items():
+        assert v == pytest.approx(own[f].data.metrics["final_pairwise_dist_mean"], rel=1e-9)
+        assert f"families_init_pairwise_dist_mean_{f}" in m
+    assert m["families_final_pairwise_dist_ratio"] == pytest.approx(max(means.values()) / min(means.values()))
+    assert m["families_init_pairwise_dist_mean_same_init"] == 0 and m["families_init_pairwise_dist_mean_clone"] == 0
+    d = own["different_init"].data.metrics
+    assert d["aligned_final_pairwise_dist_mean"] < d["final_pairwise_dist_mean"]
+    assert "pair_barrier_aligned_frankle_mean" in d and "pair_barrier_aligned_frankle_run0_run2" in d
+    print("families:", {k: v for k, v in m.items() if k.startswith("families_final_pairwise_dist_")},
+          "different_init:", {k: d[k] for k in ("final_pairwise_dist_mean", "aligned_final_pairwise_dist_mean",
+                                                "pair_barrier_frankle_mean", "pair_barrier_aligned_frankle_mean")})

@@ -33,11 +33,43 @@ def test_shuffle_seed_changes_epoch1_and_cpu_is_deterministic():
 
 
 def test_dropout_masks_follow_shuffle_seed():
-    """Same data order, different dropout stream -> different weights: masks come from shuffle_seed."""
+    """Masks come from the model's own generator (seeded from shuffle_seed), never the global RNG.
+
+    Each check fails if dropout drew from the global RNG (e.g. ``F.dropout``): (1) a different
+    global RNG state must not change the result; (2) with the same global state, a different
+    dropout stream alone must change it; (3) an epoch leaves the global RNG untouched.
+    """
+    # (1) identical runs under different global RNG states: bitwise identical weights
     a, b = trainer(shuffle_seed=0), trainer(shuffle_seed=0)
-    b.model.dropout_gen.manual_seed(12345)
-    a.train_epoch(), b.train_epoch()
-    assert not torch.equal(a.theta(), b.theta())
+    torch.manual_seed(1)
+    a.train_epoch()
+    torch.manual_seed(2)
+    torch.rand(1000)  # advance it too, not only reseed
+    b.train_epoch()
+    assert torch.equal(a.theta(), b.theta())
+
+    # (2) the same global RNG state and the same data order, only the dropout stream differs
+    c, d = trainer(shuffle_seed=0), trainer(shuffle_seed=0)
+    d.model.dropout_gen.manual_seed(12345)
+    torch.manual_seed(7)
+    c.train_epoch()
+    torch.manual_seed(7)
+    d.train_epoch()
+    assert not torch.equal(c.theta(), d.theta())
+    # ... and that stream is the one shuffle_seed seeds: resetting it to its seed restores equality
+    e = trainer(shuffle_seed=0)
+    e.model.dropout_gen.manual_seed(12345)
+    e.model.dropout_gen.set_state(trainer(shuffle_seed=0).model.dropout_gen.get_state())
+    torch.manual_seed(8)
+    e.train_epoch()
+    assert torch.equal(e.theta(), c.theta())
+
+    # (3) training draws its masks from dropout_gen and nothing from the global RNG
+    f = trainer(shuffle_seed=0)
+    gen_before, global_before = f.model.dropout_gen.get_state(), torch.get_rng_state()
+    f.train_epoch()
+    assert not torch.equal(f.model.dropout_gen.get_state(), gen_before)
+    assert torch.equal(torch.get_rng_state(), global_before)
 
 
 def test_resume_from_state_is_bitwise_exact():
