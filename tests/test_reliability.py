@@ -102,13 +102,16 @@ def test_launcher_initialises_a_fresh_sqlite_store(tmp_path):
     db = tmp_path / "fresh.db"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_EXPERIMENT_NAME", None), env.pop("MLFLOW_EXPERIMENT_ID", None)
     extra = [x for k, v in {**TINY, "epochs": "2"}.items() for x in ("-P", f"{k}={v}")]
     p = subprocess.run([sys.executable, "-m", "weightspace", "launch", "same_init", "shuffle_seed=0,1,2,3,4",
                         "--project", str(REPO), "--", *extra], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     from mlflow.tracking import MlflowClient
 
-    runs = MlflowClient(f"sqlite:///{db}").search_runs(["0"])
+    client = MlflowClient(f"sqlite:///{db}")
+    # no experiment named anywhere: `mlflow run` of this project logs into "weightspace"
+    runs = client.search_runs([client.get_experiment_by_name("weightspace").experiment_id])
     assert len(runs) == 5 and all(r.info.status == "FINISHED" for r in runs)
 
 
