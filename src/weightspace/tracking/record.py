@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import mlflow
 import torch
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 from torch import nn
 
@@ -180,14 +180,14 @@ class Recorder:
         self.manifest.add(epoch, theta)
 
     def _log(self, epoch: int, user: dict[str, float], theta: torch.Tensor, prev: torch.Tensor | None) -> None:
-        """The epoch's metrics in one batch; the weight statistics computed on the uploader's thread."""
-        client, run_id, theta0 = self.client, self.run_id, self.theta0
+        """The epoch's metrics in one batch.
 
-        def job() -> None:
-            ts = int(time.time() * 1000)
-            m = {**user, **weight_stats(theta, theta0, prev)}
-            client.log_batch(run_id, metrics=[Metric(k, v, ts, epoch) for k, v in m.items()])
-        self.up.call(job, f"metrics of epoch {epoch}")
+        The weight statistics are computed here, on the training thread (a few milliseconds): a torch
+        op on the uploader's thread would start a second OpenMP thread team, whose spinning workers
+        slowed the user's training by 15-19% on 2 cores.
+        """
+        m = {**user, **weight_stats(theta, self.theta0, prev)}
+        self.up.metrics(m, step=epoch)
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
