@@ -17,6 +17,7 @@ does not give its layer sizes; 244 hidden units is the width that lands closest)
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,9 +126,14 @@ class Layout:
         return {n: vec[o:o + int(np.prod(s))].view(s) for n, s, o in zip(self.names, self.shapes, self.offsets)}
 
 
-def flat_params(model: nn.Module) -> torch.Tensor:
-    """The parameter vector in layout order, float32, on the CPU, as a fresh copy."""
-    return torch.cat([p.detach().reshape(-1).float().cpu() for p in model.parameters()])
+def flat_params(model: nn.Module | Iterable[torch.Tensor]) -> torch.Tensor:
+    """The parameter vector in layout order, float32, on the CPU, as a fresh copy.
+
+    One flat copy off the device (``torch.cat`` always allocates, so on the CPU the result
+    never aliases the parameters). ``model`` may also be the parameters to keep, in order.
+    """
+    params = model.parameters() if isinstance(model, nn.Module) else model
+    return torch.cat([p.detach().reshape(-1) for p in params]).to("cpu", torch.float32)
 
 
 def load_flat(model: nn.Module, vec: torch.Tensor | np.ndarray) -> None:

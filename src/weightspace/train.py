@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from . import numerics
 from .config import ParamError, TrainConfig
 from .data import Data
-from .model import CNN, build_model
+from .model import CNN, build_model, flat_params
 
 # Offset so the dropout stream and the data-order stream of one shuffle_seed differ.
 DROPOUT_STREAM = 0x5EED
@@ -121,9 +121,9 @@ class Trainer:
 
     def theta(self) -> torch.Tensor:
         """The parameter vector as a fresh fp32 CPU tensor: one flat copy off the device."""
+        if self.device.type == "cpu":
+            return flat_params(self.model)
         flat = torch.cat([p.detach().reshape(-1) for p in self.model.parameters()]).float()
-        if flat.device.type == "cpu":
-            return flat  # torch.cat made it a fresh tensor already
         if getattr(self, "_pinned", None) is None or self._pinned.numel() != flat.numel():
             self._pinned = torch.empty(flat.numel(), dtype=torch.float32, pin_memory=True)
         self._pinned.copy_(flat, non_blocking=True)

@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from .. import tracking as T
-from ..model import Layout
+from ..model import Layout, flat_params
 from ..train import weight_stats
 from .experiment import default_experiment_id
 from .manifest import SNAPSHOT_DTYPES, Manifest
@@ -127,9 +127,7 @@ class Recorder:
     # -- the training thread's part ----------------------------------------------------
     def _theta(self) -> torch.Tensor:
         """A private float32 CPU copy of the kept parameters (the only work done on the training thread)."""
-        with torch.no_grad():
-            # torch.cat always allocates: the result is the uploader's own, whatever the device.
-            return torch.cat([p.detach().reshape(-1) for _, p in self.kept]).to("cpu", torch.float32)
+        return flat_params(p for _, p in self.kept)
 
     def __enter__(self) -> "Recorder":
         self._start_run()
