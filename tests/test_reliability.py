@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -85,7 +86,9 @@ def test_five_parallel_same_init_runs(any_store):
     params = {**TINY, "snapshot_every": "1"}
     procs = [s.mlflow_run("same_init", {**params, "shuffle_seed": i}, popen=True) for i in range(5)]
     outs = [p.communicate(timeout=600) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [o[1][-1500:] for o in outs]
+    failed = [f"shuffle_seed={i} exited {p.returncode}:\n{err[-3000:]}"
+              for i, (p, (_, err)) in enumerate(zip(procs, outs)) if p.returncode != 0]
+    assert not failed, "\n\n".join(failed)
     runs = s.runs(status="FINISHED")
     assert len(runs) == 5 and len({r.data.tags["weightspace.group"] for r in runs}) == 1
     c = s.client()
@@ -95,6 +98,45 @@ def test_five_parallel_same_init_runs(any_store):
             assert [st for st, _ in history(c, r.info.run_id, m)] == want
         X, e = load_trajectory(r.info.run_id, c)
         assert e.tolist() == [0, 1, 2, 3]
+
+
+def _race_on_one_experiment(uri: str, name: str, n: int) -> tuple[list[str], list[str]]:
+    """``n`` threads, released together, each get-or-create ``name`` and then tag its kind."""
+    from mlflow.tracking import MlflowClient
+
+    from weightspace.tracking.experiment import get_or_create, tag_kind
+
+    barrier, errors, ids = threading.Barrier(n), [], []
+
+    def sibling():
+        c = MlflowClient(uri)
+        try:
+            barrier.wait()
+            eid = get_or_create(c, name)
+            ids.append(eid)
+            barrier.wait()
+            tag_kind(c, eid)
+        except Exception as e:  # noqa: BLE001 - any failure is the finding
+            errors.append(repr(e)[:300])
+
+    threads = [threading.Thread(target=sibling) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return errors, ids
+
+
+def test_siblings_tagging_and_creating_one_experiment_at_once_all_succeed(any_store):
+    # The five-run test above once failed on the server: two runs set the experiment-kind tag at
+    # the same moment and PostgreSQL refused the second insert. Here eight threads race on a
+    # fresh experiment, several rounds over.
+    from weightspace.tracking.experiment import KIND, KIND_TAG
+
+    for r in range(6):
+        errors, ids = _race_on_one_experiment(any_store.uri, f"{any_store.experiment}-race-{r}", 8)
+        assert not errors and len(ids) == 8 and len(set(ids)) == 1, (errors, ids)
+        assert any_store.client().get_experiment(ids[0]).tags[KIND_TAG] == KIND
 
 
 def test_launcher_initialises_a_fresh_sqlite_store(tmp_path):
@@ -119,7 +161,9 @@ def test_two_clones_started_together_share_one_pretraining_run(store):
     params = {**TINY, "epochs": "4", "pretrain_epochs": "2", "train_subset": "1000"}
     procs = [store.mlflow_run("clone", {**params, "shuffle_seed": i}, popen=True) for i in (1, 2)]
     outs = [p.communicate(timeout=600) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [o[1][-1500:] for o in outs]
+    failed = [f"shuffle_seed={i} exited {p.returncode}:\n{err[-3000:]}"
+              for i, (p, (_, err)) in enumerate(zip(procs, outs)) if p.returncode != 0]
+    assert not failed, "\n\n".join(failed)
     pre = store.runs("tags.`weightspace.experiment` = 'pretrain'")
     assert len(pre) == 1 and pre[0].info.status == "FINISHED"  # losers deleted their candidate
     clones = store.runs("tags.`weightspace.experiment` = 'clone'")

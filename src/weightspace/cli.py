@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from . import params as P
 from . import tracking as T
 from .params import ParamError
-from .tracking.experiment import default_experiment_id, tag_kind
+from .tracking.experiment import default_experiment_id, get_or_create, tag_kind
 
 EXIT_USAGE, EXIT_FAILURE = 2, 1
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
@@ -48,10 +48,7 @@ def experiment_id(c: MlflowClient) -> str:
     name = os.environ.get(EXPERIMENT_ENV)
     if os.environ.get("MLFLOW_EXPERIMENT_ID"):
         return os.environ["MLFLOW_EXPERIMENT_ID"]
-    if name:
-        exp = c.get_experiment_by_name(name)
-        return exp.experiment_id if exp else c.create_experiment(name)
-    return default_experiment_id(c)
+    return get_or_create(c, name) if name else default_experiment_id(c)
 
 
 @contextlib.contextmanager

@@ -24,23 +24,42 @@ NAME = "weightspace"
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 
 
-def default_experiment_id(client: MlflowClient | None = None) -> str:
-    """The id of the ``weightspace`` experiment, created (tagged) on first use."""
-    client = client or MlflowClient()
-    exp = client.get_experiment_by_name(NAME)
+def get_or_create(client: MlflowClient, name: str, tags: dict[str, str] | None = None) -> str:
+    """The id of experiment ``name``, created with ``tags`` when missing.
+
+    Siblings launched at the same moment all find it missing and all try to create it; the store's
+    unique key lets one win, and the others read back the winner's experiment.
+    """
+    exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            return client.create_experiment(NAME, tags={KIND_TAG: KIND})
-        except MlflowException:  # created meanwhile by a sibling launched at the same moment
-            exp = client.get_experiment_by_name(NAME)
+            return client.create_experiment(name, tags=tags)
+        except MlflowException:
+            exp = client.get_experiment_by_name(name)
+            if exp is None:  # not a race: the store refused for another reason
+                raise
     return exp.experiment_id
 
 
+def default_experiment_id(client: MlflowClient | None = None) -> str:
+    """The id of the ``weightspace`` experiment, created (tagged) on first use."""
+    return get_or_create(client or MlflowClient(), NAME, {KIND_TAG: KIND})
+
+
 def tag_kind(client: MlflowClient, experiment_id: str) -> None:
-    """Mark an experiment weightspace logs into as model development, unless it says otherwise."""
-    exp = client.get_experiment(experiment_id)
-    if KIND_TAG not in exp.tags:
+    """Mark an experiment weightspace logs into as model development, unless it says otherwise.
+
+    Five runs started together all see the tag missing and all set it; on PostgreSQL the losers'
+    inserts break the tag table's primary key and the server answers with an error. A tag that is
+    there when we look again is the same tag, set by a sibling: that is success.
+    """
+    if KIND_TAG in client.get_experiment(experiment_id).tags:
+        return
+    try:
         client.set_experiment_tag(experiment_id, KIND_TAG, KIND)
+    except MlflowException:
+        if KIND_TAG not in client.get_experiment(experiment_id).tags:
+            raise
 
 
 def is_weightspace_project(uri: str) -> bool:

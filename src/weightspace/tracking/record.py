@@ -32,7 +32,7 @@ from torch import nn
 from .. import tracking as T
 from ..model import Layout, flat_params
 from ..train import weight_stats
-from .experiment import default_experiment_id
+from .experiment import default_experiment_id, get_or_create
 from .manifest import SNAPSHOT_DTYPES, Manifest
 
 EXPERIMENT = "recorded"
@@ -216,8 +216,7 @@ class Recorder:
         else:
             exp_id = None   # MLflow's choice when the user made one (env, mlflow.set_experiment)
             if self.experiment:
-                exp = self.client.get_experiment_by_name(self.experiment)
-                exp_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment)
+                exp_id = get_or_create(self.client, self.experiment)
             elif not (os.environ.get("MLFLOW_EXPERIMENT_NAME") or os.environ.get("MLFLOW_EXPERIMENT_ID")
                       or getattr(mlflow.tracking.fluent, "_active_experiment_id", None)):
                 exp_id = default_experiment_id(self.client)   # where `mlflow run . -e analysis` looks
