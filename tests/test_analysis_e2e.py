@@ -16,9 +16,11 @@ FAST = {"probes": "0"}
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
-    """A tiny paper suite (with its own analyses, probes on) shared by the tests of this module."""
+    """A tiny paper suite (with its own analyses, probes on) shared by the tests of this module,
+    trained and analysed as the README's main job does it: through one pool of processes."""
     s = make_store("sqlite", tmp_path_factory.mktemp("suite"))
-    p = s.mlflow_run("paper", {**TINY, "replicas": 3, "epochs": 4, "pretrain_epochs": 2, "snapshot_every": 2})
+    p = s.mlflow_run("paper", {**TINY, "replicas": 3, "epochs": 4, "pretrain_epochs": 2, "snapshot_every": 2,
+                               "siblings": "processes"})
     s.paper_stderr = p.stderr
     return s
 
@@ -64,6 +66,27 @@ def test_paper_ends_with_one_analysis_per_family(suite):
         assert "null_evr_top2" in m and nulls
         assert any(measured in row and any(n in row for n in nulls) for row in rows), (
             r.data.tags["weightspace.family"], measured, nulls, rows)
+
+
+def test_the_pool_analyses_a_family_while_others_still_train(suite):
+    c = suite.client()
+    [paper] = by_exp(suite, "paper")
+    training = [r for e in ("single", "different_init", "same_init", "clone", "pretrain") for r in by_exp(suite, e)]
+    analyses = {r.info.run_name: r for r in by_exp(suite, "analysis")}
+    assert sorted(analyses) == ["analysis-clone", "analysis-different_init", "analysis-families",
+                                "analysis-same_init", "analysis-single"]
+    for r in [*training, *analyses.values()]:
+        assert r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == paper.info.run_id
+    # the single run's analysis started as soon as it was trained, before the last family finished
+    single = by_exp(suite, "single")[0]
+    assert single.info.end_time <= analyses["analysis-single"].info.start_time
+    assert analyses["analysis-single"].info.start_time < max(r.info.end_time for r in training)
+    # each family's analysis read exactly that family's runs, and says so in its params and tags
+    for fam in ("different_init", "same_init", "clone"):
+        a = analyses[f"analysis-{fam}"]
+        assert sorted(a.data.params["run_ids"].split(",")) == sorted(r.info.run_id for r in by_exp(suite, fam))
+        assert a.data.tags["weightspace.source_run_ids"] == a.data.params["run_ids"]
+    assert c.get_run(paper.info.run_id).info.status == "FINISHED"
 
 
 def test_pca_metrics_match_sklearn_on_the_stored_trajectories(suite):

@@ -133,8 +133,9 @@ def test_clone_reuses_one_pretraining_run(store):
     assert len(store.runs("tags.`weightspace.experiment` = 'pretrain'")) == 1
 
 
-def test_paper_suite_reuses_finished_runs(store):
-    params = {**TINY, "replicas": 2, "epochs": 2, "pretrain_epochs": 1, "analysis": 0}
+@pytest.mark.parametrize("siblings", ["sequential", "processes"])
+def test_paper_suite_reuses_finished_runs(store, siblings):
+    params = {**TINY, "replicas": 2, "epochs": 2, "pretrain_epochs": 1, "analysis": 0, "siblings": siblings}
     store.mlflow_run("paper", params)
     runs = store.runs()
     kinds = sorted(r.data.tags.get("weightspace.experiment", "") for r in runs)

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
 from .. import tracking as T
-from ..cli import EntryPoint, entry_run, mark_failed
+from ..cli import EntryPoint, entry_run, mark_failed, wants_bars
 from ..config import DEVICE, ParamError, config_from_params
 from ..params import Decl, as_strings, int_range
 from ..tracking.runs import TrajectoryError, find_runs, find_siblings, trajectory
@@ -44,8 +44,9 @@ class AnalysisOptions:
     cache_dir: str = Decl(str, "a directory path, or empty for ~/.cache/weightspace",
                           "where downloaded trajectories are kept (checked by sha256)")("")
     probes: int = int_range(0, 1, "1: interpolation, stationarity, loss surface, function space", "0 or 1")(1)
-    interp_points: int = Decl(int, "0 (off) or an integer from 3 to 1000", "points on each interpolation line",
-                              lambda v: v == 0 or 3 <= v <= 1000)(25)
+    interp_points: int = Decl(int, "0 (off), -1 (auto) or an integer from 3 to 1000",
+                              "points on each interpolation line; auto: 25 on a GPU, 13 on a CPU",
+                              lambda v: v in (0, -1) or 3 <= v <= 1000)(-1)
     probe_subset: int = Decl(int, "an integer >= 0 (0 = the whole dataset) or -1 (auto)",
                              "samples the probes evaluate on; auto: 10000 on a GPU, 1000 on a CPU",
                              lambda v: -1 <= v <= 10**7)(-1)
@@ -55,7 +56,7 @@ class AnalysisOptions:
     hessian_runs: int = Decl(int, "an integer >= 0 (0 = every run)", "runs whose Hessian is probed",
                              lambda v: 0 <= v <= 1000)(1)
     surface_grid: int = Decl(int, "0 (off), -1 (auto) or an integer from 3 to 201",
-                             "loss-surface grid side on the PCA plane; auto: 31 on a GPU, 15 on a CPU",
+                             "loss-surface grid side on the PCA plane; auto: 31 on a GPU, 11 on a CPU",
                              lambda v: v in (0, -1) or 3 <= v <= 201)(-1)
     device: str = DEVICE("auto")
 
@@ -98,7 +99,8 @@ def select_families(client: MlflowClient, sel: dict[str, str], experiment_id: st
             runs.append(run)
         if not runs:
             raise ParamError("parameter 'run_ids': none of the runs is FINISHED")
-        return {"runs": runs}
+        family = family_of(runs)  # the run is named analysis-<family> when the runs are one family
+        return {family if family in FAMILIES else "runs": runs}
     parent = sel["parent_run_id"]
     try:
         client.get_run(parent)
@@ -301,7 +303,7 @@ def analyse_families_run(client: MlflowClient, run_id: str, fams: dict[str, list
 
 def run_analysis(opts: AnalysisOptions) -> None:
     with entry_run("analysis") as (c, run_id, _):
-        analyse_selection(c, run_id, opts.selection, opts)
+        analyse_selection(c, run_id, opts.selection, opts, progress=wants_bars())
     print(f"weightspace: analysis run {run_id} done; figures and report.md are its artifacts", file=sys.stderr)
 
 

@@ -12,10 +12,7 @@ what is missing.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, fields
 
 import mlflow
@@ -24,11 +21,13 @@ from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
 from .. import tracking as T
-from ..cli import EntryPoint, entry_run, mark_failed
+from ..cli import EntryPoint, entry_run, mark_failed, wants_bars
 from ..config import EPOCHS, INIT_SEED, PRETRAIN_EPOCHS, SNAPSHOT_EVERY, TrainCommon, TrainConfig, build_config
 from ..params import Decl, as_strings, int_range, one_of
 from ..tracking.session import RunSession
 from ..train import Trainer, fit, resolve_device
+from .analyse import PAPER_FAMILIES, SELECTORS, AnalysisOptions, analyse_families_run, analyse_suite, in_child_run
+from .pool import Job, Pool
 from .training import dataset_for, ensure_pretrain, run_child, runs_with_key
 
 SIBLING_MODES = ("sequential", "batched", "processes")
@@ -96,9 +95,6 @@ def run_suite(client: MlflowClient, parent_id: str, fams: dict[str, list[TrainCo
         if siblings == "batched" and len(todo) > 1:
             train_batched(client, todo, start_from, progress)
             outer.update(len(todo))
-        elif siblings == "processes" and len(todo) > 1:
-            train_in_processes(client, todo, start_from)
-            outer.update(len(todo))
         else:
             for rid, cfg in todo:
                 run_child(client, rid, cfg, start_from=start_from, progress=progress)
@@ -139,55 +135,89 @@ def train_batched(client: MlflowClient, todo: list[tuple[str, TrainConfig]], sta
         T.retry(lambda r=rid: client.set_terminated(r, "FINISHED"), "finishing run")
 
 
-def train_in_processes(client: MlflowClient, todo: list[tuple[str, TrainConfig]], start_from: str | None) -> None:
-    """One process per sibling, the CPU's threads split between them (faster than vmap on CPUs).
+def child_argv(cfg: TrainConfig, start_from: str | None = None) -> list[str]:
+    """``-m weightspace run <entry> --k=v ...``: the entry point's own parameters for ``cfg``."""
+    params = {k: v for k, v in cfg.to_params().items() if k not in ("experiment",)}
+    if cfg.experiment != "clone":
+        params.pop("pretrain_epochs"), params.pop("pretrain_run_id")
+    elif start_from:
+        params["pretrain_run_id"] = start_from
+    return ["-m", "weightspace", "run", cfg.experiment, *(f"--{k}={v}" for k, v in params.items())]
 
-    Each child re-enters its already created run through MLFLOW_RUN_ID, exactly as
-    `mlflow run --run-id` would; this process closes the runs once the children exit.
+
+def pooled_suite(client: MlflowClient, parent_id: str, fams: dict[str, list[TrainConfig]],
+                 opts: AnalysisOptions | None, progress: bool = True) -> dict[str, list[str]]:
+    """The whole suite through one pool of CPU slots (``siblings=processes``).
+
+    Every training run is a child process, and so is each family's analysis, which starts as
+    soon as its family is trained, while other families still train; the pretraining runs in
+    this process on a thread, and the cross-experiment analysis last. Reused runs are no jobs.
     """
-    cores = os.cpu_count() or 1
-    width = max(1, min(len(todo), cores))
-    threads = max(1, cores // width)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    pending, running, failed = list(todo), [], []
-    while pending or running:
-        while pending and len(running) < width:
-            rid, cfg = pending.pop(0)
-            params = {k: v for k, v in cfg.to_params().items() if k not in ("experiment",)}
-            if cfg.experiment != "clone":
-                params.pop("pretrain_epochs"), params.pop("pretrain_run_id")
-            elif start_from:
-                params["pretrain_run_id"] = start_from
-            argv = [f"--{k}={v}" for k, v in params.items()]
-            proc = subprocess.Popen([sys.executable, "-m", "weightspace", "run", cfg.experiment, *argv],
-                                    env={**env, "MLFLOW_RUN_ID": rid})
-            running.append((rid, proc))
-        time.sleep(0.5)
-        for rid, proc in list(running):
-            if proc.poll() is not None:
-                running.remove((rid, proc))
-                if proc.returncode == 0:
-                    T.retry(lambda r=rid: client.set_terminated(r, "FINISHED"), "finishing run")
+    exp_id = client.get_run(parent_id).info.experiment_id
+    ids, jobs, trained, reused = {}, [], {}, []
+    pretrain_id: dict[str, str] = {}
+    for family, cfgs in fams.items():
+        names = []
+        for i, cfg in enumerate(cfgs):
+            done = runs_with_key(client, [exp_id], cfg.run_key, ("FINISHED",))
+            if done:
+                rid = done[-1].info.run_id
+                reused.append(rid)
+                tqdm.write(f"[paper] reusing FINISHED run {rid} ({cfg.run_name})", file=sys.stderr)
+            else:
+                if family == "clone" and "pretrain" not in {j.name for j in jobs}:
+                    def pretrain(cfg=cfg):
+                        pretrain_id["id"] = ensure_pretrain(client, exp_id, cfg, parent_id=parent_id, progress=False)
+                    jobs.insert(0, Job("pretrain", call=pretrain))   # first: the clones wait for it
+                tags = {T.TAG_PARENT: parent_id, T.TAG_RUN_KEY: cfg.run_key}
+                rid = client.create_run(exp_id, run_name=cfg.run_name, tags=tags).info.run_id
+                names.append(f"{family}-{i}")
+                if family == "clone":
+                    jobs.append(Job(names[-1], rid, argv=child_argv(cfg), after=("pretrain",),
+                                    before_start=lambda j: j.argv.append(f"--pretrain_run_id={pretrain_id['id']}")))
                 else:
-                    failed.append(rid)
-                    client.set_terminated(rid, "FAILED")
-    if failed:
-        raise RuntimeError(f"{len(failed)} sibling run(s) failed: {', '.join(failed)}")
+                    jobs.append(Job(names[-1], rid, argv=child_argv(cfg)))
+            ids.setdefault(family, []).append(rid)
+        trained[family] = names
+        if opts is not None:
+            jobs.append(Job(f"analysis-{family}", argv=[], after=tuple(names),
+                            before_start=_analysis_start(client, parent_id, exp_id, ids[family], opts)))
+    paper_fams = [f for f in PAPER_FAMILIES if f in fams]
+    if opts is not None and len(paper_fams) >= 2:
+        def families():
+            runs = {f: [client.get_run(i) for i in ids[f]] for f in paper_fams}
+            in_child_run(client, parent_id, lambda child: analyse_families_run(client, child, runs, opts, False))
+        jobs.append(Job("analysis-families", call=families,
+                        after=tuple(n for f in paper_fams for n in trained[f])))
+    if reused:
+        client.set_tag(parent_id, "weightspace.reused_run_ids", ",".join(reused)[:5000])
+    Pool(client, jobs, child_env={"WEIGHTSPACE_PROGRESS": "0"}, progress=progress).run()
+    return ids
+
+
+def _analysis_start(client: MlflowClient, parent_id: str, exp_id: str, run_ids: list[str], opts: AnalysisOptions):
+    """Create the family's analysis run when its runs are trained, and point the job at it."""
+    def start(job: Job) -> None:
+        job.run_id = client.create_run(exp_id, tags={T.TAG_PARENT: parent_id}).info.run_id
+        job.argv[:] = ["-m", "weightspace", "run", "analysis", f"--run_ids={','.join(run_ids)}",
+                       *(f"--{k}={v}" for k, v in as_strings(opts).items() if k not in SELECTORS)]
+    return start
 
 
 def run_paper(params: Paper) -> None:
-    from .analyse import AnalysisOptions, analyse_suite
-
     fams = suite(params)
     with entry_run("paper") as (c, run_id, _):
         have = c.get_run(run_id).data.params
         c.log_batch(run_id, tags=[RunTag(T.TAG_EXPERIMENT, "paper"), RunTag("mlflow.runName", "paper")],
                     params=[Param(k, v) for k, v in as_strings(params).items() if k not in have])
-        ids = run_suite(c, run_id, fams, params.siblings)
-        if params.analysis:
-            # one analysis run per family, then one more (analysis-families) across the experiments
-            analyse_suite(c, run_id, {f: [c.get_run(i) for i in ids[f]] for f in fams},
-                          AnalysisOptions(device=fams["single"][0].device))
+        opts = AnalysisOptions(device=fams["single"][0].device) if params.analysis else None
+        if params.siblings == "processes":  # training and analyses through one pool of CPU slots
+            pooled_suite(c, run_id, fams, opts, progress=wants_bars())
+        else:
+            ids = run_suite(c, run_id, fams, params.siblings, progress=wants_bars())
+            if opts is not None:
+                # one analysis run per family, then one more (analysis-families) across the experiments
+                analyse_suite(c, run_id, {f: [c.get_run(i) for i in ids[f]] for f in fams}, opts, wants_bars())
     print(f"weightspace: paper suite {run_id} done. Open the UI with:\n"
           f"  mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}\n"
           f"then the experiment's runs; figures and report.md are artifacts of the analysis-* runs.",

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
 from .. import tracking as T
-from ..cli import EntryPoint, entry_run, mark_failed
+from ..cli import EntryPoint, entry_run, mark_failed, wants_bars
 from ..config import (
     EPOCHS,
     INIT_SEED,
@@ -139,8 +139,9 @@ def _train_entry(experiment: str) -> EntryPoint:
                     check_pretrain_run(c, cfg.pretrain_run_id, cfg)
                     start_from = cfg.pretrain_run_id
                 else:
-                    start_from = ensure_pretrain(c, c.get_run(run_id).info.experiment_id, cfg)
-            train_run(c, run_id, cfg, raw=raw, start_from=start_from)
+                    start_from = ensure_pretrain(c, c.get_run(run_id).info.experiment_id, cfg,
+                                                 progress=wants_bars())
+            train_run(c, run_id, cfg, raw=raw, start_from=start_from, progress=wants_bars())
         print(f"weightspace: run {run_id} ({cfg.run_name}) done; group {cfg.group}. "
               f"Browse it with: mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}", file=sys.stderr)
 

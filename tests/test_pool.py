@@ -1,0 +1,109 @@
+"""The suite's pool of CPU slots: order, threads, failures and the runs it closes, with real processes."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from weightspace.experiments.pool import Job, Pool, threads_for
+
+
+def _child(tmp_path, name: str, seconds: float = 0.3, code: int = 0) -> list[str]:
+    """A child that records its thread budget and its start and end times, then exits ``code``."""
+    out = tmp_path / f"{name}.json"
+    src = ("import json, os, sys, time; t0 = time.time(); time.sleep(%r); "
+           "json.dump({'omp': os.environ['OMP_NUM_THREADS'], 'run': os.environ.get('MLFLOW_RUN_ID'), "
+           "'t0': t0, 't1': time.time()}, open(%r, 'w')); sys.exit(%d)") % (seconds, str(out), code)
+    return ["-c", src]
+
+
+def _record(tmp_path, name: str) -> dict:
+    return json.loads((tmp_path / f"{name}.json").read_text())
+
+
+@pytest.mark.parametrize(("free", "ready", "want"), [(2, 1, 2), (2, 2, 1), (2, 5, 1), (4, 2, 2), (3, 2, 1),
+                                                     (1, 1, 1), (0, 3, 1), (8, 3, 2)])
+def test_threads_are_the_free_slots_shared_among_the_ready_jobs(free, ready, want):
+    assert threads_for(free, ready) == want
+
+
+def test_dependencies_are_respected_and_no_more_slots_than_cores_are_used(tmp_path):
+    jobs = [Job("a", argv=_child(tmp_path, "a")), Job("b", argv=_child(tmp_path, "b")),
+            Job("c", argv=_child(tmp_path, "c")), Job("d", argv=_child(tmp_path, "d"), after=("a", "b")),
+            Job("e", argv=_child(tmp_path, "e", 0.1), after=("d", "c"))]
+    Pool(None, jobs, cores=2, poll=0.02, progress=False).run()
+    rec = {j.name: _record(tmp_path, j.name) for j in jobs}
+    assert rec["d"]["t0"] >= max(rec["a"]["t1"], rec["b"]["t1"]) and rec["e"]["t0"] >= max(rec["c"]["t1"], rec["d"]["t1"])
+    # never more threads at once than cores: sweep the start and end events
+    events = sorted([(r["t0"], int(r["omp"])) for r in rec.values()] + [(r["t1"], -int(r["omp"])) for r in rec.values()],
+                    key=lambda ev: (ev[0], ev[1]))
+    level = peak = 0
+    for _, d in events:
+        level += d
+        peak = max(peak, level)
+    assert peak <= 2
+    # three ready at the start on two slots: one thread each; e, last, starts alone on both cores
+    assert [rec[n]["omp"] for n in "abc"] == ["1", "1", "1"] and rec["e"]["omp"] == "2"
+
+
+def test_a_lone_in_process_job_gets_every_core_and_torch_threads_are_restored(tmp_path):
+    import torch
+
+    seen = {}
+    before = torch.get_num_threads()
+    Pool(None, [Job("here", call=lambda: seen.update(n=torch.get_num_threads()))], cores=3, poll=0.01,
+         progress=False).run()
+    assert seen["n"] == 3 and torch.get_num_threads() == before
+
+
+def test_a_failed_job_stops_only_what_waits_for_it(tmp_path):
+    jobs = [Job("ok", argv=_child(tmp_path, "ok")), Job("bad", argv=_child(tmp_path, "bad", 0.05, code=3)),
+            Job("after-bad", argv=_child(tmp_path, "after-bad"), after=("bad",)),
+            Job("after-after", argv=_child(tmp_path, "after-after"), after=("after-bad",)),
+            Job("after-ok", argv=_child(tmp_path, "after-ok"), after=("ok",)),
+            Job("raises", call=lambda: 1 / 0)]
+    pool = Pool(None, jobs, cores=2, poll=0.02, progress=False)
+    with pytest.raises(RuntimeError) as e:
+        pool.run()
+    msg = str(e.value)
+    assert msg.startswith("4 job(s) of the suite failed") and "bad (exit code 3)" in msg
+    assert "raises (ZeroDivisionError: division by zero)" in msg and "after-bad (not started: bad failed)" in msg
+    assert "after-after (not started: after-bad failed)" in msg
+    assert (tmp_path / "after-ok.json").exists() and not (tmp_path / "after-bad.json").exists()
+
+
+def test_bad_job_lists_are_refused():
+    with pytest.raises(ValueError, match="unknown jobs"):
+        Pool(None, [Job("a", argv=["-c", "pass"], after=("nope",))], progress=False)
+    with pytest.raises(ValueError, match="unique"):
+        Pool(None, [Job("a", argv=["-c", "pass"]), Job("a", argv=["-c", "pass"])], progress=False)
+    with pytest.raises(ValueError, match="exactly one of argv and call"):
+        Job("a")
+
+
+def test_a_cycle_never_starts_and_is_reported():
+    jobs = [Job("x", argv=["-c", "pass"], after=("y",)), Job("y", argv=["-c", "pass"], after=("x",))]
+    with pytest.raises(RuntimeError, match="waits in a cycle"):
+        Pool(None, jobs, cores=2, poll=0.01, progress=False).run()
+
+
+def test_runs_are_closed_by_exit_code_and_blocked_runs_say_why(store, tmp_path):
+    c = store.client()
+    eid = c.get_experiment_by_name(store.experiment).experiment_id
+    ok, bad, blocked = (c.create_run(eid).info.run_id for _ in range(3))
+    jobs = [Job("ok", ok, argv=_child(tmp_path, "ok", 0.05)), Job("bad", bad, argv=_child(tmp_path, "bad", 0.05, 1)),
+            Job("blocked", blocked, argv=_child(tmp_path, "blocked"), after=("bad",))]
+    with pytest.raises(RuntimeError):
+        Pool(c, jobs, cores=2, poll=0.02, progress=False).run()
+    assert _record(tmp_path, "ok")["run"] == ok    # the child entered its run through MLFLOW_RUN_ID
+    assert [c.get_run(r).info.status for r in (ok, bad, blocked)] == ["FINISHED", "FAILED", "FAILED"]
+    assert c.get_run(blocked).data.tags["weightspace.error"] == "not started: bad failed"
+
+
+def test_python_is_the_running_interpreter(tmp_path):
+    # children run under this interpreter, so they see the same installed weightspace
+    Pool(None, [Job("which", argv=["-c", f"import sys; open({str(tmp_path / 'w')!r}, 'w').write(sys.executable)"])],
+         cores=1, poll=0.01, progress=False).run()
+    assert (tmp_path / "w").read_text() == sys.executable
