@@ -8,6 +8,7 @@ and the same code runs on a closed-form quadratic in the tests.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -41,8 +42,12 @@ def hvp(loss: Loss, theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """H(θ)·v by forward-over-reverse (jvp of grad): one extra forward-mode pass per piece,
     no Hessian ever materialised."""
     out = torch.zeros_like(theta, dtype=torch.float64)
-    for f in _pieces(loss):
-        out += jvp(grad(f), (theta,), (v,))[1].double()
+    with warnings.catch_warnings():
+        # torch's first forward-mode pass loads its own jvp decompositions through the deprecated
+        # torch.jit.script, which warns in torch 2.14; the warning is about torch, not this code.
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+        for f in _pieces(loss):
+            out += jvp(grad(f), (theta,), (v,))[1].double()
     return out.to(theta.dtype)
 
 

@@ -12,6 +12,9 @@ if ! .venv/bin/python -c "import weightspace, mlflow, torch, torchvision, optuna
   # torch/torchvision first and pinned: the versions this project is tested with
   # (and, on the development machines, the ones available offline).
   .venv/bin/pip install -q "torch==2.14.1" "torchvision==0.29.1"
-  .venv/bin/pip install -q -e ".[test]"
+  # An editable install of this layout (analysis/ mapped to weightspace.analysis) goes through
+  # setuptools' import finder, which always adds an information-only "Editable installation"
+  # notice; it is not a problem with the package, so it is not shown.
+  PYTHONWARNINGS="ignore:Editable installation" .venv/bin/pip install -q -e ".[test]"
 fi
 .venv/bin/python -c "import mlflow, torch; print(f'weightspace env ready: mlflow {mlflow.__version__}, torch {torch.__version__}')"

@@ -66,6 +66,8 @@ def test_single_entry_point(any_store):
     s = any_store
     p = s.mlflow_run("single", {**TINY, "snapshot_every": 1})
     assert "Browse it with: mlflow ui" in p.stderr
+    # a quiet log: no MLflow download bars (the final model's weights) and no torch deprecation noise
+    assert "Downloading artifacts" not in p.stderr and "Warning" not in p.stderr, p.stderr[-2000:]
     [run] = s.runs()
     assert run.info.run_name == "single-init0-shuffle0"
     check_run(s, run, "single", 0, 3, [0, 1, 2, 3])

@@ -62,3 +62,49 @@ def test_one_draw_for_both_dropout_masks_equals_two_successive_draws(batch):
     r2 = torch.empty(batch, m.fc1.out_features).bernoulli_(0.7, generator=g).div_(0.7)
     assert torch.equal(m1, r1) and torch.equal(m2, r2)
     assert torch.equal(m.dropout_gen.get_state(), g.get_state())
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 28, 28), (2, 16, 14, 14), (1, 1, 2, 2)])
+def test_fast_pooling_gives_max_pool2d_numbers_without_autograd(shape):
+    from torch.nn import functional as F
+
+    from weightspace.model import pool2
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g)
+    x[0, 0, :2, :2] = 0.5                       # a tied window
+    x[-1, -1, -2:, -2:] = float("nan")          # NaN propagates as in max_pool2d
+    with torch.no_grad():
+        got = pool2(x)
+    want = F.max_pool2d(x, 2)
+    assert got.shape == want.shape and torch.equal(torch.nan_to_num(got, 7.0), torch.nan_to_num(want, 7.0))
+    assert torch.isnan(got).sum() == torch.isnan(want).sum() >= 1
+
+
+def test_pooling_with_autograd_sends_a_tied_windows_gradient_to_one_element():
+    from weightspace.model import pool2
+
+    x = torch.zeros(1, 1, 2, 2, requires_grad=True)   # all four tied, as on MNIST's background
+    pool2(x).sum().backward()
+    assert sorted(x.grad.flatten().tolist()) == [0.0, 0.0, 0.0, 1.0]   # F.max_pool2d's rule, not 1/4 each
+
+
+def test_odd_sizes_fall_back_to_max_pool2d_flooring():
+    from torch.nn import functional as F
+
+    from weightspace.model import pool2
+
+    x = torch.randn(2, 3, 7, 7)
+    with torch.no_grad():
+        assert torch.equal(pool2(x), F.max_pool2d(x, 2)) and pool2(x).shape[-1] == 3
+
+
+def test_the_model_predicts_the_same_numbers_with_and_without_autograd():
+    from weightspace.model import CNN
+
+    torch.manual_seed(0)
+    m = CNN(0.25).eval()
+    x = torch.randn(64, 1, 28, 28)
+    with torch.no_grad():
+        fast = m(x)
+    assert torch.equal(fast, m(x).detach())

@@ -34,7 +34,7 @@ class ProbeOptions:
     surface_grid: int = 31              # n×n grid on the PCA plane; 0 disables
     surface_margin: float = 0.25        # grid extends this fraction of the path's extent beyond it
     disagreement: bool = True           # prediction disagreement between sibling final models
-    batch_size: int = 0                 # samples per forward call; 0 = auto (4096 cuda, 1024 cpu)
+    batch_size: int = 0                 # samples per forward call; 0 = auto (4096 cuda, 256 cpu)
     theta_chunk: int = 0                # θ per vmap call; 0 = auto (8 cuda, 1 = plain loop on cpu)
     seed: int = 0                       # probe subset and power-iteration start vectors
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .runs import mlflow_bar
+
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 
 
@@ -19,10 +21,11 @@ def save_mlflow_model(weights: Path, out_dir: Path) -> Path:
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, 28, 28))]),
                                outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 10))]))
     example = np.zeros((2, 1, 28, 28), dtype=np.float32)
-    mlflow.pyfunc.save_model(str(out_dir), python_model=str(PYFUNC_CODE), artifacts={"weights": str(weights)},
-                             signature=signature, input_example=example,
-                             # explicit: inferring them would load the model in a subprocess
-                             pip_requirements=["mlflow", "torch", "safetensors", "numpy", "weightspace"])
+    with mlflow_bar(False):  # MLflow "downloads" the local weights file into the model, with a bar
+        mlflow.pyfunc.save_model(str(out_dir), python_model=str(PYFUNC_CODE), artifacts={"weights": str(weights)},
+                                 signature=signature, input_example=example,
+                                 # explicit: inferring them would load the model in a subprocess
+                                 pip_requirements=["mlflow", "torch", "safetensors", "numpy", "weightspace"])
     return out_dir
 
 
