@@ -17,6 +17,7 @@ from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
 from weightspace.model import CNN, Layout
+from weightspace.threads import adopt_threads
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -83,6 +84,7 @@ class FlatModel:
         θ are evaluated ``theta_chunk`` at a time with vmap, and the data in batches
         so that one call holds at most theta_chunk × batch_size activations.
         """
+        adopt_threads()   # a suite's pool may have lent this process a freed core
         thetas = thetas.to(self.device, torch.float32)
         K, n = thetas.shape[0], len(y)
         chunk = self.theta_chunk if use_vmap is not False else 1

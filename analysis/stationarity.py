@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch.func import grad, grad_and_value, jvp
 
+from weightspace.threads import adopt_threads
+
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 Loss = LossFn | Sequence[LossFn]
 
@@ -25,6 +27,7 @@ def _pieces(loss: Loss) -> Sequence[LossFn]:
 
 def gradient(loss: Loss, theta: torch.Tensor) -> tuple[float, torch.Tensor]:
     """(objective value, full gradient) at θ, accumulated over the pieces in float64."""
+    adopt_threads()   # a suite's pool may have lent this process a freed core
     g = torch.zeros_like(theta, dtype=torch.float64)
     value = 0.0
     for f in _pieces(loss):
@@ -41,6 +44,7 @@ def grad_norm(loss: Loss, theta: torch.Tensor) -> float:
 def hvp(loss: Loss, theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """H(θ)·v by forward-over-reverse (jvp of grad): one extra forward-mode pass per piece,
     no Hessian ever materialised."""
+    adopt_threads()
     out = torch.zeros_like(theta, dtype=torch.float64)
     with warnings.catch_warnings():
         # torch's first forward-mode pass loads its own jvp decompositions through the deprecated

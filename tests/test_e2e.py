@@ -176,11 +176,12 @@ def test_bad_input_fails_cleanly_through_mlflow_run(store, entry, params, needle
 
 
 def test_paper_sibling_modes_give_the_same_trajectories(store):
-    """siblings=batched (torch.func, one process) and siblings=processes (one process per
-    sibling, same code path as sequential) train the same models: equal within float tolerance."""
+    """siblings=batched (torch.func, one process) trains the same models as siblings=processes
+    (forked children of the pool) within float tolerance; processes and sequential (this process,
+    one thread each here) bit for bit: a forked child starts from nothing its server did."""
     params = {**TINY, "replicas": 2, "epochs": 2, "pretrain_epochs": 1, "analysis": 0}
     got = {}
-    for mode in ("batched", "processes"):
+    for mode in ("batched", "processes", "sequential"):
         store.client().create_experiment(mode)
         store.experiment = store.env["MLFLOW_EXPERIMENT_NAME"] = mode
         store.mlflow_run("paper", {**params, "siblings": mode})
@@ -195,3 +196,4 @@ def test_paper_sibling_modes_give_the_same_trajectories(store):
         a, b = got[("batched", n)], got[("processes", n)]
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+        assert np.array_equal(b, got[("sequential", n)]), n

@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PKG = REPO / "src" / "weightspace"
-CORE = {"config", "params", "numerics", "data", "model", "train", "siblings", "trajectory"}
+CORE = {"config", "params", "numerics", "threads", "data", "model", "train", "siblings", "trajectory"}
 # what each layer may import from weightspace (besides itself); mlflow only where marked
 ALLOWED = {
     "core": ({"core"}, False),

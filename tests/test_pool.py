@@ -79,7 +79,7 @@ def test_bad_job_lists_are_refused():
         Pool(None, [Job("a", argv=["-c", "pass"], after=("nope",))], progress=False)
     with pytest.raises(ValueError, match="unique"):
         Pool(None, [Job("a", argv=["-c", "pass"]), Job("a", argv=["-c", "pass"])], progress=False)
-    with pytest.raises(ValueError, match="exactly one of argv and call"):
+    with pytest.raises(ValueError, match="exactly one of cli, argv and call"):
         Job("a")
 
 
@@ -107,3 +107,83 @@ def test_python_is_the_running_interpreter(tmp_path):
     Pool(None, [Job("which", argv=["-c", f"import sys; open({str(tmp_path / 'w')!r}, 'w').write(sys.executable)"])],
          cores=1, poll=0.01, progress=False).run()
     assert (tmp_path / "w").read_text() == sys.executable
+
+
+def _elastic_child(tmp_path, name: str, seconds: float) -> list[str]:
+    """A child that watches its thread share (the pool's file) and records each change."""
+    out = tmp_path / f"{name}.json"
+    src = ("import json, os, time; p = os.environ['WEIGHTSPACE_THREADS_FILE']; seen = []; end = time.time() + %r\n"
+           "while time.time() < end:\n"
+           "    try:\n"
+           "        n = int(open(p).read())\n"
+           "    except (OSError, ValueError):\n"
+           "        n = None\n"
+           "    if n is not None and (not seen or seen[-1] != n):\n"
+           "        seen.append(n)\n"
+           "    time.sleep(0.01)\n"
+           "json.dump({'seen': seen, 'omp': os.environ['OMP_NUM_THREADS']}, open(%r, 'w'))") % (seconds, str(out))
+    return ["-c", src]
+
+
+def test_free_cores_are_lent_to_an_analysis_and_taken_back_for_a_ready_job(tmp_path):
+    # 3 cores. c ends first: nothing waits, so "ana" gets a second core. b's end makes d and e
+    # ready: the lent core comes back for them. When they end, "ana" has all three.
+    jobs = [Job("ana", argv=_elastic_child(tmp_path, "ana", 3.0), elastic=True),
+            Job("b", argv=_child(tmp_path, "b", 1.2)), Job("c", argv=_child(tmp_path, "c", 0.1)),
+            Job("d", argv=_child(tmp_path, "d", 0.3), after=("b",)), Job("e", argv=_child(tmp_path, "e", 0.3), after=("b",))]
+    Pool(None, jobs, cores=3, poll=0.01, progress=False).run()
+    ana = _record(tmp_path, "ana")
+    seen = ana["seen"]   # d and e may end together (-> 3) or one after the other (-> 2, 3)
+    assert ana["omp"] == "1" and seen[:3] == [1, 2, 1] and seen[3:] in ([3], [2, 3]), ana
+    assert _record(tmp_path, "d")["omp"] == _record(tmp_path, "e")["omp"] == "1"
+    assert "WEIGHTSPACE_THREADS_FILE" not in _child_env(tmp_path, jobs)
+
+
+def _child_env(tmp_path, jobs) -> str:
+    """What a non-elastic child sees: no threads file (it keeps its threads)."""
+    probe = tmp_path / "env.txt"
+    Pool(None, [Job("env", argv=["-c", f"import os; open({str(probe)!r}, 'w').write(' '.join(os.environ))"])],
+         cores=1, poll=0.01, progress=False).run()
+    return probe.read_text()
+
+
+def test_fixed_threads_wait_for_enough_free_cores_and_never_change(tmp_path):
+    jobs = [Job("one", argv=_child(tmp_path, "one", 0.3)), Job("two", argv=_child(tmp_path, "two"), fixed=2),
+            Job("big", argv=_child(tmp_path, "big", 0.05), fixed=8)]   # more than the machine: capped
+    Pool(None, jobs, cores=2, poll=0.01, progress=False).run()
+    rec = {j.name: _record(tmp_path, j.name) for j in jobs}
+    assert rec["two"]["omp"] == "2" and rec["two"]["t0"] >= rec["one"]["t1"] and rec["big"]["omp"] == "2"
+
+
+def test_a_process_adopts_the_share_written_for_it(tmp_path, monkeypatch):
+    import torch
+
+    from weightspace.threads import ENV, adopt_threads, lend_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv(ENV, raising=False)
+        assert adopt_threads() == before                        # not in a pool: nothing changes
+        f = tmp_path / "share"
+        monkeypatch.setenv(ENV, str(f))
+        assert adopt_threads() == before                        # no file yet
+        lend_threads(str(f), 3)
+        assert f.read_text() == "3" and adopt_threads() == 3 == torch.get_num_threads()
+        f.write_text("garbage")
+        assert adopt_threads() == 3                             # unreadable: keep what we have
+        lend_threads(str(f), 1)
+        assert adopt_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_weightspace_commands_run_forked_with_their_own_environment(tmp_path):
+    # init-store creates the schema where MLFLOW_TRACKING_URI (set for the child only) says;
+    # an unknown command prints the usage and exits 2, and the pool reports that exit code.
+    db = tmp_path / "forked.db"
+    jobs = [Job("init", cli=["init-store"]), Job("unknown", cli=["no-such-command"])]
+    pool = Pool(None, jobs, cores=2, poll=0.02, progress=False,
+                child_env={"MLFLOW_TRACKING_URI": f"sqlite:///{db}"})
+    with pytest.raises(RuntimeError, match=r"1 job\(s\) of the suite failed: unknown \(exit code 2\)"):
+        pool.run()
+    assert db.stat().st_size > 0

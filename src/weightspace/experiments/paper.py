@@ -27,7 +27,7 @@ from ..params import Decl, as_strings, int_range, one_of
 from ..tracking.session import RunSession
 from ..train import Trainer, fit, resolve_device
 from .analyse import PAPER_FAMILIES, SELECTORS, AnalysisOptions, analyse_families_run, analyse_suite, in_child_run
-from .pool import Job, Pool
+from .pool import Job, Pool, slots
 from .training import dataset_for, ensure_pretrain, run_child, runs_with_key
 
 SIBLING_MODES = ("sequential", "batched", "processes")
@@ -136,13 +136,13 @@ def train_batched(client: MlflowClient, todo: list[tuple[str, TrainConfig]], sta
 
 
 def child_argv(cfg: TrainConfig, start_from: str | None = None) -> list[str]:
-    """``-m weightspace run <entry> --k=v ...``: the entry point's own parameters for ``cfg``."""
+    """``run <entry> --k=v ...`` (python -m weightspace): the entry point's own parameters for ``cfg``."""
     params = {k: v for k, v in cfg.to_params().items() if k not in ("experiment",)}
     if cfg.experiment != "clone":
         params.pop("pretrain_epochs"), params.pop("pretrain_run_id")
     elif start_from:
         params["pretrain_run_id"] = start_from
-    return ["-m", "weightspace", "run", cfg.experiment, *(f"--{k}={v}" for k, v in params.items())]
+    return ["run", cfg.experiment, *(f"--{k}={v}" for k, v in params.items())]
 
 
 def pooled_suite(client: MlflowClient, parent_id: str, fams: dict[str, list[TrainConfig]],
@@ -173,14 +173,14 @@ def pooled_suite(client: MlflowClient, parent_id: str, fams: dict[str, list[Trai
                 rid = client.create_run(exp_id, run_name=cfg.run_name, tags=tags).info.run_id
                 names.append(f"{family}-{i}")
                 if family == "clone":
-                    jobs.append(Job(names[-1], rid, argv=child_argv(cfg), after=("pretrain",),
-                                    before_start=lambda j: j.argv.append(f"--pretrain_run_id={pretrain_id['id']}")))
+                    jobs.append(Job(names[-1], rid, cli=child_argv(cfg), after=("pretrain",),
+                                    before_start=lambda j: j.cli.append(f"--pretrain_run_id={pretrain_id['id']}")))
                 else:
-                    jobs.append(Job(names[-1], rid, argv=child_argv(cfg)))
+                    jobs.append(Job(names[-1], rid, cli=child_argv(cfg)))
             ids.setdefault(family, []).append(rid)
         trained[family] = names
         if opts is not None:
-            jobs.append(Job(f"analysis-{family}", argv=[], after=tuple(names),
+            jobs.append(Job(f"analysis-{family}", cli=[], after=tuple(names), elastic=True,
                             before_start=_analysis_start(client, parent_id, exp_id, ids[family], opts)))
     paper_fams = [f for f in PAPER_FAMILIES if f in fams]
     if opts is not None and len(paper_fams) >= 2:
@@ -191,6 +191,11 @@ def pooled_suite(client: MlflowClient, parent_id: str, fams: dict[str, list[Trai
                         after=tuple(n for f in paper_fams for n in trained[f])))
     if reused:
         client.set_tag(parent_id, "weightspace.reused_run_ids", ",".join(reused)[:5000])
+    # A training run's threads depend on the machine and the suite only, never on the schedule:
+    # the same suite on the same machine trains the same numbers.
+    train = [j for j in jobs if not j.name.startswith("analysis-")]
+    for j in train:
+        j.fixed = max(1, slots() // len(train))
     Pool(client, jobs, child_env={"WEIGHTSPACE_PROGRESS": "0"}, progress=progress).run()
     return ids
 
@@ -199,7 +204,7 @@ def _analysis_start(client: MlflowClient, parent_id: str, exp_id: str, run_ids: 
     """Create the family's analysis run when its runs are trained, and point the job at it."""
     def start(job: Job) -> None:
         job.run_id = client.create_run(exp_id, tags={T.TAG_PARENT: parent_id}).info.run_id
-        job.argv[:] = ["-m", "weightspace", "run", "analysis", f"--run_ids={','.join(run_ids)}",
+        job.cli[:] = ["run", "analysis", f"--run_ids={','.join(run_ids)}",
                        *(f"--{k}={v}" for k, v in as_strings(opts).items() if k not in SELECTORS)]
     return start
 
