@@ -113,3 +113,16 @@ def test_as_strings_round_trips_through_parse():
 def test_the_command_line_prints_its_usage_on_no_command():
     res = subprocess.run([sys.executable, "-m", "weightspace"], capture_output=True, text=True, cwd="/")
     assert res.returncode == 2 and "run ENTRY" in res.stderr and "flags TUNE_RUN_ID" in res.stderr
+
+
+@pytest.mark.parametrize(("error", "want"), [
+    (ValueError("bad value\nsecond line"), "ValueError: bad value"),
+    (RuntimeError(""), "RuntimeError: RuntimeError"),
+    (KeyError("k"), "KeyError: 'k'"),
+])
+def test_one_line_names_foreign_errors_by_class_and_keeps_the_first_line(error, want):
+    from weightspace.params import ParamError, one_line
+
+    assert one_line(error) == want
+    assert one_line(ParamError("parameter 'lr': must be > 0\nmore")) == "parameter 'lr': must be > 0"
+    assert one_line(TimeoutError("no answer in 30 s")) == "no answer in 30 s"

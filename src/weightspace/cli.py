@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from . import params as P
 from . import tracking as T
-from .params import ParamError
+from .params import ParamError, one_line
 from .tracking.experiment import default_experiment_id, get_or_create, tag_kind
 
 EXIT_USAGE, EXIT_FAILURE = 2, 1
@@ -159,11 +159,3 @@ def mark_failed(client: MlflowClient, run_id: str, error: BaseException) -> None
     except Exception:  # noqa: BLE001 - the store may be what failed; the exit code still tells
         pass
 
-
-def one_line(e: BaseException) -> str:
-    """The first line of an error; our own error types speak for themselves, others get their class."""
-    text = str(e).strip().splitlines()
-    msg = text[0] if text else e.__class__.__name__
-    own = isinstance(e, (ParamError, ConnectionError, FloatingPointError, TimeoutError)) or \
-        e.__class__.__module__.startswith("weightspace")
-    return msg if own else f"{e.__class__.__name__}: {msg}"

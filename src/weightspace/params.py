@@ -23,6 +23,15 @@ class ParamError(ValueError):
     """A user-supplied parameter is invalid. The message is one line and names it."""
 
 
+def one_line(e: BaseException) -> str:
+    """The first line of an error; our own error types speak for themselves, others get their class."""
+    text = str(e).strip().splitlines()
+    msg = text[0] if text else e.__class__.__name__
+    own = isinstance(e, (ParamError, ConnectionError, FloatingPointError, TimeoutError)) or \
+        e.__class__.__module__.startswith("weightspace")
+    return msg if own else f"{e.__class__.__name__}: {msg}"
+
+
 MLPROJECT_TYPES = {int: "int", float: "float", str: "string"}
 
 

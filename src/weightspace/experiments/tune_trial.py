@@ -13,8 +13,8 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from .. import tracking as T
-from ..cli import one_line
 from ..config import TrainConfig
+from ..params import one_line
 from ..tracking.session import RunSession
 from ..train import Trainer, fit, resolve_device
 from .training import dataset_for

@@ -40,7 +40,11 @@ def dataset_inputs(cfg: TrainConfig, data: Data) -> list[DatasetInput]:
 
 
 def log_datasets(client: MlflowClient, run_id: str, cfg: TrainConfig, data: Data) -> None:
-    """Log the run's two dataset inputs once (a resumed run already has them)."""
+    """Log the run's two dataset inputs once (a resumed run already has them).
+
+    The look before logging is what makes this safe to retry: an attempt whose answer was lost
+    may have logged them already.
+    """
     if client.get_run(run_id).inputs.dataset_inputs:
         return
     client.log_inputs(run_id, datasets=dataset_inputs(cfg, data))

@@ -31,6 +31,7 @@ from torch import nn
 
 from .. import tracking as T
 from ..model import Layout, flat_params
+from ..params import one_line
 from ..train import weight_stats
 from .experiment import default_experiment_id, get_or_create
 from .manifest import SNAPSHOT_DTYPES, Manifest
@@ -245,9 +246,8 @@ class Recorder:
 
     def _end_run(self, exc: BaseException | None) -> None:
         if exc is not None:
-            msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:4000]
             try:
-                self.client.set_tag(self.run_id, T.TAG_ERROR, msg)
+                self.client.set_tag(self.run_id, T.TAG_ERROR, one_line(exc)[:5000])
             except Exception:  # noqa: BLE001 - the user's exception is the one to see
                 pass
         if self.owned:
