@@ -177,9 +177,14 @@ def test_a_process_adopts_the_share_written_for_it(tmp_path, monkeypatch):
         torch.set_num_threads(before)
 
 
-def test_weightspace_commands_run_forked_with_their_own_environment(tmp_path):
+@pytest.mark.parametrize("fork", [True, False], ids=["forked", "new-interpreter"])
+def test_weightspace_commands_run_with_their_own_environment(tmp_path, monkeypatch, fork):
     # init-store creates the schema where MLFLOW_TRACKING_URI (set for the child only) says;
     # an unknown command prints the usage and exits 2, and the pool reports that exit code.
+    # Forked from the server, or (where there is no forkserver) in a new interpreter.
+    from weightspace.experiments import pool as pool_module
+
+    monkeypatch.setattr(pool_module, "CAN_FORK", fork)
     db = tmp_path / "forked.db"
     jobs = [Job("init", cli=["init-store"]), Job("unknown", cli=["no-such-command"])]
     pool = Pool(None, jobs, cores=2, poll=0.02, progress=False,

@@ -101,7 +101,7 @@ class Pool:
         self.running: list[Job] = []
         self.bar = tqdm(total=len(jobs), desc="suite", unit="job", disable=not progress, file=sys.stderr)
         self._tmp = tempfile.TemporaryDirectory(prefix="weightspace-pool-")
-        if any(j.cli is not None for j in jobs):
+        if CAN_FORK and any(j.cli is not None for j in jobs):
             forked()   # the server imports while the first jobs start
 
     # -- scheduling --------------------------------------------------------------------------------
@@ -166,11 +166,12 @@ class Pool:
                     env[THREADS_ENV] = job.threads_file
                 if job.run_id:
                     env["MLFLOW_RUN_ID"] = job.run_id
-                if job.cli is not None:
+                if job.cli is not None and CAN_FORK:
                     job._proc = forked().Process(target=_run_cli, args=(job.cli, env, threads), name=job.name)
                     job._proc.start()
-                else:
-                    job._proc = subprocess.Popen([sys.executable, *job.argv], env=env)
+                else:   # a new interpreter (also a weightspace command where there is no forkserver)
+                    argv = job.argv if job.cli is None else ["-m", "weightspace", *job.cli]
+                    job._proc = subprocess.Popen([sys.executable, *argv], env=env)
             else:
                 job._thread = threading.Thread(target=self._call, args=(job,), name=job.name, daemon=True)
                 job._thread.start()
@@ -291,6 +292,7 @@ def _wait_or_kill(proc, timeout: float) -> None:
 PRELOAD = ["weightspace.cli", "weightspace.experiments.training", "weightspace.experiments.analyse",
            "weightspace.analysis.pipeline", "weightspace.analysis.probes", "mlflow.store.tracking.sqlalchemy_store"]
 _CTX = None
+CAN_FORK = "forkserver" in multiprocessing.get_all_start_methods()   # not on Windows
 
 
 def forked():
