@@ -44,10 +44,11 @@ class Paper(TrainCommon):
                                       lambda v: 1 <= v <= 100_000)(1)
     init_seed: int = INIT_SEED(0)
     pretrain_epochs: int = PRETRAIN_EPOCHS(10)
-    siblings: str = one_of(*SIBLING_MODES, extra=" (batched: one process, torch.func, for GPUs; processes: one "
-                           "process per sibling, threads split, for CPUs)",
-                           help="how the runs of one family train: one after another, vmapped together, "
-                                "or in parallel processes")("sequential")
+    siblings: str = one_of(*SIBLING_MODES, extra=" (batched: one process, torch.func, for GPUs; processes: "
+                           "every run and analysis of the suite a process on one pool of cores, for CPUs)",
+                           help="how the suite's runs train: one after another, each family vmapped together, "
+                                "or all in parallel processes (each family's analysis as soon as it is trained)"
+                           )("sequential")
     analysis: int = int_range(0, 1, "1: analyse each family when the suite is trained",
                               allowed="0 or 1")(1)
 
