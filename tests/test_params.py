@@ -119,6 +119,7 @@ def test_the_command_line_prints_its_usage_on_no_command():
     (ValueError("bad value\nsecond line"), "ValueError: bad value"),
     (RuntimeError(""), "RuntimeError: RuntimeError"),
     (KeyError("k"), "KeyError: 'k'"),
+    (KeyboardInterrupt(), "interrupted"),
 ])
 def test_one_line_names_foreign_errors_by_class_and_keeps_the_first_line(error, want):
     from weightspace.params import ParamError, one_line

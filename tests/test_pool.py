@@ -192,3 +192,45 @@ def test_weightspace_commands_run_with_their_own_environment(tmp_path, monkeypat
     with pytest.raises(RuntimeError, match=r"1 job\(s\) of the suite failed: unknown \(exit code 2\)"):
         pool.run()
     assert db.stat().st_size > 0
+
+
+INTERRUPTED = """
+import sys, time
+from mlflow.tracking import MlflowClient
+from weightspace.experiments.pool import Job, Pool
+uri, eid, pids = sys.argv[1], sys.argv[2], sys.argv[3]
+c = MlflowClient(uri)
+ids = [c.create_run(eid).info.run_id for _ in range(3)]
+sleeper = ["-c", "import os, time; open(%r + '/' + str(os.getpid()), 'w').close(); time.sleep(60)" % pids]
+jobs = [Job("a", ids[0], argv=sleeper), Job("b", ids[1], argv=sleeper), Job("c", ids[2], argv=sleeper, after=("a",))]
+print(",".join(ids), flush=True)
+Pool(c, jobs, cores=2, poll=0.05, progress=False).run()
+"""
+
+
+def test_an_interrupted_pool_ends_its_children_and_closes_every_run_killed(store, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    c = store.client()
+    eid = c.get_experiment_by_name(store.experiment).experiment_id
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    p = subprocess.Popen([sys.executable, "-c", INTERRUPTED, store.uri, eid, str(pids)], env=store.env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    ids = p.stdout.readline().strip().split(",")
+    deadline = time.time() + 60
+    while len(list(pids.iterdir())) < 2 and time.time() < deadline:   # a and b are running
+        time.sleep(0.1)
+    p.send_signal(signal.SIGINT)                                      # Ctrl-C, to the pool only
+    p.wait(timeout=60)
+    assert p.returncode != 0
+    for pid in (int(f.name) for f in pids.iterdir()):                 # no child left behind
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    runs = [c.get_run(i) for i in ids]
+    assert [r.info.status for r in runs] == ["KILLED", "KILLED", "KILLED"]
+    assert runs[2].data.tags["weightspace.error"] == "not started: the suite was interrupted"

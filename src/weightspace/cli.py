@@ -152,10 +152,11 @@ def reachable(uri: str, timeout: float = 5) -> bool:
 
 
 def mark_failed(client: MlflowClient, run_id: str, error: BaseException) -> None:
+    """End the run FAILED with the error's first line as a tag; KILLED when the user interrupted it."""
     msg = one_line(error)
     try:
         client.set_tag(run_id, T.TAG_ERROR, msg[:5000])
-        client.set_terminated(run_id, "FAILED")
+        client.set_terminated(run_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
     except Exception:  # noqa: BLE001 - the store may be what failed; the exit code still tells
         pass
 

@@ -25,6 +25,8 @@ class ParamError(ValueError):
 
 def one_line(e: BaseException) -> str:
     """The first line of an error; our own error types speak for themselves, others get their class."""
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted"
     text = str(e).strip().splitlines()
     msg = text[0] if text else e.__class__.__name__
     own = isinstance(e, (ParamError, ConnectionError, FloatingPointError, TimeoutError)) or \

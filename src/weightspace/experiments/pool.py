@@ -204,9 +204,9 @@ class Pool:
                 e = job._error
                 self._end(job, None if e is None else f"{type(e).__name__}: {e}")
 
-    def _close_run(self, job: Job, ok: bool) -> None:
+    def _close_run(self, job: Job, ok: bool, failed: str = "FAILED") -> None:
         if job.run_id:
-            status = "FINISHED" if ok else "FAILED"
+            status = "FINISHED" if ok else failed
             T.retry(lambda: self.client.set_terminated(job.run_id, status), "closing run")
 
     def _end(self, job: Job, error: str | None) -> None:
@@ -261,13 +261,21 @@ class Pool:
         return {j.name: j for j in self.jobs}
 
     def _stop_children(self) -> None:
+        """Interrupted: end the running children (their runs FAILED) and close the runs never started."""
+        for job in self._waiting():
+            if job.run_id:
+                try:
+                    self.client.set_tag(job.run_id, "weightspace.error", "not started: the suite was interrupted")
+                    self.client.set_terminated(job.run_id, "KILLED")
+                except Exception:  # noqa: BLE001 - the store may be what failed; the interrupt goes on
+                    pass
         for job in self.running:
             if job._proc is not None and job.exit_code() is None:
                 job._proc.terminate()
         for job in self.running:
             if job._proc is not None:
                 _wait_or_kill(job._proc, 30)
-                self._close_run(job, False)
+                self._close_run(job, False, failed="KILLED")
 
 
 def _wait_or_kill(proc, timeout: float) -> None:
