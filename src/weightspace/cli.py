@@ -44,11 +44,6 @@ def check_tracking(c: MlflowClient) -> None:
                               "check MLFLOW_TRACKING_URI") from None
 
 
-def wants_bars() -> bool:
-    """Progress bars unless WEIGHTSPACE_PROGRESS=0 (set for the children of a suite's pool)."""
-    return os.environ.get("WEIGHTSPACE_PROGRESS", "1") != "0"
-
-
 def experiment_id(c: MlflowClient) -> str:
     name = os.environ.get(EXPERIMENT_ENV)
     if os.environ.get("MLFLOW_EXPERIMENT_ID"):

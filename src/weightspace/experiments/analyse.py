@@ -20,10 +20,10 @@ from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
 from .. import tracking as T
-from ..cli import EntryPoint, entry_run, mark_failed, wants_bars
+from ..cli import EntryPoint, entry_run, mark_failed
 from ..config import DEVICE, ParamError, config_from_params
 from ..params import Decl, as_strings, int_range
-from ..tracking.runs import TrajectoryError, find_runs, find_siblings, trajectory
+from ..tracking.runs import TrajectoryError, find_runs, find_siblings, trajectory, wants_bars
 
 FAMILIES = ("single", "different_init", "same_init", "clone")
 RECORDED = "recorded"           # runs of weightspace.record: any model, analysed as one family

@@ -21,9 +21,10 @@ from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
 from .. import tracking as T
-from ..cli import EntryPoint, entry_run, mark_failed, wants_bars
+from ..cli import EntryPoint, entry_run, mark_failed
 from ..config import EPOCHS, INIT_SEED, PRETRAIN_EPOCHS, SNAPSHOT_EVERY, TrainCommon, TrainConfig, build_config
 from ..params import Decl, as_strings, int_range, one_of
+from ..tracking.runs import wants_bars
 from ..tracking.session import RunSession
 from ..train import Trainer, fit, resolve_device
 from .analyse import PAPER_FAMILIES, SELECTORS, AnalysisOptions, analyse_families_run, analyse_suite, in_child_run
@@ -83,16 +84,13 @@ def run_suite(client: MlflowClient, parent_id: str, fams: dict[str, list[TrainCo
             start_from = ensure_pretrain(client, exp_id, cfgs[0], parent_id=parent_id, progress=progress)
         todo = []
         for cfg in cfgs:
-            done = runs_with_key(client, [exp_id], cfg.run_key, ("FINISHED",))
-            if done:
-                reused.append(done[-1].info.run_id)
-                ids.setdefault(family, []).append(done[-1].info.run_id)
-                tqdm.write(f"[paper] reusing FINISHED run {done[-1].info.run_id} ({cfg.run_name})", file=sys.stderr)
+            rid, was_done = reuse_or_create(client, exp_id, parent_id, cfg)
+            ids.setdefault(family, []).append(rid)
+            if was_done:
+                reused.append(rid)
                 outer.update(1)
-                continue
-            tags = {T.TAG_PARENT: parent_id, T.TAG_RUN_KEY: cfg.run_key}
-            todo.append((client.create_run(exp_id, run_name=cfg.run_name, tags=tags).info.run_id, cfg))
-            ids.setdefault(family, []).append(todo[-1][0])
+            else:
+                todo.append((rid, cfg))
         if siblings == "batched" and len(todo) > 1:
             train_batched(client, todo, start_from, progress)
             outer.update(len(todo))
@@ -101,9 +99,25 @@ def run_suite(client: MlflowClient, parent_id: str, fams: dict[str, list[TrainCo
                 run_child(client, rid, cfg, start_from=start_from, progress=progress)
                 outer.update(1)
     outer.close()
+    note_reused(client, parent_id, reused)
+    return ids
+
+
+def reuse_or_create(client: MlflowClient, exp_id: str, parent_id: str, cfg: TrainConfig) -> tuple[str, bool]:
+    """(run id, reused): a FINISHED run of ``cfg``'s exact configuration, or a new child run of the suite."""
+    done = runs_with_key(client, [exp_id], cfg.run_key, ("FINISHED",))
+    if done:
+        rid = done[-1].info.run_id
+        tqdm.write(f"[paper] reusing FINISHED run {rid} ({cfg.run_name})", file=sys.stderr)
+        return rid, True
+    tags = {T.TAG_PARENT: parent_id, T.TAG_RUN_KEY: cfg.run_key}
+    return client.create_run(exp_id, run_name=cfg.run_name, tags=tags).info.run_id, False
+
+
+def note_reused(client: MlflowClient, parent_id: str, reused: list[str]) -> None:
+    """The parent records the runs it reused (their parent tag names an earlier suite)."""
     if reused:
         client.set_tag(parent_id, "weightspace.reused_run_ids", ",".join(reused)[:5000])
-    return ids
 
 
 def train_batched(client: MlflowClient, todo: list[tuple[str, TrainConfig]], start_from: str | None,
@@ -160,25 +174,21 @@ def pooled_suite(client: MlflowClient, parent_id: str, fams: dict[str, list[Trai
     for family, cfgs in fams.items():
         names = []
         for i, cfg in enumerate(cfgs):
-            done = runs_with_key(client, [exp_id], cfg.run_key, ("FINISHED",))
-            if done:
-                rid = done[-1].info.run_id
-                reused.append(rid)
-                tqdm.write(f"[paper] reusing FINISHED run {rid} ({cfg.run_name})", file=sys.stderr)
-            else:
-                if family == "clone" and "pretrain" not in {j.name for j in jobs}:
-                    def pretrain(cfg=cfg):
-                        pretrain_id["id"] = ensure_pretrain(client, exp_id, cfg, parent_id=parent_id, progress=False)
-                    jobs.insert(0, Job("pretrain", call=pretrain))   # first: the clones wait for it
-                tags = {T.TAG_PARENT: parent_id, T.TAG_RUN_KEY: cfg.run_key}
-                rid = client.create_run(exp_id, run_name=cfg.run_name, tags=tags).info.run_id
-                names.append(f"{family}-{i}")
-                if family == "clone":
-                    jobs.append(Job(names[-1], rid, cli=child_argv(cfg), after=("pretrain",),
-                                    before_start=lambda j: j.cli.append(f"--pretrain_run_id={pretrain_id['id']}")))
-                else:
-                    jobs.append(Job(names[-1], rid, cli=child_argv(cfg)))
+            rid, was_done = reuse_or_create(client, exp_id, parent_id, cfg)
             ids.setdefault(family, []).append(rid)
+            if was_done:
+                reused.append(rid)
+                continue
+            names.append(f"{family}-{i}")
+            if family != "clone":
+                jobs.append(Job(names[-1], rid, cli=child_argv(cfg)))
+                continue
+            if "pretrain" not in {j.name for j in jobs}:
+                def pretrain(cfg=cfg):
+                    pretrain_id["id"] = ensure_pretrain(client, exp_id, cfg, parent_id=parent_id, progress=False)
+                jobs.insert(0, Job("pretrain", call=pretrain))   # first: the clones wait for it
+            jobs.append(Job(names[-1], rid, cli=[], after=("pretrain",),   # its argv once the pretraining exists
+                            before_start=lambda j, cfg=cfg: j.cli.extend(child_argv(cfg, pretrain_id["id"]))))
         trained[family] = names
         if opts is not None:
             jobs.append(Job(f"analysis-{family}", cli=[], after=tuple(names), elastic=True,
@@ -190,13 +200,13 @@ def pooled_suite(client: MlflowClient, parent_id: str, fams: dict[str, list[Trai
             in_child_run(client, parent_id, lambda child: analyse_families_run(client, child, runs, opts, False))
         jobs.append(Job("analysis-families", call=families,
                         after=tuple(n for f in paper_fams for n in trained[f])))
-    if reused:
-        client.set_tag(parent_id, "weightspace.reused_run_ids", ",".join(reused)[:5000])
+    note_reused(client, parent_id, reused)
     # A training run's threads depend on the machine and the suite only, never on the schedule:
     # the same suite on the same machine trains the same numbers.
     train = [j for j in jobs if not j.name.startswith("analysis-")]
+    fixed = max(1, slots() // max(1, len(train)))
     for j in train:
-        j.fixed = max(1, slots() // len(train))
+        j.fixed = fixed
     Pool(client, jobs, child_env={"WEIGHTSPACE_PROGRESS": "0"}, progress=progress).run()
     return ids
 

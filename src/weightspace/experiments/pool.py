@@ -52,7 +52,6 @@ class Job:
     base: int = 0                               # slots it started with (what lending returns to)
     threads_file: str = ""
     started: float = 0.0
-    ended: float = 0.0
     _proc: subprocess.Popen | multiprocessing.process.BaseProcess | None = field(default=None, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
     _error: BaseException | None = field(default=None, repr=False)
@@ -210,7 +209,6 @@ class Pool:
             T.retry(lambda: self.client.set_terminated(job.run_id, status), "closing run")
 
     def _end(self, job: Job, error: str | None) -> None:
-        job.ended = time.monotonic()
         if error is None:
             self.done.add(job.name)
         else:
@@ -227,15 +225,19 @@ class Pool:
                 bad = [a for a in j.after if a in self.failed]
                 if bad:
                     self.failed[j.name] = f"not started: {', '.join(bad)} failed"
-                    if j.run_id:
-                        self.client.set_tag(j.run_id, "weightspace.error", self.failed[j.name])
-                        self.client.set_terminated(j.run_id, "FAILED")
+                    self._close_unstarted(j, self.failed[j.name], "FAILED")
                     self.bar.update(1)
                     changed = True
 
+    def _close_unstarted(self, job: Job, why: str, status: str) -> None:
+        """A job's run that never ran: ended ``status``, with the reason as its error tag."""
+        if job.run_id:
+            self.client.set_tag(job.run_id, T.TAG_ERROR, why)
+            self.client.set_terminated(job.run_id, status)
+
     # -- the loop ------------------------------------------------------------------------------------
 
-    def run(self) -> dict[str, Job]:
+    def run(self) -> None:
         """Run every job; raise RuntimeError naming the failed ones at the end."""
         try:
             while True:
@@ -258,17 +260,14 @@ class Pool:
         if self.failed:
             raise RuntimeError(f"{len(self.failed)} job(s) of the suite failed: "
                                + "; ".join(f"{k} ({v})" for k, v in self.failed.items()))
-        return {j.name: j for j in self.jobs}
 
     def _stop_children(self) -> None:
-        """Interrupted: end the running children (their runs FAILED) and close the runs never started."""
+        """Interrupted: end the running children and close every run KILLED, the never-started ones too."""
         for job in self._waiting():
-            if job.run_id:
-                try:
-                    self.client.set_tag(job.run_id, "weightspace.error", "not started: the suite was interrupted")
-                    self.client.set_terminated(job.run_id, "KILLED")
-                except Exception:  # noqa: BLE001 - the store may be what failed; the interrupt goes on
-                    pass
+            try:
+                self._close_unstarted(job, "not started: the suite was interrupted", "KILLED")
+            except Exception:  # noqa: BLE001 - the store may be what failed; the interrupt goes on
+                pass
         for job in self.running:
             if job._proc is not None and job.exit_code() is None:
                 job._proc.terminate()

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
 from .. import tracking as T
-from ..cli import EntryPoint, entry_run, mark_failed, wants_bars
+from ..cli import EntryPoint, entry_run, mark_failed
 from ..config import (
     EPOCHS,
     INIT_SEED,
@@ -36,6 +36,7 @@ from ..config import (
 )
 from ..data import Data, load_dataset
 from ..params import as_strings
+from ..tracking.runs import wants_bars
 from ..tracking.session import RunSession
 from ..train import Trainer, fit, resolve_device
 

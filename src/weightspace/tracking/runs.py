@@ -73,9 +73,14 @@ def find_siblings(group: str, client: MlflowClient | None = None, experiment_ids
     return [r for r in runs if r.data.tags.get(T.TAG_EXPERIMENT) not in ("analysis", "paper", "tune")]
 
 
+def wants_bars() -> bool:
+    """Progress bars unless WEIGHTSPACE_PROGRESS=0 (set for the children of a suite's pool)."""
+    return os.environ.get("WEIGHTSPACE_PROGRESS", "1") != "0"
+
+
 def show_progress() -> bool:
-    """Progress bars only for a person watching: a terminal, and WEIGHTSPACE_PROGRESS not 0."""
-    return os.environ.get("WEIGHTSPACE_PROGRESS", "1") != "0" and sys.stderr.isatty()
+    """Download bars only for a person watching: a terminal, and WEIGHTSPACE_PROGRESS not 0."""
+    return wants_bars() and sys.stderr.isatty()
 
 
 @contextlib.contextmanager
