@@ -11,8 +11,9 @@
 #   0. set-up: the carried wheels and this project installed into $SITE (skipped where mlflow already
 #      imports or SKIP_WHEELS=1, and where weightspace already imports from this checkout);
 #   1. CUDA smoke tests: pytest -m cuda tests/test_cuda.py                            -> smoke.txt
-#   2. throughput: seconds per model-epoch (fp32/tf32/bf16, 5 batched siblings), the trainer against the
-#      PyTorch-example loop (fp32/tf32/bf16), K=5 batched against sequential and K processes -> throughput.md
+#   2. throughput: seconds per model-epoch (fp32/tf32/bf16, 5 batched siblings), the trainer (with and without
+#      step capture, step_capture=1) against the PyTorch-example loop (fp32/tf32/bf16), K=5 batched (with and
+#      without step capture) against sequential and K processes -> throughput.md
 #   3. the paper-scale `single` run (full MNIST, width 1.0, 200 epochs, a snapshot every epoch) through
 #      `mlflow run` into a sqlite store on the machine, its analysis, and `python -m weightspace export`
 #      -> paper-scale.txt, paper-scale/{metrics.json,report.md,figures.tar} (never the snapshots); without
@@ -230,11 +231,13 @@ import json, sys
 d = json.load(open(sys.argv[1]))
 parts = []
 for r in d["rows"]:
-    if r["variant"].startswith("weightspace") and ("Trainer.train_epoch" in r["variant"] or "precision=" in r["variant"]):
+    if r["variant"].startswith("weightspace") and "step capture" not in r["variant"] and (
+            "Trainer.train_epoch" in r["variant"] or "precision=" in r["variant"]):
         vs = f" = {r['vs_ref_same']:.2f}x the reference" if r.get("vs_ref_same") else ""
         parts.append(f"trainer {r['precision']}: {r['samples_per_s']:.0f} samples/s{vs}")
 ref = "" if d["reference"] else " (no torchvision: no reference)"
-print(f"{d['n']} images/epoch: " + "; ".join(parts) + ref + "; step capture: no option in the package yet")
+cap = [f"{r['precision']} {r['samples_per_s']:.0f}/s" for r in d["rows"] if "step capture" in r["variant"]]
+print(f"{d['n']} images/epoch: " + "; ".join(parts) + ref + "; with step capture: " + (", ".join(cap) or "not timed (CPU)"))
 EOF
 )
   row "2b. trainer vs PyTorch example (train_throughput.py)" "$(status_of $rc)" "$(( $(now) - t ))" "${res:-no result}"

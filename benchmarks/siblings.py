@@ -4,7 +4,8 @@ Throughput is model-samples/s: K x n / wall seconds for one epoch of all K sibli
 The process variant splits the CPU's threads between P = min(K, CPUs) worker processes,
 each training its share of the siblings one after another: on a CPU, several processes
 with the threads split between them can beat one vmapped process. On CUDA it is K processes
-sharing the one GPU, one sibling each (what five `mlflow run`s launched together do).
+sharing the one GPU, one sibling each (what five `mlflow run`s launched together do). On CUDA
+the batched siblings are also timed with step_capture=1 (one CUDA graph per step).
 
     python benchmarks/siblings.py --k 5 --n 1280 --repeats 5
     python benchmarks/siblings.py --k 5 --n 60000 --device cuda
@@ -29,10 +30,11 @@ from weightspace.siblings import BatchedTrainer  # noqa: E402
 from weightspace.train import Trainer  # noqa: E402
 
 
-def make_trainers(seeds: list[int], args, device) -> list[Trainer]:
+def make_trainers(seeds: list[int], args, device, step_capture: int = 0) -> list[Trainer]:
     data = load_dataset(args.dataset, train_subset=args.n).to(device)
     return [Trainer(TrainConfig(dataset=args.dataset, train_subset=args.n, width=args.width, batch_size=args.batch,
-                                init_seed=s, shuffle_seed=s, device=str(device)), data, device) for s in seeds]
+                                init_seed=s, shuffle_seed=s, device=str(device), step_capture=step_capture),
+                    data, device) for s in seeds]
 
 
 def worker(conn, seeds: list[int], threads: int, args) -> None:
@@ -99,6 +101,9 @@ def main() -> None:
         bat = BatchedTrainer(make_trainers(list(range(args.k)), args, dev))
         variants += [(f"{args.k} sequential Trainers, {th} thr", th, lambda seq=seq: [t.train_epoch() for t in seq]),
                      (f"BatchedTrainer (vmap), {th} thr", th, bat.train_epoch)]
+        if dev.type == "cuda":  # step_capture=1: each epoch's full batches replay one CUDA graph
+            cap = BatchedTrainer(make_trainers(list(range(args.k)), args, dev, step_capture=1))
+            variants.append((f"BatchedTrainer (vmap) + step capture, {th} thr", th, cap.train_epoch))
     procs = None
     if not args.no_processes and (dev.type == "cuda" or os.cpu_count() > 1):
         p = args.k if dev.type == "cuda" else min(args.k, os.cpu_count())

@@ -12,8 +12,9 @@ F.dropout, and loss.item() every log_interval=10 batches.
 On CUDA every variant runs under the numerics of its precision, set before each timed epoch
 (weightspace.numerics: fp32 is true fp32, TF32 off; tf32 turns TF32 on for convolutions and
 matmuls, roughly PyTorch's own CUDA default; bf16 autocasts the step), so the process-wide flags
-of whichever Trainer was built last never leak into another variant. Without torchvision the
-reference is left out and the trainer's rows are still timed.
+of whichever Trainer was built last never leak into another variant. On CUDA each precision is
+also timed with step_capture=1 (the step recorded once as a CUDA graph, weightspace.capture).
+Without torchvision the reference is left out and the trainer's rows are still timed.
 
     python benchmarks/train_throughput.py --n 6400 --repeats 5
     python benchmarks/train_throughput.py --device cuda --n 20000 --precisions fp32 tf32 bf16 --levers
@@ -182,6 +183,9 @@ def main() -> None:
             t = Trainer(cfg.replace(precision=prec), data, dev)
             name = "weightspace Trainer.train_epoch" if prec == "fp32" else f"weightspace precision={prec}"
             variants.append((f"{name}, {th} thr", th, prec, t.train_epoch))
+            if dev.type == "cuda":  # step_capture=1: every full batch one CUDA graph replay
+                tc = Trainer(cfg.replace(precision=prec, step_capture=1), data, dev)
+                variants.append((f"{name} + step capture, {th} thr", th, prec, tc.train_epoch))
             if args.levers and prec == "fp32":
                 t2 = Trainer(cfg, data, dev)
                 variants.append((f"weightspace + .item() per step, {th} thr", th, prec,

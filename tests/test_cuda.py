@@ -16,6 +16,9 @@ What it holds, and to what tolerance:
 * bf16 batched siblings run, their convolutions run in bf16, and their step stays within bf16 noise
   (15 %) of the sequential bf16 step.
 * A configuration that trains on CUDA has its own group and run_key (device_type enters the hash).
+* Step capture (``step_capture=1``, a CUDA graph per step) trains bitwise what eager steps train,
+  in fp32 and bf16, one model or batched siblings, and across a resume; the graph is really
+  replayed (its replays are counted).
 """
 
 import math
@@ -136,3 +139,68 @@ def test_cuda_configuration_has_its_own_identity():
     assert gpu.device_type == "cuda" and cpu.device_type == "cpu"
     assert gpu.group != cpu.group and gpu.run_key != cpu.run_key
     assert build_config("single", {"device": "auto"}).group == gpu.group
+
+
+def _count_replays(t) -> list[int]:
+    """Wrap the trainer's recorder so that the test sees how many replays ran."""
+    from weightspace import capture
+
+    n = [0]
+
+    def recorder(step, generators, device):
+        replay = capture.cuda_graph(step, generators, device)
+
+        def counted():
+            n[0] += 1
+            replay()
+        return counted
+    t.recorder = recorder
+    return n
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_captured_steps_train_bitwise_what_eager_steps_train(digits, precision):
+    eager = trainer(digits, shuffle_seed=4, precision=precision)
+    graphed = trainer(digits, shuffle_seed=4, precision=precision, step_capture=1)
+    replays = _count_replays(graphed)
+    for _ in range(3):
+        assert torch.equal(eager.train_epoch(), graphed.train_epoch())
+    assert replays[0] == 3 * 2 - 3  # 300 images in batches of 128: 2 full ones an epoch, 3 warm-up steps
+    assert torch.equal(eager.theta(), graphed.theta())
+    assert torch.equal(eager.model.dropout_gen.get_state(), graphed.model.dropout_gen.get_state())
+    assert eager.epoch_metrics() == graphed.epoch_metrics()
+
+
+def test_captured_batched_siblings_train_bitwise_what_eager_batched_siblings_train(digits):
+    eager = BatchedTrainer([trainer(digits, init_seed=i, shuffle_seed=s) for i, s in SEEDS])
+    graphed_ts = [trainer(digits, init_seed=i, shuffle_seed=s, step_capture=1) for i, s in SEEDS]
+    replays = _count_replays(graphed_ts[0])
+    for t in graphed_ts[1:]:
+        t.recorder = graphed_ts[0].recorder
+    graphed = BatchedTrainer(graphed_ts)
+    for _ in range(5):
+        assert all(torch.equal(a, b) for a, b in zip(eager.train_epoch(), graphed.train_epoch()))
+    assert replays[0] == 0  # 2 full batches an epoch, 3 warm-up steps: nothing left to replay
+    eager.batch_size = graphed.batch_size = 32  # 9 full batches an epoch: 6 replays each
+    for _ in range(2):
+        assert all(torch.equal(a, b) for a, b in zip(eager.train_epoch(), graphed.train_epoch()))
+    assert replays[0] == 12
+    for a, b in zip(eager.trainers, graphed.trainers):
+        assert torch.equal(a.theta(), b.theta())
+
+
+def test_a_captured_run_resumed_is_bitwise_equal_to_an_uninterrupted_eager_one(digits, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    ref = trainer(digits, shuffle_seed=6, batch_size=32)
+    for _ in range(3):
+        ref.train_epoch()
+    first = trainer(digits, shuffle_seed=6, batch_size=32, step_capture=1)
+    first.train_epoch()
+    save_file(first.state_tensors(), tmp_path / "state.safetensors")
+    del first
+    resumed = trainer(digits, shuffle_seed=6, batch_size=32, step_capture=1)
+    resumed.load_state_tensors(load_file(tmp_path / "state.safetensors"))
+    resumed.train_epoch()
+    resumed.train_epoch()
+    assert torch.equal(resumed.theta(), ref.theta())

@@ -78,6 +78,8 @@ PRETRAIN_EPOCHS = Decl(int, "an integer >= 1 and < epochs", "epochs of the share
                        lambda v: 1 <= v <= MAX_EPOCHS)
 CHECKPOINT_EVERY = Decl(int, "an integer >= 1", "store the resume checkpoint every this many epochs (and the last); "
                         "a resumed run retrains the epochs since", lambda v: 1 <= v <= MAX_EPOCHS)
+STEP_CAPTURE = int_range(0, 1, "1: record the training step once as a CUDA graph and replay it (CUDA only; "
+                                "one launch per step instead of 50-60); 0: launch every kernel", "0 or 1")
 REGISTER_MODEL = Decl(str, "empty (do not register) or a model name of up to 100 of A-Z a-z 0-9 _ . -",
                       "register the final model in the MLflow Model Registry under this name",
                       lambda v: re.fullmatch(r"[A-Za-z0-9_.-]{0,100}", v) is not None)
@@ -109,6 +111,8 @@ class TrainCommon(DataModel):
     weight_decay: float = WEIGHT_DECAY(1e-5)
     dropout: float = DROPOUT(0.5)
     checkpoint_every: int = CHECKPOINT_EVERY(1)
+    # Not plumbing (it enters the group when 1) until a GPU has shown replay == eager bitwise.
+    step_capture: int = STEP_CAPTURE(0)
     register_model: str = REGISTER_MODEL("")
 
 

@@ -23,6 +23,7 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
+from . import capture
 from .train import Trainer, autocast
 
 
@@ -37,11 +38,13 @@ class BatchedTrainer:
         self.device = t0.device
         self.batch_size = t0.cfg.batch_size
         self.precision = t0.cfg.precision
+        self.recorder = t0.recorder  # step_capture=1: each epoch's full batches replay one CUDA graph
         self.hyper = _sgd_hyper(t0.opt)
         arch = _arch(t0.model)
         for t in trainers[1:]:
-            if t.device != self.device or t.cfg.batch_size != self.batch_size or t.cfg.precision != self.precision:
-                raise ValueError("siblings must share device, batch_size and precision")
+            if (t.device, t.cfg.batch_size, t.cfg.precision, t.recorder) != (self.device, self.batch_size,
+                                                                               self.precision, self.recorder):
+                raise ValueError("siblings must share device, batch_size, precision and step_capture")
             if _arch(t.model) != arch or len(t.data.y_train) != len(t0.data.y_train):
                 raise ValueError("siblings must share architecture, dropout and dataset")
             if _sgd_hyper(t.opt) != self.hyper:
@@ -86,8 +89,8 @@ class BatchedTrainer:
         for t in ts:
             t.model.train()
         total = torch.zeros(len(ts), device=dev)
-        for i in range(0, n, bs):
-            idx = perms[:, i:i + bs]                       # (K, B)
+
+        def step(idx: torch.Tensor) -> None:             # idx: (K, B)
             b = idx.shape[1]
             masks = [t.model.dropout_masks(b, dev) for t in ts]
             m1 = torch.stack([m[0] for m in masks])
@@ -98,7 +101,20 @@ class BatchedTrainer:
             for p, g in zip(plist, torch.autograd.grad(losses.sum(), plist)):
                 p.grad = g
             opt.step()
-            total += losses.detach() * b
+            total.add_(losses.detach() * b)
+
+        graph = None
+        if self.recorder is not None:
+            # Recorded anew each epoch: the stacked parameters and the optimizer are this epoch's.
+            index = torch.empty((len(ts), bs), dtype=torch.int64, device=dev)
+            graph = capture.StepGraph(lambda: step(index), index, [t.model.dropout_gen for t in ts], dev,
+                                      recorder=self.recorder)
+        for i in range(0, n, bs):
+            idx = perms[:, i:i + bs]
+            if graph is not None and idx.shape[1] == bs:
+                graph(idx)
+            else:
+                step(idx)
         bufs = [opt.state[p]["momentum_buffer"] for p in plist] if momentum != 0 else None
         self._write_back(names, plist, bufs)
         return list(total / n)

@@ -20,7 +20,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from . import numerics
+from . import capture, numerics
 from .config import ParamError, TrainConfig
 from .data import Data
 from .model import CNN, build_model, flat_params
@@ -44,7 +44,8 @@ def autocast(precision: str, device: torch.device) -> torch.autocast:
     snapshots and every evaluation stay fp32: the trajectory is still an fp32 parameter vector,
     only its gradients are noisier. Otherwise (fp32, tf32) the context is a no-op.
     """
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    # No cast cache: each weight is cast once per step anyway, and a CUDA graph cannot keep one.
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16", cache_enabled=False)
 
 
 @dataclass
@@ -64,6 +65,11 @@ class Trainer:
         self.model.to(device, memory_format=torch.channels_last)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                    weight_decay=cfg.weight_decay)
+        capture.check(cfg.step_capture, device)
+        # step_capture=1: full batches replay one recorded CUDA graph (capture.py).
+        self.recorder: capture.Recorder | None = capture.cuda_graph if cfg.step_capture else None
+        self.graph: capture.StepGraph | None = None
+        self.total = torch.zeros((), device=device)  # the epoch's summed loss, a tensor the graph keeps
         self.reseed(cfg.shuffle_seed)
         self.epoch = 0
         self.group = None  # the BatchedTrainer this trainer is trained in, if any
@@ -73,27 +79,41 @@ class Trainer:
         # The permutation is drawn on the CPU so the data order is the same on every device.
         self.order_gen = torch.Generator().manual_seed(shuffle_seed)
         self.model.dropout_gen = torch.Generator(device=self.device).manual_seed(shuffle_seed + DROPOUT_STREAM)
+        self.graph = None  # a recorded step draws from the generator it was recorded with
 
     # -- training ------------------------------------------------------------------------
     def train_epoch(self) -> torch.Tensor:
         """One pass over a fresh permutation; returns the mean minibatch loss (a 0-d tensor)."""
-        model, opt, bs = self.model, self.opt, self.cfg.batch_size
-        x, y = self.data.x_train, self.data.y_train
-        n = len(y)
+        bs, n = self.cfg.batch_size, len(self.data.y_train)
         perm = torch.randperm(n, generator=self.order_gen).to(self.device)
-        model.train()
-        total = torch.zeros((), device=self.device)
+        self.model.train()
+        self.total.zero_()
         for i in range(0, n, bs):
             idx = perm[i:i + bs]
-            with autocast(self.cfg.precision, self.device):
-                loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            # Accumulate on the device: a .item() per step would sync every batch.
-            total += loss.detach() * len(idx)
+            if self.recorder is not None and len(idx) == bs:
+                self._step_graph()(idx)
+            else:
+                self._step(idx)
         self.epoch += 1
-        return total / n
+        return self.total / n
+
+    def _step(self, idx: torch.Tensor) -> None:
+        """One SGD step on the samples ``idx``; its loss, times the batch size, is added to ``total``."""
+        x, y = self.data.x_train, self.data.y_train
+        with autocast(self.cfg.precision, self.device):
+            loss = F.cross_entropy(self.model(x[idx]), y[idx])
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        # Accumulate on the device: a .item() per step would sync every batch.
+        self.total += loss.detach() * len(idx)
+
+    def _step_graph(self) -> capture.StepGraph:
+        if self.graph is None:
+            index = torch.empty(self.cfg.batch_size, dtype=torch.int64, device=self.device)
+            self.graph = capture.StepGraph(lambda: self._step(index), index, [self.model.dropout_gen], self.device,
+                                           recorder=self.recorder)
+        return self.graph
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch: int = 0) -> EvalResult:
@@ -154,8 +174,11 @@ class Trainer:
                 buf.copy_(st[key].to(self.device))
                 self.opt.state[p]["momentum_buffer"] = buf
         self.epoch = int(st["epoch"])
+        self.graph = None  # it was recorded with the momentum buffers just replaced
         if rng:
             self.order_gen.set_state(st["rng.order"])
+            # A fresh generator: the old one may be registered with the graph just dropped.
+            self.model.dropout_gen = torch.Generator(device=self.device)
             self.model.dropout_gen.set_state(st["rng.dropout"])
 
 
