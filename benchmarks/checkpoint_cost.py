@@ -1,4 +1,4 @@
-"""Host-side cost of one paper-sized run's per-epoch checkpoint (width 1.0, 819,974 parameters).
+"""Host-side cost of one paper-sized run's per-epoch checkpoint (width 1.0: 819,974 parameters on MNIST).
 
 Times, each ``--repeats`` times after one warm-up, the pieces of ``RunSession.end_epoch``'s
 checkpoint and, for comparison, of one snapshot, on the CPU:
@@ -10,7 +10,7 @@ checkpoint and, for comparison, of one snapshot, on the CPU:
 * with ``--server URI``, the same two uploads against a running tracking server.
 
 The files land in the page cache (no fsync), as in a run. The model has momentum buffers (one
-training step on 64 digits images first; the data does not matter here). Ends with one
+training step on 64 MNIST images first). Ends with one
 checkpoint's uploader-thread cost (save + log_artifact to sqlite) as a share of the wall time
 between checkpoints, for several epoch times and checkpoint intervals.
 
@@ -62,8 +62,8 @@ def main() -> None:
     ap.add_argument("--json", default="", help="write the results to this file")
     a = ap.parse_args()
 
-    cfg = build_config("single", {"dataset": "digits", "train_subset": "64", "width": a.width, "device": "cpu"})
-    trainer = Trainer(cfg, load_dataset("digits", train_subset=64), torch.device("cpu"))
+    cfg = build_config("single", {"train_subset": "64", "width": a.width, "device": "cpu"})
+    trainer = Trainer(cfg, load_dataset("mnist", train_subset=64), torch.device("cpu"))
     trainer.train_epoch()  # one SGD step: the optimizer now holds its momentum buffers
     state, theta = trainer.state_tensors(), trainer.theta()
     print(f"machine: {C.machine()}")
