@@ -64,7 +64,7 @@ COMMON = {
 }
 EPOCHS = (INT_JUNK + ["0", "-1", "100001", "9" * 30], ["1", "100000"])  # 1 .. 100000
 SNAPSHOT_EVERY = (INT_JUNK + ["0", "-1", "100001"], ["1", "7", "100000"])  # 1 .. 100000
-CHECKPOINT_EVERY = (INT_JUNK + ["0", "-1", "100001"], ["1", "5", "100000"])  # 1 .. 100000
+CHECKPOINT_EVERY = (INT_JUNK + ["-1", "100001"], ["0", "1", "5", "100000"])  # 0 (auto) .. 100000
 STEP_CAPTURE = (INT_JUNK + ["2", "-1", "on"], ["0", "1"])  # 1 is refused at training time off CUDA
 # empty (do not register) or a model name of up to 100 of [A-Za-z0-9_.-]
 REGISTER_MODEL = (["has space", "a/b", "x" * 101], ["", "my_model-1.0"])

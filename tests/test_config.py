@@ -134,3 +134,13 @@ def test_config_from_params_names_what_is_missing_or_bad():
         config_from_params({"lr": "0.1", "width": "1.0", "dropout": "0.5"})
     with pytest.raises(ParamError, match="parameter 'lr'"):
         config_from_params({"dataset": "mnist", "width": "1.0", "dropout": "0.5", "lr": "'fast'"})
+
+
+def test_checkpoint_every_zero_is_every_epoch_on_a_cpu_and_every_tenth_on_cuda():
+    from weightspace.config import GPU_CHECKPOINT_EVERY, checkpoint_period
+
+    assert GPU_CHECKPOINT_EVERY == 10
+    assert TrainConfig().checkpoint_every == 0
+    assert [checkpoint_period(0, d) for d in ("cpu", "cuda")] == [1, 10]
+    assert [checkpoint_period(3, d) for d in ("cpu", "cuda")] == [3, 3]
+    assert build_config("single", {"checkpoint_every": "0"}).group == build_config("single", {"checkpoint_every": "7"}).group

@@ -81,6 +81,28 @@ def test_resume_with_different_parameters_is_refused(store):
     assert p2.returncode != 0 and "lr" in p2.stderr
 
 
+def test_resume_may_change_checkpoint_every_and_keeps_the_started_values(store):
+    proc = store.mlflow_run("single", SLOW, popen=True)
+    rid = wait_for_steps(store, 2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    c = store.client()
+    params = c.get_run(rid).data.params
+    # the default, 0, resolves to every epoch on a CPU
+    assert params["checkpoint_every"] == "0" and params["resolved_checkpoint_every"] == "1"
+    # Through the entry point directly: `mlflow run` itself refuses any changed -P value.
+    env = {**store.env, "MLFLOW_RUN_ID": rid}
+    args = [f"--{k}={v}" for k, v in {**SLOW, "checkpoint_every": "3"}.items()]
+    p = subprocess.run([sys.executable, "-m", "entrypoints.single", *args], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "resuming run" in p.stderr
+    run = c.get_run(rid)  # (the entry point leaves ending the run to `mlflow run`)
+    assert run.data.params["checkpoint_every"] == "0" and run.data.params["resolved_checkpoint_every"] == "1"
+    X, e = load_trajectory(rid, c)
+    assert e.tolist() == list(range(9))
+
+
 def test_five_parallel_same_init_runs(any_store):
     s = any_store
     params = {**TINY, "snapshot_every": "1"}

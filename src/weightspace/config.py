@@ -76,8 +76,23 @@ SNAPSHOT_EVERY = Decl(int, "an integer >= 1", "log the parameter vector every th
                       lambda v: 1 <= v <= MAX_EPOCHS)
 PRETRAIN_EPOCHS = Decl(int, "an integer >= 1 and < epochs", "epochs of the shared pretraining before cloning",
                        lambda v: 1 <= v <= MAX_EPOCHS)
-CHECKPOINT_EVERY = Decl(int, "an integer >= 1", "store the resume checkpoint every this many epochs (and the last); "
-                        "a resumed run retrains the epochs since", lambda v: 1 <= v <= MAX_EPOCHS)
+CHECKPOINT_EVERY = Decl(int, "an integer >= 0 (0: every epoch on a CPU, every 10th on CUDA)",
+                        "store the resume checkpoint every this many epochs (and the last); a resumed run retrains "
+                        "the epochs since", lambda v: 0 <= v <= MAX_EPOCHS)
+# checkpoint_every=0 on CUDA. A paper-sized checkpoint is 6.6 MB, two thirds of what a run uploads
+# an epoch; it costs the uploader 10.5 ms into sqlite and 33 ms into the PostgreSQL-backed server
+# (benchmarks/checkpoint_cost.py, BENCHMARKS.md). At a GPU's estimated 0.25 s per epoch that is 4 %
+# (sqlite) to 13 % (server) of the uploader's time every epoch and under 1.5 % every 10th, and a
+# resume then retrains at most 9 epochs, seconds on a GPU. On a CPU (35 s and more per paper-sized epoch) every epoch
+# costs 0.03 %.
+GPU_CHECKPOINT_EVERY = 10
+
+
+def checkpoint_period(checkpoint_every: int, device_type: str) -> int:
+    """The epochs between resume checkpoints: the parameter, or for 0 the device's default."""
+    return checkpoint_every or (GPU_CHECKPOINT_EVERY if device_type == "cuda" else 1)
+
+
 STEP_CAPTURE = int_range(0, 1, "1: record the training step once as a CUDA graph and replay it (CUDA only; "
                                 "one launch per step instead of 50-60); 0: launch every kernel", "0 or 1")
 REGISTER_MODEL = Decl(str, "empty (do not register) or a model name of up to 100 of A-Z a-z 0-9 _ . -",
@@ -110,7 +125,7 @@ class TrainCommon(DataModel):
     momentum: float = MOMENTUM(0.9)
     weight_decay: float = WEIGHT_DECAY(1e-5)
     dropout: float = DROPOUT(0.5)
-    checkpoint_every: int = CHECKPOINT_EVERY(1)
+    checkpoint_every: int = CHECKPOINT_EVERY(0)
     # Not plumbing (it enters the group when 1) until a GPU has shown replay == eager bitwise.
     step_capture: int = STEP_CAPTURE(0)
     register_model: str = REGISTER_MODEL("")

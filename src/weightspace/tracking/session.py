@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .. import tracking as T
-from ..config import TRAIN_DECLS, ParamError, TrainConfig, unquote_param
+from ..config import TRAIN_DECLS, ParamError, TrainConfig, checkpoint_period, unquote_param
 from ..model import Layout, n_params
 from ..train import Trainer, is_finite, weight_stats
 from .datasets import log_datasets
@@ -33,6 +33,9 @@ from .runs import mlflow_bar
 
 CHECKPOINT = "checkpoint/state.safetensors"
 MODEL = "model/model.safetensors"
+# May differ when a run is resumed: they change where a resume restarts, never the trajectory.
+# The run keeps the values it was started with.
+RESUMABLE = ("checkpoint_every", "resolved_checkpoint_every")
 
 
 # -- parameters and tags ----------------------------------------------------------------------
@@ -49,6 +52,8 @@ def log_params_and_tags(client: MlflowClient, run_id: str, cfg: TrainConfig, ext
     for k, v in {**cfg.to_params(), **extra}.items():
         if k not in existing:
             new.append(Param(k, v))
+        elif k in RESUMABLE:
+            continue
         elif existing[k] != v and existing[k] != raw.get(k) and not _same_value(k, existing[k], v):
             raise ParamError(f"run {run_id} was started with {k}={existing[k]}, refusing to resume it with "
                              f"{k}={v}; start a new run or resume with the original parameters")
@@ -133,7 +138,9 @@ class RunSession:
         self.client, self.run_id, self.cfg, self.trainer, self.record = client, run_id, cfg, trainer, record
         self.layout = Layout.of(trainer.model)
         data = trainer.data
+        self.every = checkpoint_period(cfg.checkpoint_every, trainer.device.type)
         extra = {"n_params": str(n_params(trainer.model)), "resolved_device": str(trainer.device),
+                 "resolved_checkpoint_every": str(self.every),
                  "n_train": str(len(data.y_train)), "n_test": str(len(data.y_test)), **trainer.numerics.as_params()}
         log_params_and_tags(client, run_id, cfg, extra, raw, identity=record)
         if start_from:
@@ -192,7 +199,7 @@ class RunSession:
             m = _log_epoch(self.up, trainer, self.cfg, epoch, theta, self.theta0, self.prev, seconds)
         if epoch in self.snap_epochs:
             self.manifest.add(epoch, theta)
-        if epoch % self.cfg.checkpoint_every == 0 or epoch == self.cfg.epochs:
+        if epoch % self.every == 0 or epoch == self.cfg.epochs:
             self._checkpoint(trainer.state_tensors())  # copies taken now, written off the training thread
         self.prev = theta
         return m
@@ -247,6 +254,6 @@ def _log_epoch(up: T.Uploader, trainer: Trainer, cfg: TrainConfig, epoch: int, t
 def _refuse_changed(run_id: str, stored: dict, cfg: TrainConfig) -> None:
     now = cfg.to_params()
     for k, v in stored.items():
-        if k in now and now[k] != v and not _same_value(k, v, now[k]):
+        if k in now and k not in RESUMABLE and now[k] != v and not _same_value(k, v, now[k]):
             raise ParamError(f"run {run_id} was started with {k}={v}, refusing to resume it with {k}={now[k]}; "
                              "start a new run or resume with the original parameters")
