@@ -127,3 +127,14 @@ def test_one_line_names_foreign_errors_by_class_and_keeps_the_first_line(error, 
     assert one_line(error) == want
     assert one_line(ParamError("parameter 'lr': must be > 0\nmore")) == "parameter 'lr': must be > 0"
     assert one_line(TimeoutError("no answer in 30 s")) == "no answer in 30 s"
+
+
+def test_relative_sqlite_uris_are_told_apart_from_absolute_ones():
+    from pathlib import Path
+
+    from weightspace.cli import _relative_sqlite
+
+    assert _relative_sqlite("sqlite:///mlflow.db") == Path("mlflow.db")
+    assert _relative_sqlite("sqlite:///runs/m.db?timeout=5") == Path("runs/m.db")
+    assert _relative_sqlite("sqlite:////tmp/mlflow.db") is None
+    assert _relative_sqlite("http://127.0.0.1:5005") is None and _relative_sqlite("postgresql://h/db") is None

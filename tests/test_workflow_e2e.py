@@ -80,3 +80,20 @@ def test_sibling_workflow_with_a_data_dir_containing_a_space(store, tmp_path):
     [group] = {r.data.tags["weightspace.group"] for r in siblings}
     store.mlflow_run("analysis", {"group": group})
     check_analysis(store, group, 2)
+
+
+def test_mlflow_run_from_another_directory_with_a_relative_sqlite_uri_fails_in_one_line(store):
+    """`mlflow run <repo>` started elsewhere with sqlite:///mlflow.db: the run is in *that* directory's
+    store, the entry point (started in the project directory) would open another file."""
+    before = (REPO / "mlflow.db").exists()
+    env = {**store.env, "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"}  # store.workdir/mlflow.db, relatively
+    p = subprocess.run([str(shutil.which("mlflow", path=env["PATH"])), "run", str(REPO), "--env-manager", "local",
+                        "-e", "single", "-P", "dataset=digits", "-P", "epochs=1"],
+                       cwd=store.workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0
+    [line] = [ln for ln in p.stderr.splitlines() if ln.startswith("weightspace: error:")]
+    assert "is not in sqlite:///mlflow.db" in line and str(REPO) in line and "sqlite:///$PWD/mlflow.db" in line
+    assert "Traceback" not in p.stderr
+    [run] = store.runs()
+    assert run.info.status == "FAILED"  # `mlflow run` ends its run FAILED in the store it made it in
+    assert (REPO / "mlflow.db").exists() == before  # no empty store left in the checkout

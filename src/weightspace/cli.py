@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import mlflow
@@ -54,13 +55,22 @@ def experiment_id(c: MlflowClient) -> str:
 @contextlib.contextmanager
 def entry_run(entry: str) -> Iterator[tuple[MlflowClient, str, bool]]:
     """Yield (client, run_id, owned): the run ``mlflow run`` made, or a new one we own."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    uri = mlflow.get_tracking_uri()
+    if run_id and _relative_sqlite(uri) and not _relative_sqlite(uri).exists():
+        raise FileNotFoundError(_elsewhere(run_id, uri))  # before sqlite creates an empty store here
     c = client()
     check_tracking(c)
-    run_id = os.environ.get("MLFLOW_RUN_ID")
     owned = not run_id
     if owned:
         run_id = c.create_run(experiment_id(c)).info.run_id
-    tag_kind(c, c.get_run(run_id).info.experiment_id)  # an unknown run id fails here, in one line
+    try:
+        run = c.get_run(run_id)
+    except MlflowException:
+        if not owned and _relative_sqlite(uri):
+            raise LookupError(_elsewhere(run_id, uri)) from None
+        raise  # an unknown run id: one line from main
+    tag_kind(c, run.info.experiment_id)
     try:
         yield c, run_id, owned
     except BaseException as e:
@@ -68,6 +78,22 @@ def entry_run(entry: str) -> Iterator[tuple[MlflowClient, str, bool]]:
         raise
     if owned:
         c.set_terminated(run_id, "FINISHED")
+
+
+def _relative_sqlite(uri: str) -> Path | None:
+    """The file of a ``sqlite:///relative/path`` URI, relative to this process's directory."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return Path(uri[len("sqlite:///"):].split("?")[0])
+    return None
+
+
+def _elsewhere(run_id: str, uri: str) -> str:
+    # `mlflow run <path>` creates the run in the store of the directory it was started in, then
+    # starts the entry point in the project directory, where the same relative URI names another file.
+    return (f"run {run_id} (MLFLOW_RUN_ID) is not in {uri}, which here is {Path.cwd() / _relative_sqlite(uri)}: "
+            "a relative sqlite URI is opened where the entry point runs (the project directory), not where "
+            "`mlflow run` was started; use an absolute one, such as sqlite:///$PWD/mlflow.db, or start "
+            "`mlflow run .` in the project directory")
 
 
 def main(entry: str, body: Callable[[], None]) -> None:
