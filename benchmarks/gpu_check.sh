@@ -28,6 +28,8 @@
 #   WHEELS=.whl  SKIP_WHEELS=0  STEPS="1 2 3"
 #   N=20000 (images per timed throughput epoch)  REPEATS=3  COST_EPOCHS=2  K=5  PRECISIONS="fp32 tf32 bf16" (cpu: fp32)
 #   EPOCHS=200  TRAIN_SUBSET=0 (full MNIST)  WIDTH=1.0  ANALYSIS_ARGS="" (extra -P for the analysis)
+#   SINGLE_ARGS="" (extra -P for the single run, e.g. "-P step_capture=1")
+#   EPOCH_SECONDS="" (step 3's seconds per epoch of train + evaluation, instead of step 2's measurement)
 #   STEP3_KEEP=330 (s kept for step 3 while steps 1-2 run)  ANALYSIS_RESERVE=150 (s kept for analysis + export)
 #   RUN_OVERHEAD=45 (s for `mlflow run` to start and end, beside the epochs)
 set -uo pipefail
@@ -55,6 +57,8 @@ EPOCHS=${EPOCHS:-200}
 TRAIN_SUBSET=${TRAIN_SUBSET:-0}
 WIDTH=${WIDTH:-1.0}
 ANALYSIS_ARGS=${ANALYSIS_ARGS:-}
+SINGLE_ARGS=${SINGLE_ARGS:-}
+EPOCH_SECONDS=${EPOCH_SECONDS:-}
 STEP3_KEEP=${STEP3_KEEP:-330}
 ANALYSIS_RESERVE=${ANALYSIS_RESERVE:-150}
 RUN_OVERHEAD=${RUN_OVERHEAD:-45}
@@ -267,8 +271,8 @@ if want 3; then
     row "3. paper-scale single run" "skipped" 0 "the set-up failed: no mlflow or no project"
   else
     # Seconds per epoch: step 2's fp32 train + evaluation, else a one-epoch measurement now.
-    per=$("$PY" -c 'import json,sys; r=[r for r in json.load(open(sys.argv[1]))["rows"] if r["precision"]=="fp32" and not r["batched"]]; print(r[0]["seconds_per_model_epoch"])' \
-          "$WORK/epoch_cost.json" 2>/dev/null)
+    per=${EPOCH_SECONDS:-$("$PY" -c 'import json,sys; r=[r for r in json.load(open(sys.argv[1]))["rows"] if r["precision"]=="fp32" and not r["batched"]]; print(r[0]["seconds_per_model_epoch"])' \
+          "$WORK/epoch_cost.json" 2>/dev/null)}
     if [ -z "$per" ] && [ "$(left)" -gt $((ANALYSIS_RESERVE + 60)) ]; then
       run_step "$(min 90 $(( $(left) - ANALYSIS_RESERVE - 40 )))" "$P3" "$PY" benchmarks/epoch_cost.py --device "$DEVICE" --epochs 1 --train-subset "$TRAIN_SUBSET" \
         --width "$WIDTH" --precision fp32 --json "$WORK/epoch_cost1.json"
@@ -309,7 +313,7 @@ EOF
       MLRUN=("$PY" -m mlflow run "$REPO" --env-manager local --experiment-name "$EXPERIMENT")
       # A run killed before it ends is not analysed: it may eat into half of the analysis' reserve.
       run_step $(( $(left) - ANALYSIS_RESERVE / 2 )) "$P3" "${MLRUN[@]}" -e single -P device="$DEVICE" \
-        -P epochs="$E" -P train_subset="$TRAIN_SUBSET" -P width="$WIDTH" -P snapshot_every=1
+        -P epochs="$E" -P train_subset="$TRAIN_SUBSET" -P width="$WIDTH" -P snapshot_every=1 $SINGLE_ARGS
       rc=$?
       info=$(cd "$WORK" && "$PY" - "$EXPERIMENT" <<'EOF' 2>/dev/null
 import sys
@@ -325,7 +329,7 @@ EOF
 )
       read -r RID RSTATUS RGROUP REPOCHS RSEC RDEV <<< "${info:-- - - 0 - -}"
       echo "single run: id $RID, $RSTATUS, group $RGROUP, $REPOCHS epochs logged, ${RSEC} s/epoch training, device $RDEV" | tee -a "$P3"
-      row "3a. single run (mlflow run -e single)" "$(status_of $rc)" "$(( $(now) - t ))" \
+      row "3a. single run (mlflow run -e single${SINGLE_ARGS:+ $SINGLE_ARGS})" "$(status_of $rc)" "$(( $(now) - t ))" \
         "run $RID $RSTATUS on $RDEV: $REPOCHS of $E epochs logged (planned $E of $EPOCHS), ${RSEC} s/epoch of training (epoch_seconds), group $RGROUP"
       if [ "$RSTATUS" = FINISHED ]; then
         t=$(now)

@@ -81,10 +81,10 @@ CHECKPOINT_EVERY = Decl(int, "an integer >= 0 (0: every epoch on a CPU, every 10
                         "the epochs since", lambda v: 0 <= v <= MAX_EPOCHS)
 # checkpoint_every=0 on CUDA. A paper-sized checkpoint is 6.6 MB, two thirds of what a run uploads
 # an epoch; it costs the uploader 10.5 ms into sqlite and 33 ms into the PostgreSQL-backed server
-# (benchmarks/checkpoint_cost.py, BENCHMARKS.md). At a GPU's estimated 0.25 s per epoch that is 4 %
-# (sqlite) to 13 % (server) of the uploader's time every epoch and under 1.5 % every 10th, and a
-# resume then retrains at most 9 epochs, seconds on a GPU. On a CPU (35 s and more per paper-sized epoch) every epoch
-# costs 0.03 %.
+# (benchmarks/checkpoint_cost.py, BENCHMARKS.md). On an H200 the paper's run took 0.49 s per epoch
+# in all (step capture): every epoch that is 2 % (sqlite) to 7 % (server) of the uploader's time,
+# every 10th under 1 %, and a resume then retrains at most 9 epochs, about 4 s. On a CPU (35 s and
+# more per paper-sized epoch) every epoch costs 0.03 %.
 GPU_CHECKPOINT_EVERY = 10
 
 
