@@ -57,8 +57,9 @@ def entry_run(entry: str) -> Iterator[tuple[MlflowClient, str, bool]]:
     """Yield (client, run_id, owned): the run ``mlflow run`` made, or a new one we own."""
     run_id = os.environ.get("MLFLOW_RUN_ID")
     uri = mlflow.get_tracking_uri()
-    if run_id and _relative_sqlite(uri) and not _relative_sqlite(uri).exists():
-        raise FileNotFoundError(_elsewhere(run_id, uri))  # before sqlite creates an empty store here
+    relative = _relative_sqlite(uri)
+    if run_id and relative and not relative.exists():
+        raise FileNotFoundError(_elsewhere(run_id, uri, relative))  # before sqlite creates an empty store here
     c = client()
     check_tracking(c)
     owned = not run_id
@@ -67,8 +68,8 @@ def entry_run(entry: str) -> Iterator[tuple[MlflowClient, str, bool]]:
     try:
         run = c.get_run(run_id)
     except MlflowException:
-        if not owned and _relative_sqlite(uri):
-            raise LookupError(_elsewhere(run_id, uri)) from None
+        if not owned and relative:
+            raise LookupError(_elsewhere(run_id, uri, relative)) from None
         raise  # an unknown run id: one line from main
     tag_kind(c, run.info.experiment_id)
     try:
@@ -87,10 +88,10 @@ def _relative_sqlite(uri: str) -> Path | None:
     return None
 
 
-def _elsewhere(run_id: str, uri: str) -> str:
+def _elsewhere(run_id: str, uri: str, relative: Path) -> str:
     # `mlflow run <path>` creates the run in the store of the directory it was started in, then
     # starts the entry point in the project directory, where the same relative URI names another file.
-    return (f"run {run_id} (MLFLOW_RUN_ID) is not in {uri}, which here is {Path.cwd() / _relative_sqlite(uri)}: "
+    return (f"run {run_id} (MLFLOW_RUN_ID) is not in {uri}, which here is {Path.cwd() / relative}: "
             "a relative sqlite URI is opened where the entry point runs (the project directory), not where "
             "`mlflow run` was started; use an absolute one, such as sqlite:///$PWD/mlflow.db, or start "
             "`mlflow run .` in the project directory")

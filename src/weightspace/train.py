@@ -177,7 +177,8 @@ class Trainer:
         self.graph = None  # it was recorded with the momentum buffers just replaced
         if rng:
             self.order_gen.set_state(st["rng.order"])
-            # A fresh generator: the old one may be registered with the graph just dropped.
+            # A fresh generator, registered with no graph yet: what the device check ran (set_state on
+            # the old one would be allowed too; its old graph is gone with self.graph).
             self.model.dropout_gen = torch.Generator(device=self.device)
             self.model.dropout_gen.set_state(st["rng.dropout"])
 

@@ -52,11 +52,8 @@ def log_params_and_tags(client: MlflowClient, run_id: str, cfg: TrainConfig, ext
     for k, v in {**cfg.to_params(), **extra}.items():
         if k not in existing:
             new.append(Param(k, v))
-        elif k in RESUMABLE:
-            continue
-        elif existing[k] != v and existing[k] != raw.get(k) and not _same_value(k, existing[k], v):
-            raise ParamError(f"run {run_id} was started with {k}={existing[k]}, refusing to resume it with "
-                             f"{k}={v}; start a new run or resume with the original parameters")
+        else:
+            _refuse_if_changed(run_id, k, existing[k], v, raw.get(k))
     tags = {T.TAG_MACHINE: T.machine(extra.get("resolved_device", "cpu"))}
     if identity:
         tags.update({T.TAG_EXPERIMENT: cfg.experiment, T.TAG_GROUP: cfg.group, T.TAG_RUN_KEY: cfg.run_key,
@@ -64,6 +61,14 @@ def log_params_and_tags(client: MlflowClient, run_id: str, cfg: TrainConfig, ext
                      "mlflow.runName": cfg.run_name})
     T.retry(lambda: client.log_batch(run_id, params=new, tags=[RunTag(k, v) for k, v in tags.items()]),
             "parameters and tags")
+
+
+def _refuse_if_changed(run_id: str, name: str, was: str, now: str, raw: str | None = None) -> None:
+    """Refuse to resume a run with a parameter it was not started with (``RESUMABLE`` ones aside)."""
+    if name in RESUMABLE or was == raw or _same_value(name, was, now):
+        return
+    raise ParamError(f"run {run_id} was started with {name}={was}, refusing to resume it with {name}={now}; "
+                     "start a new run or resume with the original parameters")
 
 
 def _same_value(name: str, a: str, b: str) -> bool:
@@ -254,6 +259,5 @@ def _log_epoch(up: T.Uploader, trainer: Trainer, cfg: TrainConfig, epoch: int, t
 def _refuse_changed(run_id: str, stored: dict, cfg: TrainConfig) -> None:
     now = cfg.to_params()
     for k, v in stored.items():
-        if k in now and k not in RESUMABLE and now[k] != v and not _same_value(k, v, now[k]):
-            raise ParamError(f"run {run_id} was started with {k}={v}, refusing to resume it with {k}={now[k]}; "
-                             "start a new run or resume with the original parameters")
+        if k in now:
+            _refuse_if_changed(run_id, k, v, now[k])
