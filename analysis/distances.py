@@ -16,7 +16,7 @@ from scipy.spatial.distance import pdist, squareform
 from tqdm.auto import tqdm
 
 from weightspace.analysis.pca import as_list, open_snapshot
-from weightspace.trajectory import Trajectory
+from weightspace.trajectories import Trajectory
 
 
 @dataclass

@@ -37,7 +37,7 @@ from weightspace.analysis.distances import (
 from weightspace.analysis.figures.families import families_figure
 from weightspace.analysis.report.families import families_claims, render_families
 from weightspace.analysis.report.table import Claim
-from weightspace.trajectory import Trajectory
+from weightspace.trajectories import Trajectory
 
 PAPER_FAMILIES = ("different_init", "same_init", "clone")   # the three experiments the claim compares
 

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from weightspace.trajectory import Trajectory
+from weightspace.trajectories import Trajectory
 
 DEFAULT_CHUNK = 1 << 16
 GEMM_BLOCK = 8192

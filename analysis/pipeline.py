@@ -37,7 +37,7 @@ from weightspace.analysis.nullmodel import (
 from weightspace.analysis.pca import Gram, PCAResult, check_same_size, compute_gram, project
 from weightspace.analysis.report import paper as RP
 from weightspace.analysis.report.table import Claim, render_report, render_text
-from weightspace.trajectory import Trajectory
+from weightspace.trajectories import Trajectory
 
 PANEL_SIZES = (1, 2, 5)   # the paper's Figure 1: PCA fit on the first 1, 2 and 5 runs
 # Families whose runs start apart: their null starts from the measured spread of the starts (the

@@ -70,7 +70,7 @@ def run_method(method: str, directory: Path) -> dict:
     files = sorted(directory.glob("epoch_*.npy"))
     if method.startswith("analysis"):
         from weightspace.analysis.pca import trajectory_pca
-        from weightspace.trajectory import Trajectory
+        from weightspace.trajectories import Trajectory
     else:
         from sklearn.decomposition import PCA
     base = rss_bytes()

@@ -15,7 +15,7 @@ from weightspace.analysis.distances import (
     summary_stats,
     upper_values,
 )
-from weightspace.trajectory import Trajectory
+from weightspace.trajectories import Trajectory
 
 P = 2500
 

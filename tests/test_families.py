@@ -9,7 +9,7 @@ from scipy.spatial.distance import pdist
 from weightspace.analysis.families import analyse_families, family_distances, spread_ratio
 from weightspace.analysis.report.families import ACROSS_RATIO, across_verdict, within_verdict
 from weightspace.analysis.report.paper import EQUAL_CV
-from weightspace.trajectory import Trajectory
+from weightspace.trajectories import Trajectory
 
 PNG = b"\x89PNG\r\n\x1a\n"
 P = 400

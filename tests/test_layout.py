@@ -1,6 +1,6 @@
 """The package's shape: dependencies run one way, no module over 350 lines, no issue numbers.
 
-    core (config, params, numerics, capture, data, model, train, siblings, trajectory)
+    core (config, params, numerics, capture, data, model, train, siblings, trajectories)
       <- tracking (talks to MLflow)      <- experiments, cli (the entry points)
       <- analysis (plain functions over arrays, never MLflow)
 """
@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PKG = REPO / "src" / "weightspace"
-CORE = {"config", "params", "numerics", "capture", "threads", "data", "model", "train", "siblings", "trajectory"}
+CORE = {"config", "params", "numerics", "capture", "threads", "data", "model", "train", "siblings", "trajectories"}
 # what each layer may import from weightspace (besides itself); mlflow only where marked
 ALLOWED = {
     "core": ({"core"}, False),

@@ -5,7 +5,7 @@ import pytest
 from sklearn.decomposition import PCA
 
 from weightspace.analysis.pca import check_same_size, compute_gram, trajectory_pca
-from weightspace.trajectory import Trajectory
+from weightspace.trajectories import Trajectory
 
 P = 3001          # not a multiple of the chunk, so the ragged last chunk is exercised
 CHUNK = 700

@@ -10,7 +10,7 @@ from sklearn.decomposition import PCA
 from weightspace.analysis.nullmodel import null_evr, null_evr_runs
 from weightspace.analysis.pipeline import analyse_family
 from weightspace.analysis.report.table import Claim
-from weightspace.trajectory import Trajectory
+from weightspace.trajectories import Trajectory
 
 P = 2000
 PNG = b"\x89PNG\r\n\x1a\n"

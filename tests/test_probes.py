@@ -18,7 +18,7 @@ from weightspace.analysis.stationarity import grad_norm, gradient, hvp, top_hess
 from weightspace.analysis.surface import grid_loss, orthonormalize, plane_points
 from weightspace.data import load_dataset
 from weightspace.model import build_model, flat_params, load_flat
-from weightspace.trajectory import Trajectory
+from weightspace.trajectories import Trajectory
 
 torch.set_num_threads(1)
 PNG = b"\x89PNG\r\n\x1a\n"

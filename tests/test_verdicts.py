@@ -8,7 +8,7 @@ import pytest
 
 from weightspace.analysis.distances import RunGeometry
 from weightspace.analysis.report import paper as RP
-from weightspace.trajectory import Trajectory
+from weightspace.trajectories import Trajectory
 
 NAN = math.nan
 

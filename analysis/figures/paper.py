@@ -11,7 +11,7 @@ import numpy as np
 from weightspace.analysis.distances import PairwiseOverEpochs, RunGeometry
 from weightspace.analysis.figures.style import colour, new_figure, run_label, save
 from weightspace.analysis.pca import PCAResult
-from weightspace.trajectory import Trajectory
+from weightspace.trajectories import Trajectory
 
 
 def _pc_label(pca: PCAResult, k: int) -> str:

@@ -13,7 +13,7 @@ import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from weightspace.trajectory import Trajectory
+from weightspace.trajectories import Trajectory
 
 
 def colour(r: int, n: int = 10):

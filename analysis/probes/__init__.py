@@ -26,7 +26,7 @@ from weightspace.analysis.probes.surface import surface
 from weightspace.analysis.report import probes as RP
 from weightspace.analysis.report.table import Claim
 from weightspace.analysis.surface import Plane
-from weightspace.trajectory import Trajectory
+from weightspace.trajectories import Trajectory
 
 __all__ = ["PROBES", "SGD", "Plane", "Probe", "ProbeOptions", "ProbeResult", "run_probes"]
 

@@ -15,7 +15,7 @@ import torch
 
 from weightspace.analysis.flatmodel import FlatModel, subset
 from weightspace.analysis.surface import Plane
-from weightspace.trajectory import Trajectory
+from weightspace.trajectories import Trajectory
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy as np
 from weightspace.analysis.distances import RunGeometry
 from weightspace.analysis.nullmodel import BOOTSTRAP_LEVEL, BOOTSTRAP_RESAMPLES, beyond_null
 from weightspace.analysis.report.table import Claim, num, pct
-from weightspace.trajectory import Trajectory
+from weightspace.trajectories import Trajectory
 
 if TYPE_CHECKING:
     from weightspace.analysis.pipeline import Spectra

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from weightspace.trajectory import Trajectory
+from weightspace.trajectories import Trajectory
 
 COLUMNS = ("Claim", "Paper", "Measured", "Null model", "Verdict")
 

@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from .. import tracking as T
 from ..config import read_params
-from ..trajectory import Trajectory
+from ..trajectories import Trajectory
 
 METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "weight_norm", "distance_from_init",
            "step_length", "epoch_seconds")
@@ -168,7 +168,7 @@ def metric_histories(client: MlflowClient, run_id: str, names=METRICS) -> dict[s
 
 
 def trajectory(run: Run | str, client: MlflowClient | None = None, cache_dir: Path | None = None):
-    """The run as a ``weightspace.trajectory.Trajectory`` (files in the local cache)."""
+    """The run as a ``weightspace.trajectories.Trajectory`` (files in the local cache)."""
 
     client = client or MlflowClient()
     if isinstance(run, str):
