@@ -1,4 +1,4 @@
-"""Entry point `clone` (see MLproject and README)."""
+"""Entry point `clone` (see MLproject and docs/parameters.md)."""
 
 import sys
 

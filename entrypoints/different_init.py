@@ -1,4 +1,4 @@
-"""Entry point `different_init` (see MLproject and README)."""
+"""Entry point `different_init` (see MLproject and docs/parameters.md)."""
 
 import sys
 

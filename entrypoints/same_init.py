@@ -1,4 +1,4 @@
-"""Entry point `same_init` (see MLproject and README)."""
+"""Entry point `same_init` (see MLproject and docs/parameters.md)."""
 
 import sys
 

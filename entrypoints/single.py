@@ -1,4 +1,4 @@
-"""Entry point `single` (see MLproject and README)."""
+"""Entry point `single` (see MLproject and docs/parameters.md)."""
 
 import sys
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's main job: a short version of the paper suite on the embedded default
-# store (sqlite:///mlflow.db) on a 2-core CPU (README: measured times), ending with the
+# store (sqlite:///mlflow.db) on a 2-core CPU (measured times: BENCHMARKS.md), ending with the
 # analyses (figures and claims report) and how to open the MLflow UI.
 # Extra arguments go to `mlflow run`, e.g. scripts/demo.sh -P epochs=50
 set -euo pipefail

@@ -1,6 +1,6 @@
-"""Write MLproject and the README's parameter tables from the entry points' declarations.
+"""Write MLproject and the parameter tables of docs/parameters.md from the entry points' declarations.
 
-    python scripts/gen_mlproject.py           # rewrite MLproject and README.md in place
+    python scripts/gen_mlproject.py           # rewrite MLproject and docs/parameters.md in place
     python scripts/gen_mlproject.py --check   # exit 1 if either differs from what it would write
 
 Each entry point's parameters are one dataclass (``weightspace.experiments.ENTRY_POINTS``);
@@ -17,6 +17,7 @@ from weightspace.experiments import ENTRY_POINTS, entry_point
 from weightspace.params import markdown_table, mlproject_entry
 
 ROOT = Path(__file__).resolve().parent.parent
+PAGE = ROOT / "docs" / "parameters.md"
 HEADER = """\
 # weightspace: the experiments of Lipton (2016), "Stuck in a What? Adventures in Weight Space".
 # Run one with: mlflow run . --env-manager local -e same_init -P shuffle_seed=3
@@ -36,20 +37,20 @@ def mlproject() -> str:
     return HEADER + "\n\n".join(entries) + "\n"
 
 
-def readme_tables(readme: str) -> str:
+def parameter_tables(page: str) -> str:
     parts = []
     for name in ENTRY_POINTS:
         cls = entry_point(name).params
         doc = (cls.__doc__ or "").strip().splitlines()[0]
-        parts.append(f"#### `{name}`\n\n{doc}\n\n{markdown_table(cls)}")
+        parts.append(f"### `{name}`\n\n{doc}\n\n{markdown_table(cls)}")
     block = BEGIN + "\n\n" + "\n\n".join(parts) + "\n\n" + END
-    if BEGIN not in readme:
-        raise SystemExit(f"README.md lacks the marker {BEGIN}")
-    return re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, readme, flags=re.S)
+    if BEGIN not in page:
+        raise SystemExit(f"{PAGE.relative_to(ROOT)} lacks the marker {BEGIN}")
+    return re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, page, flags=re.S)
 
 
 def main(argv: list[str]) -> int:
-    want = {ROOT / "MLproject": mlproject(), ROOT / "README.md": readme_tables((ROOT / "README.md").read_text())}
+    want = {ROOT / "MLproject": mlproject(), PAGE: parameter_tables(PAGE.read_text())}
     stale = [p.name for p, text in want.items() if p.read_text() != text]
     if "--check" in argv:
         if stale:

@@ -1,5 +1,5 @@
 """The parameter declarations: parsing on both sides of every bound, required and unknown
-parameters, and MLproject / README generated from the declarations (checked with MLflow's
+parameters, and MLproject / docs/parameters.md generated from the declarations (checked with MLflow's
 own MLproject loader)."""
 
 import dataclasses
@@ -97,7 +97,7 @@ def test_mlproject_as_mlflow_reads_it_matches_the_declarations(name):
     assert all(f"--{f.name} {{{f.name}}}" in ep.command for f in fs)
 
 
-def test_mlproject_and_readme_are_what_the_generator_writes():
+def test_mlproject_and_parameter_tables_are_what_the_generator_writes():
     res = subprocess.run([sys.executable, "scripts/gen_mlproject.py", "--check"], cwd=REPO,
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr

@@ -1,5 +1,6 @@
 """The README's sibling workflow, as a user runs it: separate `mlflow run` launches with their
-defaults, then the analysis with its defaults (probes on).
+defaults, then the analysis with its defaults (probes on), then the README's Python block on the
+store the workflow filled.
 
 `mlflow run` logs every parameter shell-quoted, so the runs' ``data_dir`` is stored as ``''``
 (or ``'/tmp/my data'``); the analysis must read it back as the entry point received it.
@@ -8,25 +9,30 @@ defaults, then the analysis with its defaults (probes on).
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
 from conftest import REPO
+from test_doc_blocks import marked_run_by
 from weightspace.config import build_config, config_from_params
 from weightspace.data import shipped_mnist_dir
 
 pytestmark = pytest.mark.e2e
 
-MARK = "<!-- the next block is executed verbatim by tests/test_workflow_e2e.py -->"
 # The probe metrics an analysis with the default probes logs (one per probe family).
 PROBE_METRICS = ("disagreement_mean", "surface_loss_min", "grad_norm_final_run0")
 
 
+def readme_blocks() -> tuple[str, str]:
+    """The README's sibling-workflow block (bash) and its Python block, both marked for this file."""
+    got = {b.lang: b.code for b in marked_run_by("tests/test_workflow_e2e.py", "README.md")}
+    assert set(got) == {"bash", "python"}, "README.md lost a block this test runs"
+    return got["bash"], got["python"]
+
+
 def readme_block() -> str:
-    text = (REPO / "README.md").read_text()
-    m = re.search(re.escape(MARK) + r"\s*```bash\n(.*?)```", text, re.S)
-    assert m, "README.md lost the sibling-workflow block this test runs"
-    return m.group(1)
+    return readme_blocks()[0]
 
 
 def analysis_runs(store):
@@ -66,6 +72,12 @@ def test_readme_sibling_workflow_as_written(store):
     [group] = {r.data.tags["weightspace.group"] for r in siblings}
     assert f"group {group}" in p.stderr  # each run prints the group the README names
     check_analysis(s, group, 3)
+    # the README's Python block, as written, against the store it has just filled
+    p = subprocess.run([sys.executable, "-c", readme_blocks()[1]], cwd=s.workdir, env=s.env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-4000:]
+    first, *_, last = p.stdout.strip().splitlines()
+    assert first.startswith("(5, ") and "[0, 1, 2, 3, 4] same_init-shuffle1" in first and last == group, p.stdout
 
 
 def test_sibling_workflow_with_a_data_dir_containing_a_space(store, tmp_path):

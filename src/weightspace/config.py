@@ -135,7 +135,7 @@ class TrainCommon(DataModel):
 class TrainConfig(TrainCommon):
     """Everything that determines one training run.
 
-    Defaults reproduce the paper's regime (see README, "Why these defaults").
+    Defaults reproduce the paper's regime (docs/model.md, "Why these defaults").
     """
 
     experiment: str = "single"

@@ -5,7 +5,7 @@ the words an error shows) and its help text. An entry point's parameters are one
 frozen dataclass whose fields are made by calling a ``Decl`` with that entry point's
 default (``epochs: int = EPOCHS(200)``); a field without a default is required.
 From the dataclass come the parsing of ``--name value`` argv, the one-line errors, the
-MLproject entry and the README's parameter table (``scripts/gen_mlproject.py``; a test
+MLproject entry and the parameter tables of docs/parameters.md (``scripts/gen_mlproject.py``; a test
 fails when the committed files differ from what it generates).
 """
 
@@ -181,7 +181,7 @@ def _yaml_scalar(text: str) -> str:
 
 
 def markdown_table(cls: type) -> str:
-    """The README's table of one entry point's parameters."""
+    """The docs table of one entry point's parameters."""
     rows = ["| parameter | default | allowed | what it does |", "|---|---|---|---|"]
     for f in declared(cls):
         d = decl_of(f)

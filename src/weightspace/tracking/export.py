@@ -25,7 +25,7 @@ from ..config import config_from_params, read_params
 from .runs import TrajectoryError, _download, complete_manifest, metric_histories
 
 # The epochs at which the paper states its loss and distance figures, and a finer grid for the
-# README's loss table; only those a run reaches are written, plus its last epoch.
+# loss table of docs/paper-scale.md; only those a run reaches are written, plus its last epoch.
 HEADLINE_EPOCHS = (50, 100, 150, 200)
 TABLE_EPOCHS = (1, 5, 10, 25, 50, 75, 100, 125, 150, 175, 200)
 # Analysis metrics copied as they are (the paper's PCA claim and its random-walk null).
