@@ -7,7 +7,8 @@
 
 A child whose exact configuration (``weightspace.run_key``) already has a FINISHED run
 in the experiment is reused, not retrained: relaunching a crashed suite only trains
-what is missing.
+what is missing, and resuming it (``--run-id <parent>``) continues its unfinished runs.
+``siblings=batched`` trains the whole suite as one batch (``suite_batch``).
 """
 
 from __future__ import annotations
@@ -21,15 +22,14 @@ from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
 from .. import tracking as T
-from ..cli import EntryPoint, entry_run, mark_failed
+from ..cli import EntryPoint, entry_run
 from ..config import EPOCHS, INIT_SEED, PRETRAIN_EPOCHS, SNAPSHOT_EVERY, TrainCommon, TrainConfig, build_config
 from ..params import Decl, as_strings, int_range, one_of
 from ..tracking.runs import wants_bars
-from ..tracking.session import RunSession
-from ..train import Trainer, fit, resolve_device
 from .analyse import PAPER_FAMILIES, SELECTORS, AnalysisOptions, analyse_families_run, analyse_suite, in_child_run
 from .pool import Job, Pool, slots
-from .training import dataset_for, ensure_pretrain, run_child, runs_with_key
+from .suite_batch import train_suite_batched
+from .training import ensure_pretrain, run_child, runs_with_key
 
 SIBLING_MODES = ("sequential", "batched", "processes")
 
@@ -45,9 +45,9 @@ class Paper(TrainCommon):
                                       lambda v: 1 <= v <= 100_000)(1)
     init_seed: int = INIT_SEED(0)
     pretrain_epochs: int = PRETRAIN_EPOCHS(10)
-    siblings: str = one_of(*SIBLING_MODES, extra=" (batched: one process, torch.func, for GPUs; processes: "
+    siblings: str = one_of(*SIBLING_MODES, extra=" (batched: the whole suite as one batch of models, torch.func, for GPUs; processes: "
                            "every run and analysis of the suite a process on one pool of cores, for CPUs)",
-                           help="how the suite's runs train: one after another, each family vmapped together, "
+                           help="how the suite's runs train: one after another, all in one vmapped batch (clones join at their fork), "
                                 "or all in parallel processes (each family's analysis as soon as it is trained)"
                            )("sequential")
     analysis: int = int_range(0, 1, "1: analyse each family when the suite is trained",
@@ -76,40 +76,48 @@ def run_suite(client: MlflowClient, parent_id: str, fams: dict[str, list[TrainCo
     exp_id = client.get_run(parent_id).info.experiment_id
     reused: list[str] = []
     ids: dict[str, list[str]] = {}
-    n = sum(len(v) for v in fams.values())
-    outer = tqdm(total=n, desc="paper suite", unit="run", disable=not progress, file=sys.stderr, position=0)
+    todo: dict[str, list[tuple[str, TrainConfig]]] = {}
     for family, cfgs in fams.items():
-        start_from = None
-        if family == "clone":
-            start_from = ensure_pretrain(client, exp_id, cfgs[0], parent_id=parent_id, progress=progress)
-        todo = []
         for cfg in cfgs:
             rid, was_done = reuse_or_create(client, exp_id, parent_id, cfg)
             ids.setdefault(family, []).append(rid)
             if was_done:
                 reused.append(rid)
-                outer.update(1)
             else:
-                todo.append((rid, cfg))
-        if siblings == "batched" and len(todo) > 1:
-            train_batched(client, todo, start_from, progress)
-            outer.update(len(todo))
-        else:
-            for rid, cfg in todo:
-                run_child(client, rid, cfg, start_from=start_from, progress=progress)
-                outer.update(1)
-    outer.close()
+                todo.setdefault(family, []).append((rid, cfg))
     note_reused(client, parent_id, reused)
+    clones = todo.pop("clone", [])
+    rest = [x for runs in todo.values() for x in runs]
+    if siblings == "batched":
+        if rest or clones:
+            train_suite_batched(client, parent_id, rest, clones, progress)
+        return ids
+    outer = tqdm(total=len(rest) + len(clones), desc="paper suite", unit="run", disable=not progress,
+                 file=sys.stderr, position=0)
+    for rid, cfg in rest:
+        run_child(client, rid, cfg, progress=progress)
+        outer.update(1)
+    if clones:
+        start_from = ensure_pretrain(client, exp_id, clones[0][1], parent_id=parent_id, progress=progress)
+        for rid, cfg in clones:
+            run_child(client, rid, cfg, start_from=start_from, progress=progress)
+            outer.update(1)
+    outer.close()
     return ids
 
 
 def reuse_or_create(client: MlflowClient, exp_id: str, parent_id: str, cfg: TrainConfig) -> tuple[str, bool]:
-    """(run id, reused): a FINISHED run of ``cfg``'s exact configuration, or a new child run of the suite."""
+    """(run id, reused): a FINISHED run of ``cfg``'s exact configuration, this suite's own unfinished
+    run of it (a suite resumed with --run-id continues it), or a new child run of the suite."""
     done = runs_with_key(client, [exp_id], cfg.run_key, ("FINISHED",))
     if done:
         rid = done[-1].info.run_id
         tqdm.write(f"[paper] reusing FINISHED run {rid} ({cfg.run_name})", file=sys.stderr)
         return rid, True
+    mine = [r for r in runs_with_key(client, [exp_id], cfg.run_key, ("RUNNING", "FAILED", "KILLED"))
+            if r.data.tags.get(T.TAG_PARENT) == parent_id]
+    if mine:
+        return sorted(mine, key=lambda r: r.info.start_time)[-1].info.run_id, False
     tags = {T.TAG_PARENT: parent_id, T.TAG_RUN_KEY: cfg.run_key}
     return client.create_run(exp_id, run_name=cfg.run_name, tags=tags).info.run_id, False
 
@@ -118,36 +126,6 @@ def note_reused(client: MlflowClient, parent_id: str, reused: list[str]) -> None
     """The parent records the runs it reused (their parent tag names an earlier suite)."""
     if reused:
         client.set_tag(parent_id, "weightspace.reused_run_ids", ",".join(reused)[:5000])
-
-
-def train_batched(client: MlflowClient, todo: list[tuple[str, TrainConfig]], start_from: str | None,
-                  progress: bool) -> None:
-    """Train sibling runs together in one process; each still logs into its own run."""
-    from ..siblings import BatchedTrainer
-
-    sessions = []
-    try:
-        for rid, cfg in todo:
-            device = resolve_device(cfg.device)
-            sessions.append(RunSession(client, rid, cfg, Trainer(cfg, dataset_for(cfg, device), device),
-                                       start_from=start_from))
-        if len({s.trainer.epoch for s in sessions}) != 1:
-            raise RuntimeError("batched siblings must resume from the same epoch; use siblings=sequential")
-        batched = BatchedTrainer([s.trainer for s in sessions])
-        cfg = todo[0][1]
-        fit(batched.train_epoch, sessions, sessions[0].first, cfg.epochs, batched.device,
-            desc=f"{cfg.experiment} x{len(todo)}", progress=progress)
-        for s in sessions:
-            s.finish()
-    except BaseException as e:
-        for rid, _ in todo:
-            mark_failed(client, rid, e)
-        raise
-    finally:
-        for s in sessions:
-            s.close()
-    for rid, _ in todo:
-        T.retry(lambda r=rid: client.set_terminated(r, "FINISHED"), "finishing run")
 
 
 def child_argv(cfg: TrainConfig, start_from: str | None = None) -> list[str]:

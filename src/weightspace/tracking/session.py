@@ -134,12 +134,14 @@ class RunSession:
 
     ``record=False`` logs parameters and per-epoch metrics only (no snapshots, checkpoint or
     model) and leaves the run's identity tags to its owner: an Optuna trial, which is not a
-    sibling of anything.
+    sibling of anything. ``state``: continue from these checkpoint tensors instead of the run's
+    own checkpoint (a batched suite resumes all its runs from one epoch); ``own_checkpoint=False``:
+    start anew even when the run has a checkpoint.
     """
 
     def __init__(self, client: MlflowClient, run_id: str, cfg: TrainConfig, trainer: Trainer, *,
                  raw: dict[str, str] | None = None, start_from: str | None = None, asynchronous: bool = True,
-                 record: bool = True):
+                 record: bool = True, state: dict[str, torch.Tensor] | None = None, own_checkpoint: bool = True):
         self.client, self.run_id, self.cfg, self.trainer, self.record = client, run_id, cfg, trainer, record
         self.layout = Layout.of(trainer.model)
         data = trainer.data
@@ -154,7 +156,7 @@ class RunSession:
             T.retry(lambda: log_datasets(client, run_id, cfg, data), "dataset inputs")
         self.up = T.Uploader(client, run_id, asynchronous=asynchronous)
         try:
-            self._start(start_from) if record else self._start_unrecorded()
+            self._start(start_from, state, own_checkpoint) if record else self._start_unrecorded()
         except BaseException:
             self.up.close()
             raise
@@ -162,10 +164,14 @@ class RunSession:
     def _start_unrecorded(self) -> None:
         self.first, self.done, self.snap_epochs, self.theta0 = self.trainer.epoch, set(), set(), None
 
-    def _start(self, start_from: str | None) -> None:
+    def _start(self, start_from: str | None, state: dict[str, torch.Tensor] | None, own_checkpoint: bool) -> None:
         client, run_id, cfg, trainer = self.client, self.run_id, self.cfg, self.trainer
         with tempfile.TemporaryDirectory() as tmp:
-            ck = download_checkpoint(client, run_id, Path(tmp))
+            if state is not None:
+                ck = (state, {})
+            else:
+                ck = download_checkpoint(client, run_id, Path(tmp)) if own_checkpoint else None
+            resumed = ck is not None
             if ck is not None:
                 state, stored = ck
                 _refuse_changed(run_id, stored, cfg)
@@ -186,7 +192,9 @@ class RunSession:
         self.first = trainer.epoch
         self.up.text(self.layout.to_json(), "trajectory/layout.json")
         self.manifest = _Manifest(self.up, _existing_manifest(client, run_id))
-        self.snap_epochs = set(cfg.snapshot_epochs()) | {self.first}
+        # A fresh run's first epoch (the init, or a clone's fork) is always a snapshot; a resumed
+        # run's is one only when the schedule says so, as in an uninterrupted run.
+        self.snap_epochs = set(cfg.snapshot_epochs()) | (set() if resumed else {self.first})
         self.prev = trainer.theta()
         if self.first not in self.done:
             _log_epoch(self.up, trainer, cfg, self.first, self.prev, self.theta0, None, None)
