@@ -20,6 +20,10 @@
 #      an export, paper-scale/run-metrics.json keeps the run's per-epoch metrics.
 #      Its epochs are sized from step 2's measured seconds per epoch to the time left: if 200 do not
 #      fit, it runs as many as fit and the summary says so.
+#   4. the paper's whole suite (STEPS=4, a call of its own): 4a. SUITE_K paper models batched, timed with and
+#      without step capture, the faster chosen; 4b. `mlflow run -e paper -P siblings=batched` (every run of the
+#      suite as one batch of models, then one analysis per family and analysis-families); 4c. `python -m
+#      weightspace export --suite` -> suite.tar (a folder per analysis: metrics.json, report.md, figures/)
 # At the end (and after every step, so a timeout leaves one too): summary.md, one table. log.txt has
 # everything. That is 8 files, the most the device tool brings back.
 #
@@ -32,6 +36,7 @@
 #   EPOCH_SECONDS="" (step 3's seconds per epoch of train + evaluation, instead of step 2's measurement)
 #   STEP3_KEEP=330 (s kept for step 3 while steps 1-2 run)  ANALYSIS_RESERVE=150 (s kept for analysis + export)
 #   RUN_OVERHEAD=45 (s for `mlflow run` to start and end, beside the epochs)
+#   REPLICAS=5  PRETRAIN_EPOCHS=10  SUITE_K=16  SUITE_ARGS="" (extra -P for the paper run)  EXPORT_RESERVE=30
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO"
@@ -62,13 +67,18 @@ EPOCH_SECONDS=${EPOCH_SECONDS:-}
 STEP3_KEEP=${STEP3_KEEP:-330}
 ANALYSIS_RESERVE=${ANALYSIS_RESERVE:-150}
 RUN_OVERHEAD=${RUN_OVERHEAD:-45}
+REPLICAS=${REPLICAS:-5}
+PRETRAIN_EPOCHS=${PRETRAIN_EPOCHS:-10}
+SUITE_K=${SUITE_K:-16}
+SUITE_ARGS=${SUITE_ARGS:-}
+EXPORT_RESERVE=${EXPORT_RESERVE:-30}
 EXPERIMENT=gpu-check
 
 export PYTHONUNBUFFERED=1 GIT_PYTHON_REFRESH=quiet MLFLOW_TRACKING_URI="sqlite:///$WORK/mlflow.db" \
   WEIGHTSPACE_CACHE="$WORK/cache" MPLBACKEND=Agg
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 rm -f "$OUT"/summary.md "$OUT"/log.txt "$OUT"/smoke.txt "$OUT"/throughput.md "$OUT"/paper-scale.txt
-rm -rf "$OUT"/paper-scale
+rm -rf "$OUT"/paper-scale "$OUT"/suite.tar "$OUT"/suite.txt
 exec > >(tee -a "$OUT/log.txt") 2>&1
 
 now() { date +%s; }
@@ -375,6 +385,67 @@ json.dump({"run_id": r.info.run_id, "status": r.info.status, "params": r.data.pa
 print(f"wrote {sys.argv[2]}: the single run's metric histories (no export)")
 EOF
         ) || true
+      fi
+    fi
+  fi
+fi
+
+# -- 4. the paper's whole suite, one batch of models, its analyses, the export ---------------------------------
+if want 4; then
+  echo "== 4. paper suite $(date -u +%T)"
+  P4="$OUT/suite.txt"
+  t=$(now)
+  run_step "$(min 90 $(( $(left) - 60 )))" "$P4" "$PY" benchmarks/siblings.py --device "$DEVICE" --k "$SUITE_K" --n "$N" \
+    --repeats 1 --width "$WIDTH" --json "$WORK/suite_variants.json"
+  rc=$?
+  read -r CAP CHOICE <<< "$("$PY" - "$WORK/suite_variants.json" <<'EOF' 2>/dev/null
+import json, sys
+rows = {r["variant"].split(",")[0]: r["model_samples_per_s"] for r in json.load(open(sys.argv[1]))["rows"]}
+plain, cap = rows.get("BatchedTrainer (vmap)"), rows.get("BatchedTrainer (vmap) + step capture")
+faster = bool(cap and plain and cap > plain)
+print(int(faster), f"vmap {plain or 0:.0f} model-samples/s, " +
+      (f"with step capture {cap:.0f}" if cap else "step capture not timed (it needs CUDA)"))
+EOF
+)"
+  CAP=${CAP:-0}
+  row "4a. $SUITE_K batched paper models (siblings.py)" "$(status_of $rc)" "$(( $(now) - t ))" \
+    "${CHOICE:-no measurement}: step_capture=$CAP chosen"
+  if [ "$setup_ok" != 1 ]; then
+    row "4b. paper suite" "skipped" 0 "the set-up failed: no mlflow or no project"
+  else
+    t=$(now)
+    (cd "$WORK" && "$PY" -m weightspace init-store >/dev/null && "$PY" -c \
+      'from mlflow.tracking import MlflowClient; MlflowClient().create_experiment("suite")') 2>&1 | tee -a "$P4"
+    run_step $(( $(left) - EXPORT_RESERVE )) "$P4" "$PY" -m mlflow run "$REPO" --env-manager local --experiment-name suite \
+      -e paper -P device="$DEVICE" -P siblings=batched -P step_capture="$CAP" -P epochs="$EPOCHS" \
+      -P train_subset="$TRAIN_SUBSET" -P width="$WIDTH" -P replicas="$REPLICAS" -P pretrain_epochs="$PRETRAIN_EPOCHS" $SUITE_ARGS
+    rc=$?
+    info=$(cd "$WORK" && "$PY" - <<'EOF' 2>/dev/null
+from mlflow.tracking import MlflowClient
+c = MlflowClient()
+runs = c.search_runs([c.get_experiment_by_name("suite").experiment_id])
+parent = [r for r in runs if r.data.tags.get("weightspace.experiment") == "paper"][0]
+kinds = ("single", "different_init", "same_init", "pretrain", "clone")
+trained = [r for r in runs if r.data.tags.get("weightspace.experiment") in kinds]
+hist = {r.info.run_id: c.get_metric_history(r.info.run_id, "epoch_seconds") for r in trained}
+secs = sum(m.value for h in hist.values() for m in h)
+samples = sum(int(r.data.params.get("n_train", 0)) * len(hist[r.info.run_id]) for r in trained)
+done = sum(r.info.status == "FINISHED" for r in trained)
+print(parent.info.run_id, parent.info.status, done, len(trained), f"{samples / max(secs, 1e-9):.0f}")
+EOF
+)
+    read -r PID PSTATUS NDONE NRUNS RATE <<< "${info:-- - 0 0 -}"
+    row "4b. paper suite (mlflow run -e paper -P siblings=batched)" "$(status_of $rc)" "$(( $(now) - t ))" \
+      "paper run $PID $PSTATUS: $NDONE of $NRUNS training runs FINISHED; $RATE model-samples/s of training (epoch_seconds)"
+    if [ "$PSTATUS" = FINISHED ]; then
+      t=$(now)
+      run_step $(( $(left) - 3 )) "$P4" "$PY" -m weightspace export --suite "$PID" "$WORK/suite"
+      rc=$?
+      if [ "$rc" = 0 ]; then
+        tar -cf "$OUT/suite.tar" -C "$WORK" suite
+        row "4c. export --suite (suite.tar)" "ok" "$(( $(now) - t ))" "one folder per analysis: $(ls "$WORK/suite" | tr '\n' ' ')"
+      else
+        row "4c. export --suite" "$(status_of $rc)" "$(( $(now) - t ))" "see suite.txt"
       fi
     fi
   fi

@@ -1,6 +1,7 @@
 """A finished training run and its analysis as a small record to commit: no snapshots.
 
     python -m weightspace export RUN_ID docs/paper-scale/single [--analysis-run-id ID]
+    python -m weightspace export --suite PAPER_RUN_ID docs/paper-scale/suite
 
 Writes ``DIR/metrics.json`` with every value read from the tracking store (never typed by
 hand), and ``DIR/report.md`` and ``DIR/figures/*.png`` copied from the analysis run's
@@ -106,7 +107,29 @@ def export(client: MlflowClient, run_id: str, out_dir: Path, analysis_id: str | 
     except MlflowException:
         raise ExportError(f"run {run_id}: no such run in this tracking store") from None
     analysis_id = analysis_id or find_analysis_run(client, run)
-    metrics = export_metrics(client, run, analysis_id)
+    return _write(client, analysis_id, out_dir, export_metrics(client, run, analysis_id))
+
+
+def export_suite(client: MlflowClient, parent_id: str, out_dir: Path) -> list[Path]:
+    """One folder per analysis of a paper suite (``single``, the families, ``families``): the analysis
+    run's report, figures and every metric, with the runs it read; never the snapshots."""
+    parent = client.get_run(parent_id)
+    flt = f"tags.`{T.TAG_PARENT}` = '{parent_id}' and tags.`{T.TAG_EXPERIMENT}` = 'analysis'"
+    runs = [r for r in client.search_runs([parent.info.experiment_id], flt) if r.info.status == "FINISHED"]
+    if not runs:
+        raise ExportError(f"run {parent_id}: no FINISHED analysis among its child runs")
+    out = []
+    for a in sorted(runs, key=lambda r: r.info.start_time):
+        family = a.data.tags.get("weightspace.family") or (a.info.run_name or "").removeprefix("analysis-")
+        sources = [s for s in a.data.tags.get(T.TAG_SOURCES, "").split(",") if s]
+        metrics = {"analysis_run_id": a.info.run_id, "family": family, "source_run_ids": sources,
+                   "suite_run_id": parent_id, "params": read_params(parent.data.params),
+                   "machine": a.data.tags.get(T.TAG_MACHINE) or T.machine(), **a.data.metrics}
+        out.append(_write(client, a.info.run_id, out_dir / family, metrics))
+    return out
+
+
+def _write(client: MlflowClient, analysis_id: str, out_dir: Path, metrics: dict) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         got = _download(client, analysis_id, "", Path(tmp), bar=True)
@@ -125,14 +148,17 @@ def export(client: MlflowClient, run_id: str, out_dir: Path, analysis_id: str | 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m weightspace export", description=__doc__.splitlines()[0])
-    ap.add_argument("run_id", help="the FINISHED training run")
+    ap.add_argument("run_id", help="the FINISHED training run (with --suite: the paper run)")
     ap.add_argument("out_dir", type=Path, help="directory to write metrics.json, report.md, figures/")
     ap.add_argument("--analysis-run-id", default=None, help="the analysis run (default: the newest of this run alone)")
+    ap.add_argument("--suite", action="store_true", help="export every analysis of a paper run, one folder each")
     a = ap.parse_args(argv)
     try:
-        out = export(MlflowClient(), a.run_id, a.out_dir, a.analysis_run_id)
+        client = MlflowClient()
+        outs = export_suite(client, a.run_id, a.out_dir) if a.suite else \
+            [export(client, a.run_id, a.out_dir, a.analysis_run_id)]
     except (ExportError, TrajectoryError, MlflowException) as e:
         print(f"weightspace: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
-    print(f"weightspace: exported run {a.run_id} to {out}", file=sys.stderr)
+    print(f"weightspace: exported run {a.run_id} to {', '.join(map(str, outs))}", file=sys.stderr)
     return 0

@@ -1,0 +1,65 @@
+"""Step 4 of the prepared device check (``STEPS=4 bash benchmarks/gpu_check.sh``): the paper's whole
+suite as one batch of models, its analyses and the export, rehearsed on the CPU at a tiny size.
+
+What comes back from a device call is at most 8 files, 2 folders down: the export travels as one
+tar, with a folder per analysis (``single``, the three families, ``families``).
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.e2e
+
+TINY = {"DEVICE": "cpu", "STEPS": "4", "EPOCHS": "3", "TRAIN_SUBSET": "256", "WIDTH": "0.25", "N": "256",
+        "REPLICAS": "2", "PRETRAIN_EPOCHS": "1", "SUITE_K": "3"}
+FAMILIES = ("single", "different_init", "same_init", "clone", "families")
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gpu-suite")
+    out = tmp / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(TINY, PY=sys.executable, OUT=str(out), TMPDIR=str(tmp), SKIP_WHEELS="1", OMP_NUM_THREADS="1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    p = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], cwd=tmp, env=env, capture_output=True,
+                       text=True, timeout=1500)
+    return p, out
+
+
+def test_every_step_of_the_suite_succeeds_and_is_summarised(dry_run):
+    p, out = dry_run
+    assert p.returncode == 0, p.stdout[-6000:] + p.stderr[-3000:]
+    summary = (out / "summary.md").read_text()
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| (\d[a-c]?)\. [^|]*\| ([^|]+) \|", summary, re.M)}
+    assert rows == {s: "ok" for s in ("0", "4a", "4b", "4c")}, summary
+    assert "step capture not timed" in summary and "step_capture=0 chosen" in summary   # no CUDA here
+    assert re.search(r"8 of 8 training runs FINISHED; \d+ model-samples/s", summary), summary
+    assert "nothing here ran on a GPU" in summary
+    assert sorted(f.name for f in out.iterdir()) == ["log.txt", "suite.tar", "suite.txt", "summary.md"]
+
+
+def test_the_export_has_a_folder_per_analysis_with_its_metrics_report_and_figures(dry_run, tmp_path):
+    _, out = dry_run
+    with tarfile.open(out / "suite.tar") as tar:
+        tar.extractall(tmp_path, filter="data")
+    suite = tmp_path / "suite"
+    assert sorted(d.name for d in suite.iterdir()) == sorted(FAMILIES)
+    for family in FAMILIES:
+        d = suite / family
+        m = json.loads((d / "metrics.json").read_text())
+        assert m["family"] == family and m["params"]["siblings"] == "batched"
+        assert (d / "report.md").read_text().startswith("#") or (d / "report.md").stat().st_size > 0
+        assert list((d / "figures").glob("*.png")), family
+        if family == "families":
+            assert len(m["source_run_ids"]) == 3 * 2 and "families_final_pairwise_dist_ratio" in m
+        else:
+            assert "pca_evr_top2" in m and len(m["source_run_ids"]) == (1 if family == "single" else 2)
