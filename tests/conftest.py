@@ -111,6 +111,17 @@ def any_store(request, tmp_path) -> Store:
     return make_store(request.param, tmp_path)
 
 
+def device_check(tmp: Path, settings: dict[str, str], timeout: float) -> tuple[subprocess.CompletedProcess, Path]:
+    """benchmarks/gpu_check.sh run here as its CPU rehearsal, into ``tmp/out``: (the process, the out folder)."""
+    out = tmp / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(settings, PY=sys.executable, OUT=str(out), TMPDIR=str(tmp), SKIP_WHEELS="1", OMP_NUM_THREADS="1",
+               PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+    p = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], cwd=tmp, env=env, capture_output=True,
+                       text=True, timeout=timeout)
+    return p, out
+
+
 def pytest_configure(config):
     # Under scripts/test.sh two xdist workers share the two cores: one torch thread each.
     if os.environ.get("PYTEST_XDIST_WORKER"):

@@ -7,14 +7,13 @@ most 8 files, at most 2 folders down, named in letters, digits, '.', '_' and '-'
 """
 
 import json
-import os
 import re
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
+
+from conftest import device_check
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
@@ -27,13 +26,7 @@ TINY = {"DEVICE": "cpu", "EPOCHS": "2", "TRAIN_SUBSET": "256", "WIDTH": "0.25", 
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("gpu-check")
-    out = tmp / "out"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(TINY, PY=sys.executable, OUT=str(out), TMPDIR=str(tmp), SKIP_WHEELS="1", OMP_NUM_THREADS="1",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
-    p = subprocess.run(["bash", str(SCRIPT)], cwd=tmp, env=env, capture_output=True, text=True, timeout=1200)
-    return p, out
+    return device_check(tmp_path_factory.mktemp("gpu-check"), TINY, timeout=1200)
 
 
 def test_dry_run_succeeds_and_summarises_every_step(dry_run):
@@ -96,13 +89,9 @@ def test_outputs_fit_what_the_device_tool_brings_back(dry_run):
 def test_single_run_is_cut_to_the_epochs_that_fit(tmp_path):
     """Step 3 alone with far more epochs than the budget holds: it measures one epoch, trains as
     many as fit before the time kept for the analysis, finishes them, and says so."""
-    out = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(DEVICE="cpu", STEPS="3", BUDGET="220", ANALYSIS_RESERVE="80", RUN_OVERHEAD="60", EPOCHS="100000",
-               TRAIN_SUBSET="256", WIDTH="0.25", ANALYSIS_ARGS="-P probes=0", PY=sys.executable, OUT=str(out),
-               TMPDIR=str(tmp_path), SKIP_WHEELS="1", OMP_NUM_THREADS="1",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
-    p = subprocess.run(["bash", str(SCRIPT)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    p, out = device_check(tmp_path, dict(DEVICE="cpu", STEPS="3", BUDGET="220", ANALYSIS_RESERVE="80",
+                                         RUN_OVERHEAD="60", EPOCHS="100000", TRAIN_SUBSET="256", WIDTH="0.25",
+                                         ANALYSIS_ARGS="-P probes=0"), timeout=600)
     assert p.returncode == 0, p.stdout[-6000:] + p.stderr[-3000:]
     planned = int(re.search(r"plan: (\d+) of 100000 epochs", (out / "paper-scale.txt").read_text()).group(1))
     assert 1 <= planned < 100000

@@ -6,16 +6,13 @@ tar, with a folder per analysis (``single``, the three families, ``families``).
 """
 
 import json
-import os
 import re
-import subprocess
-import sys
 import tarfile
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import device_check
+
 pytestmark = pytest.mark.e2e
 
 TINY = {"DEVICE": "cpu", "STEPS": "4", "EPOCHS": "3", "TRAIN_SUBSET": "256", "WIDTH": "0.25", "N": "256",
@@ -25,14 +22,7 @@ FAMILIES = ("single", "different_init", "same_init", "clone", "families")
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("gpu-suite")
-    out = tmp / "out"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(TINY, PY=sys.executable, OUT=str(out), TMPDIR=str(tmp), SKIP_WHEELS="1", OMP_NUM_THREADS="1",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
-    p = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], cwd=tmp, env=env, capture_output=True,
-                       text=True, timeout=1500)
-    return p, out
+    return device_check(tmp_path_factory.mktemp("gpu-suite"), TINY, timeout=1500)
 
 
 def test_every_step_of_the_suite_succeeds_and_is_summarised(dry_run):
