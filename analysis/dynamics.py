@@ -92,8 +92,11 @@ def family_dynamics(G: np.ndarray, run_index: np.ndarray, epochs: Sequence[np.nd
     extras = {"late": _late_extra(rows, epochs, late_windows, inc_run, v, diffusion),
               "path": _path_extra(inc_run, np.sqrt(np.clip(np.diag(Ginc), 0.0, None)))}
     d.sims = simulate_walks(v, run_index, rank, start_gram, extras, n_walks)
+    # top-k of N − 1 (centred) or N − R (each run from its end) components is 100% by construction
+    n_pc = {True: len(run_index) - 1, False: len(run_index) - len(rows)}
     d.top = {(c, k): topk_test(d.sims, ratios, k, c) for c, ratios in ((True, centred_ratios),
-                                                                     (False, uncentred_ratios)) for k in TOP_KS}
+                                                                     (False, uncentred_ratios))
+             for k in TOP_KS if k < n_pc[c]}
     late = [r.windows[w] for r, w in zip(runs, late_windows) if w]
     if late and np.all(np.isfinite(late)) and np.all(np.isfinite(d.sims.extras["late"])):
         d.late = walk_test(d.sims.extras["late"], float(np.median(late)))
@@ -154,8 +157,9 @@ def metrics(d: Dynamics) -> dict[str, float]:
     for w in dict.fromkeys(w for r in d.runs for w in r.windows):
         vals = [r.windows[w] for r in d.runs if w in r.windows]
         m[f"drift_fraction_epochs{w[0]}_{w[1]}"] = float(np.median(vals))
-        m[f"incr_cos_mean_lag1_epochs{w[0]}_{w[1]}"] = float(np.nanmean(
-            [_window_lag1(r, *w) for r in d.runs if w in r.windows]))
+        lag1 = [c for c in (_window_lag1(r, *w) for r in d.runs if w in r.windows) if np.isfinite(c)]
+        if lag1:
+            m[f"incr_cos_mean_lag1_epochs{w[0]}_{w[1]}"] = float(np.mean(lag1))
     if d.sims is not None:
         m["null_sim_n_walks"] = len(d.sims.centred)
     for (c, k), t in d.top.items():
