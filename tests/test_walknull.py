@@ -6,7 +6,7 @@ import pytest
 from scipy import stats
 
 from weightspace.analysis.increments import effective_rank, increment_gram
-from weightspace.analysis.nullmodel import joint_null_cov, centre, null_evr, simulate_random_walk
+from weightspace.analysis.nullmodel import centre, joint_null_cov, null_evr, simulate_random_walk
 from weightspace.analysis.walknull import (
     band,
     positions,

@@ -252,7 +252,7 @@ def claim_divergence(epochs: np.ndarray, mean_pairwise: np.ndarray, what: str) -
     return Claim(text, paper, f"{num(d0)} at epoch {epochs[0]} → {num(d1)} at epoch {epochs[-1]}", "-",
                  f"{rule}: {tail} ({100 * frac_up:.0f}% of intervals increase) [thresholds: start ≤ "
                  f"{100 * DIVERGE_START:.0f}% of the last distance, ≥ {100 * DIVERGE_RISING:.0f}% of intervals up; no null: "
-                 f"any noise drives runs from one point apart, the claim is about the shape]")
+                 "any noise drives runs from one point apart, the claim is about the shape]")
 
 
 def midpoint_epoch(trajs: Sequence[Trajectory]) -> int:
