@@ -25,6 +25,7 @@ from weightspace.analysis.distances import (
     summary_stats,
     upper_values,
 )
+from weightspace.analysis.dynamics import Dynamics, family_dynamics, metrics as dynamics_metrics
 from weightspace.analysis.figures import paper as FP
 from weightspace.analysis.nullmodel import (
     ClockNull,
@@ -36,6 +37,7 @@ from weightspace.analysis.nullmodel import (
 )
 from weightspace.analysis.pca import Gram, PCAResult, check_same_size, compute_gram, project
 from weightspace.analysis.report import paper as RP
+from weightspace.analysis.report import walk as RW
 from weightspace.analysis.report.table import Claim, render_report, render_text
 from weightspace.trajectories import Trajectory
 
@@ -143,6 +145,7 @@ class Spectra:
     nulls: dict[str, ClockNull]         # "epochs" always, "diffusion" when every run logs its step lengths
     start_var: float                    # runs' start variance per dimension, in epochs of diffusion (0: one start)
     boot: dict[bool, list[tuple[float, float]]]   # centred? -> per TOP_K, interval of the share beyond the null
+    dynamics: Dynamics                  # increments and the rank-matched Monte Carlo walk null
 
     @property
     def matched(self) -> ClockNull:
@@ -159,21 +162,19 @@ def spectra(trajs: list[Trajectory], family: str, geo: Geometry, progress: bool)
     if family in DIFFERENT_STARTS and n > 1:
         first = [int(gram.rows([r])[0]) for r in range(n)]
         S = centre(gram.G[np.ix_(first, first)])
-    nulls, start_var = family_nulls(epochs, taus, S, diffusion_rate(epochs, taus, [g.step for g in geo.runs]))
-    sp = Spectra(gram, gram.pca(centred=True), gram.pca(centred=False), [gram.pca(runs=[r]) for r in range(n)],
-                 [gram.pca(runs=[r], centred=False) for r in range(n)], nulls, start_var, {})
+    rate = diffusion_rate(epochs, taus, [g.step for g in geo.runs])
+    nulls, start_var = family_nulls(epochs, taus, S, rate)
+    c, u = gram.pca(centred=True), gram.pca(centred=False)
+    sp = Spectra(gram, c, u, [gram.pca(runs=[r]) for r in range(n)],
+                 [gram.pca(runs=[r], centred=False) for r in range(n)], nulls, start_var, {},
+                 family_dynamics(gram.G, gram.run_index, epochs, taus, S, rate, c.explained_variance_ratio,
+                                 u.explained_variance_ratio))
     if n >= 2:
         m = sp.matched
         sp.boot[True] = bootstrap_beyond(gram.G, m.cov_centred, gram.run_index, RP.TOP_K, True)
         sp.boot[False] = bootstrap_beyond(gram.kernel(centred=False)[0], m.cov_uncentred, gram.run_index, RP.TOP_K,
                                           False)
     return sp
-
-
-def midpoint_epoch(trajs: Sequence[Trajectory]) -> int:
-    """The paper's "by epoch 100" is the midpoint of its 200 epochs; shorter runs use their midpoint."""
-    last = max(int(t.epochs[-1]) for t in trajs)
-    return 100 if last >= 200 else max(1, last // 2)
 
 
 def analyse_family(trajs: Sequence[Trajectory], family: str, out_dir: Path, *, pretrain: Trajectory | None = None,
@@ -193,10 +194,10 @@ def analyse_family(trajs: Sequence[Trajectory], family: str, out_dir: Path, *, p
     geo = geometry(trajs, progress)
     sp = spectra(trajs, family, geo, progress)
     rows = RP.pca_rows(sp, trajs)
-    mid = midpoint_epoch(trajs)
+    mid = RP.midpoint_epoch(trajs)
     metrics = {**_metrics(trajs, sp, rows, geo, mid), **(extra_metrics or {})}
     figs = _figures(family, trajs, sp, geo, fig_dir, pretrain, progress)
-    claims = [*_claims(family, trajs, rows, geo, mid), *extra_claims]
+    claims = [*_claims(family, trajs, rows, geo, mid, sp), *extra_claims]
     files = _write_json(out_dir, trajs, sp, geo)
 
     title = f"Claims report: {family} ({len(trajs)} run(s))"
@@ -242,6 +243,7 @@ def _metrics(trajs: list[Trajectory], sp: Spectra, rows: dict, geo: Geometry, mi
         m["final_pairwise_dist_by_path_mean"] = float(np.nanmean(upper_values(geo.by_path)))
         m["final_pairwise_dist_by_norm_mean"] = float(np.nanmean(upper_values(geo.by_norm)))
         m["final_cosine_mean"] = float(upper_values(geo.final.cosine).mean())
+    m.update(dynamics_metrics(sp.dynamics))
     m["claims_midpoint_epoch"] = mid
     for r, g in enumerate(geo.runs):
         m[f"train_loss_midpoint_run{r}"] = RP.value_at(trajs[r], "train_loss", mid)[0]
@@ -278,9 +280,11 @@ def _figures(family: str, trajs: list[Trajectory], sp: Spectra, geo: Geometry, f
     pw = geo.over_epochs
     if pw is not None and len(pw.epochs) >= 2:
         figs.append(FP.divergence_figure(pw, fig_dir / fam.divergence_figure, f"Do the {family} runs drift apart?"))
+    dy = sp.dynamics
     figs.append(FP.scree_figure(pca, sp.uncentred, {c: (nl.centred, nl.uncentred) for c, nl in sp.nulls.items()},
-                                fig_dir / "scree.png",
-                                f"Explained variance, joint PCA of {n} run(s), against random walks at the same snapshots"))
+                                fig_dir / "scree.png", f"Explained variance, joint PCA of {n} run(s), against random "
+                                "walks at the same snapshots", bands=dy.bands(), rank=dy.rank))
+    figs.append(FP.increment_cosine_figure(dy.runs[0], fig_dir / "increment_cosine.png", trajs[0].name))
     if n >= 2:
         figs.append(FP.heatmap_figure(geo.final.dist, [t.name for t in trajs], fig_dir / "pairwise_distance_heatmap.png",
                                       "Distance between final solutions ‖θ_i − θ_j‖"))
@@ -289,9 +293,9 @@ def _figures(family: str, trajs: list[Trajectory], sp: Spectra, geo: Geometry, f
     return figs
 
 
-def _claims(family: str, trajs: list[Trajectory], rows: dict, geo: Geometry, mid: int) -> list[Claim]:
-    n, fam, start = len(trajs), FAMILIES[family], RP.start_label(family, trajs)
-    claims = [RP.claim_pca_top(rows[key, k]) for key in ("joint", "uncentred", "per_run") for k in RP.TOP_K
+def _claims(family: str, trajs: list[Trajectory], rows: dict, geo: Geometry, mid: int, sp: Spectra) -> list[Claim]:
+    n, fam, start, dy = len(trajs), FAMILIES[family], RP.start_label(family, trajs), sp.dynamics
+    claims = [RW.claim_pca(rows[key, k], dy.rank) for key in ("joint", "uncentred", "per_run") for k in RP.TOP_K
               if (key, k) in rows]
     b = geo.baselines
     claims.append(RP.claim_equal_pairwise(geo.pairwise, n, {f"at {start}": b["start_pairwise"]["cv"],
@@ -302,7 +306,7 @@ def _claims(family: str, trajs: list[Trajectory], rows: dict, geo: Geometry, mid
         claims.append(RP.claim_divergence(np.zeros(0) if pw is None else pw.epochs,
                                        np.zeros(0) if pw is None else pw.mean_pairwise(), fam.diverging))
     return claims + [RP.claim_low_loss(trajs, mid), RP.claim_still_moving(trajs, mid),
-                     RP.claim_path_vs_displacement(geo.runs, start)]
+                     RW.claim_path(geo.runs, start, dy.path), RW.claim_diffusion(dy, sp.matched.clock)]
 
 
 def _write_json(out_dir: Path, trajs: list[Trajectory], sp: Spectra, geo: Geometry) -> list[Path]:
@@ -321,7 +325,9 @@ def _write_json(out_dir: Path, trajs: list[Trajectory], sp: Spectra, geo: Geomet
                     for w in ("centred", "uncentred")},
                  "matched_clock": sp.matched.clock, "start_var_epochs": sp.start_var, "model": RP.null_note(sp),
                  "bootstrap_share_beyond_null": {"top_k": RP.TOP_K, **{("centred" if c else "uncentred"): v
-                                                                    for c, v in sp.boot.items()}}},
+                                                                    for c, v in sp.boot.items()}},
+                 "simulated": sp.dynamics.summary(sp.centred.explained_variance_ratio,
+                                                  sp.uncentred.explained_variance_ratio)},
         "scores": {"run_index": sp.centred.run_index, "epoch": sp.centred.epochs, "pc": sp.centred.scores[:, :2]},
     }
     distances = {

@@ -75,6 +75,21 @@ def _check_common(res, out, n, arrays, figures):
             assert res.metrics["final_pairwise_dist_cv"] == pytest.approx(d.std() / d.mean(), rel=1e-6)
     else:
         assert "final_pairwise_dist_mean" not in res.metrics
+    # the increments' rank, from the snapshots themselves: 1 / E[cos²] over all pairs of increments
+    u = np.vstack([np.diff(A, axis=0) for A in arrays])
+    u = u / np.linalg.norm(u, axis=1, keepdims=True)
+    assert res.metrics["noise_eff_rank"] == pytest.approx(1 / np.mean((u @ u.T)[np.triu_indices(len(u), 1)] ** 2),
+                                                          rel=1e-6)
+    for k in (1, 2, 10):    # tested where the PCA has more than k components (N − 1 of them)
+        if k < sum(len(A) for A in arrays) - 1:
+            lo, hi = res.metrics[f"null_sim_evr_top{k}_q025"], res.metrics[f"null_sim_evr_top{k}_q975"]
+            assert 0 < lo <= hi <= 1 + 1e-9 and 0 < res.metrics[f"pca_evr_top{k}_pvalue"] <= 1
+        else:
+            assert f"pca_evr_top{k}_pvalue" not in res.metrics
+    lag1 = [np.sum(a * b) / np.linalg.norm(a) / np.linalg.norm(b)
+            for A in arrays for a, b in zip(np.diff(A, axis=0)[:-1], np.diff(A, axis=0)[1:])]
+    assert res.metrics["incr_cos_mean_lag1"] == pytest.approx(np.mean(lag1), abs=1e-4)   # Gram in float32 blocks
+    assert ("incr_cos_mean_lag5" in res.metrics) == (max(len(A) for A in arrays) > 6) and "drift_fraction" in res.metrics
     # files
     names = sorted(p.name for p in res.figures)
     assert names == sorted(figures)
@@ -97,7 +112,7 @@ def test_single_run(tmp_path):
     trajs, arrays = _family(tmp_path, "single", 1, np.arange(0, 121, 4))
     res = analyse_family(trajs, "single", tmp_path / "out", progress=False)
     _check_common(res, tmp_path / "out", 1, arrays,
-                  ["pca_paths.png", "fig3a_distance_from_origin.png", "scree.png", "loss_curves.png",
+                  ["pca_paths.png", "fig3a_distance_from_origin.png", "scree.png", "increment_cosine.png", "loss_curves.png",
                    "step_length.png"])
     # for one run the null is the closed form at its epochs
     assert res.metrics["null_evr_top2"] == pytest.approx(null_evr(np.arange(0, 121, 4))[:2].sum(), rel=1e-9)
@@ -116,7 +131,7 @@ def test_different_init_with_extras(tmp_path):
     res = analyse_family(trajs, "different_init", tmp_path / "out", extra_claims=[extra],
                          extra_metrics={"probe_metric": 1.5}, progress=False)
     md = _check_common(res, tmp_path / "out", 5, arrays,
-                       ["fig1_pca_different_init.png", "fig3a_distance_from_origin.png", "scree.png",
+                       ["fig1_pca_different_init.png", "fig3a_distance_from_origin.png", "scree.png", "increment_cosine.png",
                         "loss_curves.png", "step_length.png", "pairwise_distance_heatmap.png",
                         "pairwise_distance_over_epochs.png"])
     assert "flat minima (probe)" in md and res.metrics["probe_metric"] == 1.5
@@ -165,7 +180,7 @@ def test_clone_with_pretrain_stem(tmp_path):
     res = analyse_family(trajs, "clone", tmp_path / "out", pretrain=pre, progress=False)
     _check_common(res, tmp_path / "out", 3, arrays,
                   ["fig3b_pca_clones.png", "fig3c_clone_divergence.png", "fig3a_distance_from_origin.png",
-                   "scree.png", "loss_curves.png", "step_length.png", "pairwise_distance_heatmap.png"])
+                   "scree.png", "increment_cosine.png", "loss_curves.png", "step_length.png", "pairwise_distance_heatmap.png"])
     div = next(c for c in res.claims if "diverge" in c.claim)
     assert div.verdict.startswith("reproduced")          # clones start at one point and drift apart
     m = res.metrics
@@ -190,7 +205,7 @@ def test_mixed_epochs_and_bad_input(tmp_path):
     b[0].name = "other"
     res = analyse_family(a + b, "mixed", tmp_path / "out", progress=False)
     _check_common(res, tmp_path / "out", 2, xa + xb,
-                  ["pca_paths.png", "fig3a_distance_from_origin.png", "scree.png", "loss_curves.png",
+                  ["pca_paths.png", "fig3a_distance_from_origin.png", "scree.png", "increment_cosine.png", "loss_curves.png",
                    "step_length.png", "pairwise_distance_heatmap.png", "pairwise_distance_over_epochs.png"])
     dist = json.loads((tmp_path / "out" / "distances.json").read_text())
     assert dist["over_epochs"]["epochs"] == [0, 10, 20, 30]

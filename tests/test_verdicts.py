@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 
 from weightspace.analysis.distances import RunGeometry
+from weightspace.analysis.dynamics import Dynamics
 from weightspace.analysis.report import paper as RP
+from weightspace.analysis.report import walk as RW
+from weightspace.analysis.walknull import ALPHA, WalkTest
 from weightspace.trajectories import Trajectory
 
 NAN = math.nan
@@ -142,7 +145,8 @@ def test_still_moving(tmp_path):
     assert RP.still_moving_rule(0.99 * RP.STILL_MOVING) == "not reproduced"
     t = _traj(tmp_path, [1, 4], [1.0, 0.5], steps=[1.0, 1.0, 0.05, 0.05], name="a")
     c = RP.claim_still_moving([t], 2)
-    assert c.verdict.startswith("not reproduced") and "[threshold 0.1]" in c.verdict
+    assert c.verdict.startswith("not reproduced") and "[threshold 0.1; no null" in c.verdict
+    assert "no test of a critical point" in c.verdict
     assert RP.claim_still_moving([t], 10).verdict.startswith("n/a: needs step_length")
 
 
@@ -155,9 +159,64 @@ def _geom(path, disp):
 def test_path_rule():
     assert RP.path_rule(RP.PATH_RATIO * 1.01) == "reproduced"
     assert RP.path_rule(RP.PATH_RATIO * 0.99) == "not reproduced"
-    c = RP.claim_path_vs_displacement([_geom(3.2, 2.0)], "the fork (epoch 5)")
-    assert c.verdict.startswith("reproduced") and "[threshold 1.5x]" in c.verdict
-    assert "from the fork (epoch 5) = 1.6" in c.measured
-    c = RP.claim_path_vs_displacement([_geom(2.8, 2.0)])
+    c = RW.claim_path([_geom(3.2, 2.0)], "the fork (epoch 5)")
+    assert c.verdict.startswith("reproduced") and "[threshold 1.5x: the paper's 'far' has no null" in c.verdict
+    assert "no walk null" in c.verdict and "from the fork (epoch 5) = 1.6" in c.measured
+    c = RW.claim_path([_geom(2.8, 2.0)])
     assert c.verdict.startswith("not reproduced") and "from init" in c.measured
-    assert RP.claim_path_vs_displacement([_geom(0.0, 0.0)]).verdict.startswith("n/a")
+    assert RW.claim_path([_geom(0.0, 0.0)]).verdict.startswith("n/a")
+
+
+# -- tests against the simulated walks ---------------------------------------------------------------
+
+def _test(p, measured=0.5, q025=0.4):
+    return WalkTest(measured, q025, 0.9, p)
+
+
+@pytest.mark.parametrize("t, want", [
+    (_test(ALPHA), RW.EXCEEDS),                     # the level itself rejects
+    (_test(1.01 * ALPHA), RW.CONSISTENT),
+    (_test(0.99, measured=0.39), RW.BELOW),         # under the walks' 2.5th percentile
+    (_test(0.97, measured=0.40), RW.CONSISTENT),    # at it: not below
+    (_test(NAN), "n/a"),
+])
+def test_walk_rule(t, want):
+    assert RW.walk_rule(t) == want
+    assert RW.diffusion_rule(t) == {RW.EXCEEDS: RW.TRAVEL, RW.CONSISTENT: RW.DIFFUSION, RW.BELOW: RW.CONFINED,
+                                    "n/a": "n/a"}[want]
+
+
+def test_claim_pca_against_the_walks():
+    c = RW.claim_pca(RP.TopK(2, "joint PCA", 0.7722, {"diffusion": 0.7433}, "diffusion", 200, 0.11,
+                             walk=WalkTest(0.7722, 0.73, 0.79, 0.21)), rank=300)
+    assert c.verdict.startswith("close to the paper; consistent with a random walk of rank 300 (p = 0.21)")
+    assert "walks' 95% range 73.00% to 79.00%" in c.verdict and "simulated 73.00% to 79.00%" in c.null
+    assert "[threshold p ≤ 0.05 for 'exceeds'" in c.verdict and "25%" not in c.verdict
+    c = RW.claim_pca(RP.TopK(2, "joint PCA", 0.80, {"diffusion": 0.74}, "diffusion", 200, 0.23,
+                             walk=WalkTest(0.80, 0.73, 0.79, 0.004)), rank=300)
+    assert "exceeds a random walk of rank 300 (p = 0.004)" in c.verdict
+    c = RW.claim_pca(_row(measured=0.80))             # no walks: the share rule
+    assert "survives the null in part" in c.verdict
+
+
+def _dynamics(late):
+    return Dynamics([], 250.0, {}, None, {}, late, [(100, 200)], None)
+
+
+def test_claim_diffusion():
+    c = RW.claim_diffusion(_dynamics(WalkTest(0.1, -0.5, 0.6, 0.3)), "diffusion")
+    assert c.claim == "the late trajectory is diffusion, not travel (epochs 100–200)"
+    assert c.verdict.startswith("reproduced: the displacement is what a walk on the same steps gives (p = 0.3)")
+    c = RW.claim_diffusion(_dynamics(WalkTest(0.9, -0.5, 0.6, 0.002)), "diffusion")
+    assert c.verdict.startswith("not reproduced, travel")
+    c = RW.claim_diffusion(_dynamics(WalkTest(-2.0, -0.5, 0.6, 0.999)), "epochs")
+    assert c.verdict.startswith("reproduced, confined") and "on the epochs clock" in c.verdict
+    assert RW.claim_diffusion(_dynamics(None), "diffusion").verdict.startswith("n/a: no rank-matched walk null")
+
+
+def test_claim_path_against_the_walk_on_the_same_steps():
+    g = [_geom(11.1, 1.0)]
+    c = RW.claim_path(g, walk=WalkTest(11.1, 12.0, 15.0, 0.999))
+    assert c.verdict.startswith("far from straight, but straighter than a walk on the same steps")
+    assert RW.claim_path(g, walk=WalkTest(11.1, 10.0, 15.0, 0.5)).verdict.startswith("reproduced: as winding")
+    assert RW.claim_path(g, walk=WalkTest(11.1, 5.0, 9.0, 0.01)).verdict.startswith("reproduced: more winding")

@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from weightspace.analysis.distances import PairwiseOverEpochs, RunGeometry
+from weightspace.analysis.increments import RunIncrements
 from weightspace.analysis.figures.style import colour, new_figure, run_label, save
 from weightspace.analysis.pca import PCAResult
 from weightspace.trajectories import Trajectory
@@ -94,9 +95,10 @@ NULL_STYLE = {"epochs": ("tab:red", "x--", "s--"), "diffusion": ("tab:purple", "
 
 
 def scree_figure(centred: PCAResult, uncentred: PCAResult, nulls: dict[str, tuple[np.ndarray, np.ndarray]],
-                 path: Path, title: str, n: int = 20) -> Path:
+                 path: Path, title: str, n: int = 20, bands: dict | None = None, rank: float = float("nan")) -> Path:
     """Measured explained variance per component and cumulative, against the random-walk null on each
-    clock (``nulls``: clock -> (centred ratios, uncentred ratios))."""
+    clock (``nulls``: clock -> (centred ratios, uncentred ratios)) and the 95% band per component of
+    simulated walks of the measured rank (``bands``: centred? -> (2.5th, 97.5th percentiles))."""
     fig, axes = new_figure(2)
     for j, (ax, pca, what) in enumerate(((axes[0], centred, "centred PCA"),
                                          (axes[1], uncentred, "PCA of θ_t − θ_final (uncentred)"))):
@@ -112,6 +114,11 @@ def scree_figure(centred: PCAResult, uncentred: PCAResult, nulls: dict[str, tupl
             ax.plot(x[:kn], 100 * null[:kn], per, color=c, label=f"random-walk null ({clock} clock), per PC")
             ax.plot(x[:kn], 100 * np.cumsum(null)[:kn], cum, color=c, mfc="none",
                     label=f"random-walk null ({clock} clock), cumulative (top-2 {100 * null[:2].sum():.1f}%)")
+        if bands:
+            lo, hi = bands[j == 0]
+            kb = min(k, len(lo))
+            ax.fill_between(x[:kb], 100 * lo[:kb], 100 * hi[:kb], color="tab:purple", alpha=0.2,
+                            label=f"simulated walks of rank {rank:.0f}, 95% per PC")
         ax.set_xlabel("principal component")
         ax.set_ylabel("variance explained (%)")
         ax.set_ylim(0, 102)
@@ -120,6 +127,24 @@ def scree_figure(centred: PCAResult, uncentred: PCAResult, nulls: dict[str, tupl
         ax.legend(fontsize=6, loc="center right")
         ax.grid(alpha=0.3)
     fig.suptitle(title)
+    return save(fig, path)
+
+
+def increment_cosine_figure(inc: RunIncrements, path: Path, name: str) -> Path:
+    """cos(θ(i+1) − θ(i), θ(j+1) − θ(j)) over the snapshot epochs: a walk's is ~0 off the diagonal,
+    travel shows a positive block, oscillation a negative band beside the diagonal."""
+    fig, axes = new_figure(w=6.5, h=5.5)
+    ax = axes[0]
+    e = inc.epochs
+    C = inc.cos.copy() if inc.cos.size else np.zeros((1, 1))
+    np.fill_diagonal(C, np.nan)     # each increment with itself is 1 and would hide the scale of the rest
+    lim = max(0.05, float(np.nanmax(np.abs(C)))) if np.isfinite(C).any() else 1.0
+    im = ax.imshow(C, cmap="RdBu_r", vmin=-lim, vmax=lim, origin="lower",
+                   extent=(e[0], e[-1], e[0], e[-1]) if len(e) > 1 else None)
+    fig.colorbar(im, ax=ax, label="cosine (diagonal left out)")
+    ax.set_xlabel("epoch of increment")
+    ax.set_ylabel("epoch of increment")
+    ax.set_title(f"Cosine between increments θ(t+1) − θ(t), {name}", fontsize=10)
     return save(fig, path)
 
 
