@@ -46,18 +46,18 @@ class AnalysisOptions:
     probes: int = int_range(0, 1, "1: interpolation, stationarity, loss surface, function space", "0 or 1")(1)
     interp_points: int = Decl(int, "0 (off), -1 (auto) or an integer from 3 to 1000",
                               "points on each interpolation line; auto: 25 on a GPU, 13 on a CPU",
-                              lambda v: v in (0, -1) or 3 <= v <= 1000)(-1)
+                              lambda v: v in (0, -1) or 3 <= v, most=1000)(-1)
     probe_subset: int = Decl(int, "an integer >= 0 (0 = the whole dataset) or -1 (auto)",
                              "samples the probes evaluate on; auto: 10000 on a GPU, 1000 on a CPU",
-                             lambda v: -1 <= v <= 10**7)(-1)
+                             lambda v: -1 <= v, most=10**7)(-1)
     hessian_epochs: str = Decl(str, "comma-separated epochs such as 0,10,50, or empty (off)",
                                "epochs at which the top Hessian eigenvalue is measured", _epoch_list)("0,10,50,100,200")
     hessian_iters: int = int_range(1, 1000, "power-iteration steps per eigenvalue")(20)
     hessian_runs: int = Decl(int, "an integer >= 0 (0 = every run)", "runs whose Hessian is probed",
-                             lambda v: 0 <= v <= 1000)(1)
+                             lambda v: 0 <= v, most=1000)(1)
     surface_grid: int = Decl(int, "0 (off), -1 (auto) or an integer from 3 to 201",
                              "loss-surface grid side on the PCA plane; auto: 31 on a GPU, 11 on a CPU",
-                             lambda v: v in (0, -1) or 3 <= v <= 201)(-1)
+                             lambda v: v in (0, -1) or 3 <= v, most=201)(-1)
     device: str = DEVICE("auto")
 
     @property

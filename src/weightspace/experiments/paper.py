@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .. import tracking as T
 from ..cli import EntryPoint, entry_run, mark_failed
-from ..config import EPOCHS, INIT_SEED, PRETRAIN_EPOCHS, SNAPSHOT_EVERY, TrainCommon, TrainConfig, build_config
+from ..config import EPOCHS, INIT_SEED, MAX_EPOCHS, PRETRAIN_EPOCHS, SNAPSHOT_EVERY, TrainCommon, TrainConfig, build_config
 from ..params import Decl, as_strings, int_range, one_of
 from ..tracking.runs import wants_bars
 from ..tracking.session import RunSession
@@ -42,7 +42,7 @@ class Paper(TrainCommon):
     epochs: int = EPOCHS(200)
     snapshot_every: int = SNAPSHOT_EVERY(10)
     single_snapshot_every: int = Decl(int, "an integer >= 1", "snapshot_every of the suite's single run",
-                                      lambda v: 1 <= v <= 100_000)(1)
+                                      lambda v: 1 <= v, most=MAX_EPOCHS)(1)
     init_seed: int = INIT_SEED(0)
     pretrain_epochs: int = PRETRAIN_EPOCHS(10)
     siblings: str = one_of(*SIBLING_MODES, extra=" (batched: one process, torch.func, for GPUs; processes: "
