@@ -165,8 +165,9 @@ def analyse_runs(client: MlflowClient, run_id: str, runs: list, opts: AnalysisOp
     client.set_tag(run_id, "mlflow.note.content", note)
 
     cache = Path(opts.cache_dir) if opts.cache_dir else None
-    trajs = [trajectory(r, client, cache) for r in tqdm(runs, desc="fetch trajectories", unit="run",
-                                                         disable=not progress, file=sys.stderr)]
+    # closed before an error propagates, so that the error starts a line of its own
+    with tqdm(runs, desc="fetch trajectories", unit="run", disable=not progress, file=sys.stderr) as bar:
+        trajs = [trajectory(r, client, cache) for r in bar]
     check_architecture(trajs)
     pretrain = None
     if family == "clone":
