@@ -25,7 +25,8 @@ from weightspace.analysis.distances import (
     summary_stats,
     upper_values,
 )
-from weightspace.analysis.dynamics import Dynamics, family_dynamics, metrics as dynamics_metrics
+from weightspace.analysis.dynamics import Dynamics, family_dynamics
+from weightspace.analysis.dynamics import metrics as dynamics_metrics
 from weightspace.analysis.figures import paper as FP
 from weightspace.analysis.nullmodel import (
     ClockNull,

@@ -70,16 +70,21 @@ def train(seed: int, group: str, epochs: int, hidden: int = 64, lr: float = 0.05
     return run_id
 
 
-def analyse(group: str, how: str, uri: str) -> None:
-    """The analysis entry point on the group: through `mlflow run` or as a library call."""
+def analyse(group: str, how: str, uri: str, probe: str = "") -> None:
+    """The analysis entry point on the group: through `mlflow run` or as a library call.
+
+    ``probe``: the function the probes build the model from; the analysis imports only one it is
+    given here, never one a run names (docs/trust-model.md).
+    """
     if how == "mlflow":
         mlflow_bin = Path(sys.executable).with_name("mlflow")
         cmd = [str(mlflow_bin), "run", str(REPO), "--env-manager", "local", "-e", "analysis", "-P", f"group={group}"]
+        cmd += ["-P", f"probe={probe}"] if probe else []
         subprocess.run(cmd, check=True, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
     elif how == "library":
         from weightspace.experiments.analyse import AnalysisOptions, run_analysis
 
-        run_analysis(AnalysisOptions(group=group))
+        run_analysis(AnalysisOptions(group=group, probe=probe))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,9 +3,10 @@
     python examples/record_resnet.py --data_dir ~/data/fashion-mnist     # the four *-ubyte(.gz) files
     python examples/record_resnet.py --data_dir D --seeds 2 --epochs 5 --train_subset 2000
 
-The runs are recorded with ``probe="examples.record_resnet:probe"``, so the analysis (run from the
-repository root, as `mlflow run .` does) rebuilds the network from each snapshot and runs the
-probes: interpolation, stationarity, loss surface and function space. GroupNorm instead of
+The runs are recorded with ``probe="examples.record_resnet:probe"`` and the analysis is started
+with ``-P probe=examples.record_resnet:probe`` (run from the repository root, as `mlflow run .`
+does; a run's own probe param is only a hint), so it rebuilds the network from each snapshot and
+runs the probes: interpolation, stationarity, loss surface and function space. GroupNorm instead of
 BatchNorm: the trajectory holds the parameters, not the running statistics, so a network whose
 evaluation needs no buffers is the one the probes can rebuild exactly.
 """
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"ResNet with {n:,} parameters: {4 * n:,} bytes per snapshot", file=sys.stderr)
     for seed in range(1, a.seeds + 1):
         train(seed, a)
-    analyse(a.group, a.analysis, a.tracking_uri)
+    analyse(a.group, a.analysis, a.tracking_uri, probe=PROBE)
     print(f"open the MLflow UI: mlflow ui --backend-store-uri {a.tracking_uri}  "
           f"(runs tagged weightspace.group={a.group}; the analysis run holds figures/ and report.md)")
 

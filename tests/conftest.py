@@ -100,6 +100,21 @@ def make_store(kind: str, tmp_path: Path) -> Store:
 STORES = ["sqlite"] + (["server"] if SERVER_URI else [])
 
 
+def use_store(store: Store, monkeypatch) -> Store:
+    """Point the Python API (the recorder, the query API, run_analysis) in this process at ``store``."""
+    for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "WEIGHTSPACE_CACHE"):
+        monkeypatch.setenv(k, store.env[k])
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    return store
+
+
+def end_active_runs() -> None:
+    import mlflow
+
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
 @pytest.fixture
 def store(tmp_path) -> Store:
     return make_store("sqlite", tmp_path)

@@ -97,6 +97,9 @@ TABLE: dict[str, dict[str, tuple[list[str], list[str]]]] = {
     "analysis": {
         "cache_dir": ([], [""]),
         "probes": (INT_JUNK + ["2", "-1"], ["0", "1"]),
+        # dotted names only: never a path, a command or a bare module
+        "probe": (["nocolon", "os:system; id", "/tmp/p.py:f", "a b:c", "x:", HUGE], ["", "examples.record_resnet:probe"]),
+        "data_dir": (["/no/such/weightspace/dir"], ["", "."]),
         "interp_points": (INT_JUNK + ["1", "2", "-2", "1001"], ["0", "-1", "3", "25", "1000"]),  # 0, -1 or 3 .. 1000
         "probe_subset": (INT_JUNK + ["-2", "10000001"], ["-1", "0", "500", "10000000"]),  # -1, 0 .. 10**7
         "hessian_epochs": (["a,b", "0,,10", "-1", "0;10", "1.5"], ["", "0", "0,10,50,100,200"]),

@@ -7,8 +7,9 @@ import subprocess
 import sys
 from types import ModuleType
 
-import weightspace
 from test_layout import modules
+
+import weightspace
 
 
 def test_no_public_name_is_also_a_submodule():

@@ -16,19 +16,15 @@ from test_data import _write_idx_dir
 from torch import nn
 
 import weightspace
-from conftest import REPO
+from conftest import REPO, end_active_runs, use_store
 from weightspace.tracking.runs import TrajectoryError, trajectory, verify
 
 
 @pytest.fixture
 def env(store, monkeypatch):
     """The recorder and the query API log into the test's store (its experiment)."""
-    for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "WEIGHTSPACE_CACHE"):
-        monkeypatch.setenv(k, store.env[k])
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    yield store
-    while mlflow.active_run():
-        mlflow.end_run()
+    yield use_store(store, monkeypatch)
+    end_active_runs()
 
 
 def mlp() -> nn.Module:
@@ -277,7 +273,7 @@ def test_mlp_digits_example_records_three_seeds_and_the_analysis_finishes(store,
     assert a.info.status == "FINISHED" and a.data.tags["weightspace.family"] == "recorded"
     assert "report.md" in names and "figures/pca_paths.png" in names
     report = open(c.download_artifacts(a.info.run_id, "report.md", str(tmp_path))).read()
-    assert "skipped: a run of weightspace.record without probe=" in report
+    assert "skipped: a run of weightspace.record: pass -P probe=package.module:function" in report
 
 
 @pytest.mark.e2e

@@ -12,9 +12,9 @@ import subprocess
 import sys
 
 import pytest
+from test_doc_blocks import marked_run_by
 
 from conftest import REPO
-from test_doc_blocks import marked_run_by
 from weightspace.config import build_config, config_from_params
 from weightspace.data import shipped_mnist_dir
 

@@ -9,8 +9,8 @@ from typing import Sequence
 import numpy as np
 
 from weightspace.analysis.distances import PairwiseOverEpochs, RunGeometry
-from weightspace.analysis.increments import RunIncrements
 from weightspace.analysis.figures.style import colour, new_figure, run_label, save
+from weightspace.analysis.increments import RunIncrements
 from weightspace.analysis.pca import PCAResult
 from weightspace.trajectories import Trajectory
 

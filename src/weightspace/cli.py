@@ -3,7 +3,9 @@
 An entry point fails with one line on stderr (``weightspace: error: ...``), exit code 2
 for bad input and 1 otherwise, and its MLflow run marked FAILED with the message in
 the tag ``weightspace.error``. ``mlflow run`` creates the run and passes its id in
-MLFLOW_RUN_ID; run directly with python, the entry point creates the run itself.
+MLFLOW_RUN_ID; run directly with python, the entry point creates the run itself. A run
+resumed with ``--run-id`` that then succeeds loses ``weightspace.error``: its earlier errors
+stay in ``weightspace.error_history``.
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ def entry_run(entry: str) -> Iterator[tuple[MlflowClient, str, bool]]:
     except BaseException as e:
         mark_failed(c, run_id, e)
         raise
+    if T.TAG_ERROR in run.data.tags:  # a resume that succeeded: the run is no longer in error
+        T.retry(lambda: archive_error(c, run_id, run.data.tags), "error tags")
     if owned:
         c.set_terminated(run_id, "FINISHED")
 
@@ -177,8 +181,17 @@ def mark_failed(client: MlflowClient, run_id: str, error: BaseException) -> None
     """End the run FAILED with the error's first line as a tag; KILLED when the user interrupted it."""
     msg = one_line(error)
     try:
+        archive_error(client, run_id, client.get_run(run_id).data.tags)
         client.set_tag(run_id, T.TAG_ERROR, msg[:5000])
         client.set_terminated(run_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
     except Exception:  # noqa: BLE001 - the store may be what failed; the exit code still tells
         pass
 
+
+def archive_error(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
+    """Move the run's ``weightspace.error`` (if any) to the end of ``weightspace.error_history``."""
+    if T.TAG_ERROR not in tags:
+        return
+    history = "\n".join(filter(None, (tags.get(T.TAG_ERROR_HISTORY, ""), tags[T.TAG_ERROR])))
+    client.set_tag(run_id, T.TAG_ERROR_HISTORY, history[-5000:])
+    client.delete_tag(run_id, T.TAG_ERROR)

@@ -55,7 +55,7 @@ DATASET = one_of(*DATASETS, help="mnist (shipped), fashion_mnist (IDX files in d
 DATA_DIR = Decl(str, "a directory path, or empty for the shipped MNIST",
                 "where the dataset's IDX files are; empty: the copy shipped in the package")
 TRAIN_SUBSET = Decl(int, "an integer >= 0 (0 = the whole training set)",
-                    "train on a fixed random subset of this many samples", lambda v: 0 <= v <= 10**9)
+                    "train on a fixed random subset of this many samples", lambda v: 0 <= v, most=10**9)
 BATCH_SIZE = int_range(1, 65536, "SGD minibatch size")
 LR = Decl(float, "a float > 0 and <= 10", "SGD learning rate", lambda v: 0 < v <= 10)
 MOMENTUM = Decl(float, "a float in [0, 1)", "SGD momentum", lambda v: 0 <= v < 1)
@@ -68,17 +68,17 @@ PRECISION = one_of(*PRECISIONS, help="fp32 (true fp32 on every device), bf16 aut
                                      "(weights stay fp32), or tf32 (CUDA only: TF32 convolutions and matmuls)")
 DEVICE = Decl(str, f"one of {', '.join(DEVICES)} (or cuda:N)", "where to train; auto: cuda when available",
               _device_ok)
-INIT_SEED = Decl(int, SEED_RANGE, "seed of the initial weights", lambda v: 0 <= v < 2**31)
+INIT_SEED = Decl(int, SEED_RANGE, "seed of the initial weights", lambda v: 0 <= v, most=2**31 - 1)
 SHUFFLE_SEED = Decl(int, f"{SEED_RANGE} (or -1: follow init_seed)", "seed of the data order and dropout masks",
-                    lambda v: -1 <= v < 2**31)
+                    lambda v: -1 <= v, most=2**31 - 1)
 EPOCHS = int_range(1, MAX_EPOCHS, "epochs to train (a clone counts them from the start of pretraining)")
 SNAPSHOT_EVERY = Decl(int, "an integer >= 1", "log the parameter vector every this many epochs (and the last)",
-                      lambda v: 1 <= v <= MAX_EPOCHS)
+                      lambda v: 1 <= v, most=MAX_EPOCHS)
 PRETRAIN_EPOCHS = Decl(int, "an integer >= 1 and < epochs", "epochs of the shared pretraining before cloning",
-                       lambda v: 1 <= v <= MAX_EPOCHS)
+                       lambda v: 1 <= v, most=MAX_EPOCHS)
 CHECKPOINT_EVERY = Decl(int, "an integer >= 0 (0: every epoch on a CPU, every 10th on CUDA)",
                         "store the resume checkpoint every this many epochs (and the last); a resumed run retrains "
-                        "the epochs since", lambda v: 0 <= v <= MAX_EPOCHS)
+                        "the epochs since", lambda v: 0 <= v, most=MAX_EPOCHS)
 # checkpoint_every=0 on CUDA. A paper-sized checkpoint is 6.6 MB, two thirds of what a run uploads
 # an epoch; it costs the uploader 10.5 ms into sqlite and 33 ms into the PostgreSQL-backed server
 # (benchmarks/checkpoint_cost.py, BENCHMARKS.md). On an H200 the paper's run took 0.49 s per epoch

@@ -39,12 +39,16 @@ MLPROJECT_TYPES = {int: "int", float: "float", str: "string"}
 
 @dataclass(frozen=True)
 class Decl:
-    """What a parameter is: its type, the values it allows and what it means."""
+    """What a parameter is: its type, the values it allows and what it means.
+
+    ``most``: an integer's largest allowed value, so that a larger one is named out of range.
+    """
 
     kind: type
     allowed: str
     help: str
     check: Callable[[Any], bool] = field(default=lambda v: True, compare=False)
+    most: int | None = None
 
     def __call__(self, default: Any = dataclasses.MISSING) -> Any:
         """A dataclass field of this parameter, with an entry point's own default (none: required)."""
@@ -62,19 +66,30 @@ class Decl:
                     raise ValueError
             else:
                 value = text
-        except (ValueError, OverflowError):
+        except OverflowError:
+            raise ParamError(self._out_of_range(name, raw)) from None
+        except ValueError:
             raise ParamError(f"parameter '{name}': expected {self.allowed}, got {show(raw)}") from None
+        if self.most is not None and value > self.most:
+            raise ParamError(self._out_of_range(name, raw))
         if not self.check(value):
             raise ParamError(f"parameter '{name}': expected {self.allowed}, got {show(raw)}")
         return value
+
+
+    def _out_of_range(self, name: str, raw: Any) -> str:
+        most = f"the largest allowed is {self.most}" if self.most is not None else "too large for an integer"
+        return f"parameter '{name}': {show(raw)} is out of range ({most}); expected {self.allowed}"
 
 
 def _as_int(text: str) -> int:
     if text.lstrip("+-").isdigit():
         return int(text)
     f = float(text)  # 1e3 style only when it is an exact integer
-    if not (math.isfinite(f) and f == int(f) and abs(f) < 2**62):
+    if not (math.isfinite(f) and f == int(f)):
         raise ValueError(text)
+    if abs(f) >= 2**62:
+        raise OverflowError(text)
     return int(f)
 
 
@@ -88,7 +103,7 @@ def one_of(*values: str, help: str, extra: str = "") -> Decl:
 
 
 def int_range(lo: int, hi: int, help: str, allowed: str | None = None) -> Decl:
-    return Decl(int, allowed or f"an integer from {lo} to {hi}", help, lambda v: lo <= v <= hi)
+    return Decl(int, allowed or f"an integer from {lo} to {hi}", help, lambda v: lo <= v, most=hi)
 
 
 # -- reading a dataclass of declarations -------------------------------------------------------

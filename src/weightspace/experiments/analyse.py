@@ -7,6 +7,7 @@ module only turns tracking-store runs into ``Trajectory`` objects and logs back 
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from collections import defaultdict
@@ -24,6 +25,7 @@ from ..cli import EntryPoint, entry_run, mark_failed
 from ..config import DEVICE, ParamError, config_from_params
 from ..params import Decl, as_strings, int_range
 from ..tracking.runs import TrajectoryError, find_runs, find_siblings, trajectory, wants_bars
+from .probe_hook import PROBE_SPEC
 
 FAMILIES = ("single", "different_init", "same_init", "clone")
 RECORDED = "recorded"           # runs of weightspace.record: any model, analysed as one family
@@ -44,20 +46,26 @@ class AnalysisOptions:
     cache_dir: str = Decl(str, "a directory path, or empty for ~/.cache/weightspace",
                           "where downloaded trajectories are kept (checked by sha256)")("")
     probes: int = int_range(0, 1, "1: interpolation, stationarity, loss surface, function space", "0 or 1")(1)
+    # Named by the analyst, never taken from a run: the store is data, not code (docs/trust-model.md).
+    probe: str = Decl(str, "empty or package.module:function",
+                      "the function that gives the probes a recorded run's model, loss and data (docs/record.md)",
+                      lambda v: not v or PROBE_SPEC.fullmatch(v) is not None)("")
+    data_dir: str = Decl(str, "a directory path, or empty (a run's own data_dir, if it is a directory here)",
+                         "where the probes read the dataset's IDX files")("")
     interp_points: int = Decl(int, "0 (off), -1 (auto) or an integer from 3 to 1000",
                               "points on each interpolation line; auto: 25 on a GPU, 13 on a CPU",
-                              lambda v: v in (0, -1) or 3 <= v <= 1000)(-1)
+                              lambda v: v in (0, -1) or 3 <= v, most=1000)(-1)
     probe_subset: int = Decl(int, "an integer >= 0 (0 = the whole dataset) or -1 (auto)",
                              "samples the probes evaluate on; auto: 10000 on a GPU, 1000 on a CPU",
-                             lambda v: -1 <= v <= 10**7)(-1)
+                             lambda v: -1 <= v, most=10**7)(-1)
     hessian_epochs: str = Decl(str, "comma-separated epochs such as 0,10,50, or empty (off)",
                                "epochs at which the top Hessian eigenvalue is measured", _epoch_list)("0,10,50,100,200")
     hessian_iters: int = int_range(1, 1000, "power-iteration steps per eigenvalue")(20)
     hessian_runs: int = Decl(int, "an integer >= 0 (0 = every run)", "runs whose Hessian is probed",
-                             lambda v: 0 <= v <= 1000)(1)
+                             lambda v: 0 <= v, most=1000)(1)
     surface_grid: int = Decl(int, "0 (off), -1 (auto) or an integer from 3 to 201",
                              "loss-surface grid side on the PCA plane; auto: 31 on a GPU, 11 on a CPU",
-                             lambda v: v in (0, -1) or 3 <= v <= 201)(-1)
+                             lambda v: v in (0, -1) or 3 <= v, most=201)(-1)
     device: str = DEVICE("auto")
 
     @property
@@ -68,11 +76,13 @@ class AnalysisOptions:
 SELECTORS = ("group", "run_ids", "parent_run_id")
 
 
-def check_selection(opts: AnalysisOptions) -> AnalysisOptions:
+def check_options(opts: AnalysisOptions) -> AnalysisOptions:
     given = [k for k, v in opts.selection.items() if v]
     if len(given) != 1:
         raise ParamError("parameters 'group', 'run_ids', 'parent_run_id': give exactly one of them "
                          f"(got {', '.join(given) or 'none'})")
+    if opts.data_dir and not os.path.isdir(opts.data_dir):
+        raise ParamError(f"parameter 'data_dir': {opts.data_dir!r} is not a directory")
     return opts
 
 
@@ -165,8 +175,9 @@ def analyse_runs(client: MlflowClient, run_id: str, runs: list, opts: AnalysisOp
     client.set_tag(run_id, "mlflow.note.content", note)
 
     cache = Path(opts.cache_dir) if opts.cache_dir else None
-    trajs = [trajectory(r, client, cache) for r in tqdm(runs, desc="fetch trajectories", unit="run",
-                                                         disable=not progress, file=sys.stderr)]
+    # closed before an error propagates, so that the error starts a line of its own
+    with tqdm(runs, desc="fetch trajectories", unit="run", disable=not progress, file=sys.stderr) as bar:
+        trajs = [trajectory(r, client, cache) for r in bar]
     check_architecture(trajs)
     pretrain = None
     if family == "clone":
@@ -199,26 +210,33 @@ def run_probes(trajs, out: Path, opts: AnalysisOptions, progress: bool):
     """The probes beyond the paper (interpolation, stationarity, loss surface, function space).
 
     The runs' params say which model and data to probe and how each run was optimised; they
-    are read here and handed to the analysis as plain values. A recorded run's ``probe`` param
-    names a function that gives its model, loss and data (``probe_hook``). When neither says,
-    the probes are skipped, and the report says why.
+    are read here and handed to the analysis as plain values. The analyst's ``probe`` names a
+    function that gives the model, loss and data (``probe_hook``); a run's own is only a hint.
+    When neither the option nor the params say, the probes are skipped, and the report says why.
     """
     from ..analysis.probes import SGD
     from ..analysis.probes import run_probes as probes
     from ..data import load_dataset
     from ..train import resolve_device
-    from .probe_hook import PROBE_PARAM, probe_options, recorded_probes, skipped
+    from .probe_hook import probe_data, probe_options, recorded_hint, recorded_probes, said, skipped
 
     device = resolve_device(opts.device)
     po = probe_options(opts, device)
-    if trajs[0].params.get(PROBE_PARAM):
-        return recorded_probes(trajs, out, po, device, progress)
+    if opts.probe:
+        return recorded_probes(trajs, out, po, device, progress, opts.probe, opts.data_dir)
+    hint = recorded_hint(trajs[0].params)
+    if hint:
+        return skipped(trajs[0].run_id, hint)
     try:
         cfg = config_from_params(trajs[0].params)
     except ParamError as e:
-        why = "a run of weightspace.record without probe=" if trajs[0].experiment == RECORDED else str(e)
+        why = "a run of weightspace.record: pass -P probe=package.module:function to probe it" \
+            if trajs[0].experiment == RECORDED else str(e)
         return skipped(trajs[0].run_id, why)
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.train_subset)
+    data_dir, source = probe_data(cfg.dataset, cfg.data_dir, opts.data_dir)
+    if data_dir is None:
+        return skipped(trajs[0].run_id, source)
+    data = load_dataset(cfg.dataset, data_dir, cfg.train_subset)
 
     def sgd(tr):
         """How the run was optimised; None when its params do not say (no drift reference for it)."""
@@ -228,8 +246,8 @@ def run_probes(trajs, out: Path, opts: AnalysisOptions, progress: bool):
             return None
         return SGD(c.lr, c.momentum, c.batch_size, c.train_subset or len(data.y_train))
 
-    return probes(trajs, out, width=cfg.width, dropout=cfg.dropout, weight_decay=cfg.weight_decay, data=data,
-                  options=po, sgd=[sgd(tr) for tr in trajs], device=str(device), progress=progress)
+    return said(probes(trajs, out, width=cfg.width, dropout=cfg.dropout, weight_decay=cfg.weight_decay, data=data,
+                       options=po, sgd=[sgd(tr) for tr in trajs], device=str(device), progress=progress), source)
 
 
 def analyse_selection(client: MlflowClient, run_id: str, sel: dict[str, str], opts: AnalysisOptions,
@@ -307,4 +325,4 @@ def run_analysis(opts: AnalysisOptions) -> None:
     print(f"weightspace: analysis run {run_id} done; figures and report.md are its artifacts", file=sys.stderr)
 
 
-ENTRY_POINTS = {"analysis": EntryPoint(AnalysisOptions, run_analysis, check_selection)}
+ENTRY_POINTS = {"analysis": EntryPoint(AnalysisOptions, run_analysis, check_options)}

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .. import tracking as T
 from ..cli import EntryPoint, entry_run
-from ..config import EPOCHS, INIT_SEED, PRETRAIN_EPOCHS, SNAPSHOT_EVERY, TrainCommon, TrainConfig, build_config
+from ..config import EPOCHS, INIT_SEED, MAX_EPOCHS, PRETRAIN_EPOCHS, SNAPSHOT_EVERY, TrainCommon, TrainConfig, build_config
 from ..params import Decl, as_strings, int_range, one_of
 from ..tracking.runs import wants_bars
 from .analyse import PAPER_FAMILIES, SELECTORS, AnalysisOptions, analyse_families_run, analyse_suite, in_child_run
@@ -42,14 +42,15 @@ class Paper(TrainCommon):
     epochs: int = EPOCHS(200)
     snapshot_every: int = SNAPSHOT_EVERY(10)
     single_snapshot_every: int = Decl(int, "an integer >= 1", "snapshot_every of the suite's single run",
-                                      lambda v: 1 <= v <= 100_000)(1)
+                                      lambda v: 1 <= v, most=MAX_EPOCHS)(1)
     init_seed: int = INIT_SEED(0)
     pretrain_epochs: int = PRETRAIN_EPOCHS(10)
-    siblings: str = one_of(*SIBLING_MODES, extra=" (batched: the whole suite as one batch of models, torch.func, for GPUs; processes: "
-                           "every run and analysis of the suite a process on one pool of cores, for CPUs)",
-                           help="how the suite's runs train: one after another, all in one vmapped batch (clones join at their fork), "
-                                "or all in parallel processes (each family's analysis as soon as it is trained)"
-                           )("sequential")
+    siblings: str = one_of(*SIBLING_MODES,
+                           extra=" (batched: the whole suite as one batch of models, torch.func, for GPUs; "
+                                 "processes: every run and analysis of the suite a process on one pool of cores, for CPUs)",
+                           help="how the suite's runs train: one after another, all in one vmapped batch (clones join "
+                                "at their fork), or all in parallel processes (each family's analysis as soon as it is "
+                                "trained)")("sequential")
     analysis: int = int_range(0, 1, "1: analyse each family when the suite is trained",
                               allowed="0 or 1")(1)
 

@@ -1,9 +1,11 @@
 """The probes of runs recorded by ``weightspace.record``: their model, loss and data come from the
-run's ``probe`` param, ``"package.module:function"``.
+function the analyst names, ``-P probe=package.module:function`` (``AnalysisOptions.probe``).
 
-The module must be importable in the analysis process (installed, on PYTHONPATH, or under the
-current directory). The function is called with as many of ``(layout, params)`` as it takes
-positionally (the run's parsed ``trajectory/layout.json`` and its params) and returns
+The tracking store is data, never code (docs/trust-model.md): a run's own ``probe`` param is
+only shown as a hint, never imported. The module must be importable in the analysis process
+(installed, on PYTHONPATH, or under the current directory). The function is called with as many
+of ``(layout, params)`` as it takes positionally (the run's parsed ``trajectory/layout.json`` and
+its params, ``data_dir`` replaced by the analyst's when one is named) and returns
 ``(model, loss, data)``: an ``nn.Module`` whose named parameters include the layout's,
 ``loss(outputs, targets)`` as a batch mean (None: cross-entropy on logits), and a small data set,
 ``(x_train, y_train, x_test, y_test)`` or an object with those attributes. The probes treat the
@@ -17,6 +19,7 @@ import importlib
 import inspect
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,8 +27,11 @@ from types import SimpleNamespace
 import torch
 
 from ..model import Layout
+from ..params import show
 
 PROBE_PARAM = "probe"
+# Dotted names only, so that a spec is never a path or a command.
+PROBE_SPEC = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 
 
 def probe_options(opts, device: torch.device):
@@ -53,6 +59,43 @@ def skipped(run_id: str, reason: str):
     row = Claim("probes (interpolation, stationarity, loss surface, function space)", "-", "-", "-",
                 f"n/a: skipped: {reason}")
     return ProbeResult({}, [row], [])
+
+
+def recorded_hint(params: dict[str, str]) -> str | None:
+    """A run's own ``probe`` param, as words for the report: the analysis never imports it."""
+    spec = params.get(PROBE_PARAM, "")
+    if not spec:
+        return None
+    if PROBE_SPEC.fullmatch(spec):
+        return f"recorded with probe={spec}; pass -P probe={spec} to use it"
+    return f"recorded with a probe param that is not package.module:function ({show(spec)})"
+
+
+def probe_data(dataset: str, run_dir: str, given: str) -> tuple[str | None, str]:
+    """The data_dir the probes load ("" for the dataset's default, None: none usable), in words.
+
+    The analyst's data_dir wins. A run's own is any path a user of the store logged: it is
+    read only when it is a directory on this machine.
+    """
+    if dataset == "digits":
+        return "", "digits (scikit-learn's copy)"
+    if given:
+        return given, f"{dataset} from {given} (-P data_dir)"
+    if not run_dir:
+        return "", f"{dataset} ({'the copy shipped with weightspace' if dataset == 'mnist' else 'downloaded'})"
+    if os.path.isdir(run_dir):
+        return run_dir, f"{dataset} from {run_dir} (the run's data_dir)"
+    return None, (f"the run's data_dir {show(run_dir)} is not a directory here; "
+                  f"pass -P data_dir=<the folder of the {dataset} IDX files>")
+
+
+def said(res, source: str):
+    """The probes' result with a report row that says which data they evaluated on."""
+    from ..analysis.report.table import Claim
+
+    print(f"weightspace: probes on {source}", file=sys.stderr)
+    res.claims.append(Claim("probe data", "-", source, "-", "n/a: what the probes evaluated on"))
+    return res
 
 
 def load_probe(spec: str):
@@ -93,14 +136,15 @@ def call_probe(spec: str, layout: dict | None, params: dict[str, str] | None = N
     return model, loss, data
 
 
-def recorded_probes(trajs, out: Path, po, device: torch.device, progress: bool):
-    """The probes of recorded runs through their ``probe`` function; skipped (and said) if it fails."""
+def recorded_probes(trajs, out: Path, po, device: torch.device, progress: bool, spec: str, data_dir: str = ""):
+    """The probes through the analyst's ``probe`` function; skipped (and said) if it fails."""
     from ..analysis.flatmodel import FlatModel
     from ..analysis.probes import run_probes
 
-    tr, spec = trajs[0], trajs[0].params[PROBE_PARAM]
+    tr = trajs[0]
+    params = {**tr.params, **({"data_dir": data_dir} if data_dir else {})}
     try:
-        module, loss, data = call_probe(spec, tr.layout, tr.params)
+        module, loss, data = call_probe(spec, tr.layout, params)
         layout = Layout.from_json(json.dumps(tr.layout)) if tr.layout else None
         fm = FlatModel(device=device, batch_size=po.batch_size, theta_chunk=po.theta_chunk, module=module,
                        layout=layout, loss=loss)
@@ -109,5 +153,6 @@ def recorded_probes(trajs, out: Path, po, device: torch.device, progress: bool):
     # Permutation alignment knows only the CNN's symmetries.
     po = dataclasses.replace(po, align=False)
     wd = float(tr.params.get("weight_decay", 0) or 0)
-    return run_probes(trajs, out, weight_decay=wd, data=data, options=po, sgd=None, device=str(device),
-                      progress=progress, model=fm)
+    res = run_probes(trajs, out, weight_decay=wd, data=data, options=po, sgd=None, device=str(device),
+                     progress=progress, model=fm)
+    return said(res, f"the data of probe={spec}" + (f" with data_dir {data_dir}" if data_dir else ""))

@@ -17,6 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from .runs import mlflow_bar
+from .trajectory_files import FORMAT, snapshot_name
 from .uploader import Uploader, sha256_file
 
 # What a snapshot may be stored as; the analysis upcasts float16 to float32.
@@ -39,7 +40,7 @@ class Manifest:
 
     def add(self, epoch: int, theta: torch.Tensor) -> None:
         """Save, hash and upload one snapshot on the uploader's thread; ``theta`` must be a private copy."""
-        name = f"epoch_{epoch:04d}.npy"
+        name = snapshot_name(epoch)
 
         def job() -> None:
             local = Path(tempfile.mkdtemp(dir=self.up.spool)) / name
@@ -54,7 +55,7 @@ class Manifest:
     def publish(self) -> None:
         """Upload the manifest as it stands when the uploader reaches this job (after every earlier file)."""
         def job() -> None:
-            doc = {"format": "weightspace-trajectory-1", "complete": self.complete,
+            doc = {"format": FORMAT, "complete": self.complete,
                    "epochs": sorted(v["epoch"] for v in self.files.values()), "files": self.files}
             local = Path(tempfile.mkdtemp(dir=self.up.spool)) / "manifest.json"
             local.write_text(json.dumps(doc, indent=1, sort_keys=True))

@@ -104,6 +104,11 @@ class Recorder:
         self.user_params = {k: str(v) for k, v in (params or {}).items()}
         self.asynchronous, self.client = asynchronous, None
         self.kept, how = select(model, parameters)
+        meta = [n for n, p in self.kept if p.is_meta]
+        if meta:  # checked here, before any run exists: copying a meta tensor fails only later
+            raise ValueError(f"weightspace.record: the model's parameters ({', '.join(meta[:3])}"
+                             f"{', ...' if len(meta) > 3 else ''}) are on the meta device and hold no values; "
+                             "materialise the model first (model.to_empty(device=...), then initialise it)")
         self.layout, self.layout_json = layout_of(self.kept, dtype, how, sum(p.numel() for p in model.parameters()))
         self.snapshot_bytes = self.layout.size * SNAPSHOT_DTYPES[dtype]().itemsize
         self.max_bytes = max_bytes

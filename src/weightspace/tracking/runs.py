@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -29,13 +28,10 @@ from mlflow.tracking import MlflowClient
 from .. import tracking as T
 from ..config import read_params
 from ..trajectories import Trajectory
+from .trajectory_files import TrajectoryError, check_manifest, check_name, check_schedule, opened_under, parse_json
 
 METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "weight_norm", "distance_from_init",
            "step_length", "epoch_seconds")
-
-
-class TrajectoryError(RuntimeError):
-    """A run's trajectory cannot be used. The message names the run and the file."""
 
 
 def default_cache_dir() -> Path:
@@ -46,9 +42,17 @@ def _all_experiments(client: MlflowClient) -> list[str]:
     return [e.experiment_id for e in client.search_experiments(max_results=50000)]
 
 
+def _seed(r: Run, name: str) -> int:
+    """A seed tag; any user of the store may have written it, so a bad one is named."""
+    v = r.data.tags.get(f"weightspace.{name}", "0")
+    try:
+        return int(v)
+    except ValueError:
+        raise TrajectoryError(f"run {r.info.run_id}: tag weightspace.{name} is not an integer ({v[:40]!r})") from None
+
+
 def _seed_order(r: Run) -> tuple:
-    t = r.data.tags
-    return (int(t.get("weightspace.init_seed", 0)), int(t.get("weightspace.shuffle_seed", 0)), r.info.start_time)
+    return (_seed(r, "init_seed"), _seed(r, "shuffle_seed"), r.info.start_time)
 
 
 def find_runs(filter_string: str, client: MlflowClient | None = None, experiment_ids: list[str] | None = None,
@@ -107,22 +111,28 @@ def _download(client: MlflowClient, run_id: str, path: str, dst: Path, bar: bool
 
 
 def complete_manifest(client: MlflowClient, run_id: str, tmp_parent: Path | None = None) -> tuple[bytes, dict]:
-    """The run's trajectory/manifest.json (its bytes and parsed), refused unless ``complete``."""
+    """The run's trajectory/manifest.json (its bytes and parsed), refused unless ``complete`` and
+    consistent (``trajectory_files.check_manifest``)."""
     with tempfile.TemporaryDirectory(dir=tmp_parent) as tmp:
         raw = _download(client, run_id, "trajectory/manifest.json", Path(tmp)).read_bytes()
-    manifest = json.loads(raw)
-    if not manifest.get("complete"):
+    manifest = parse_json(run_id, "trajectory/manifest.json", raw)
+    if isinstance(manifest, dict) and not manifest.get("complete"):
         raise TrajectoryError(f"run {run_id}: trajectory/manifest.json says the trajectory is incomplete "
                               "(the run did not finish); resume it first")
+    check_manifest(run_id, manifest)
     return raw, manifest
 
 
-def fetch_trajectory_dir(run_id: str, client: MlflowClient | None = None, cache_dir: Path | None = None) -> tuple[Path, dict]:
-    """Local directory with the run's verified trajectory files, and its manifest."""
+def fetch_trajectory_dir(run_id: str, client: MlflowClient | None = None, cache_dir: Path | None = None,
+                         run: Run | None = None) -> tuple[Path, dict]:
+    """Local directory with the run's verified trajectory files, and its manifest (checked against
+    the params of ``run``, fetched when not given)."""
     client = client or MlflowClient()
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     raw, manifest = complete_manifest(client, run_id, cache)
+    run = run or client.get_run(run_id)
+    check_schedule(run_id, manifest["epochs"], read_params(run.data.params), run.data.tags.get(T.TAG_EXPERIMENT, ""))
     target = cache / f"{run_id}-{hashlib.sha256(raw).hexdigest()[:16]}"
     if not target.is_dir():
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
@@ -141,7 +151,8 @@ def fetch_trajectory_dir(run_id: str, client: MlflowClient | None = None, cache_
 
 def verify(run_id: str, directory: Path, manifest: dict) -> None:
     for name, info in sorted(manifest.get("files", {}).items()):
-        p = directory / name
+        check_name(run_id, name)
+        p = opened_under(run_id, directory, name)
         if not p.is_file():
             raise TrajectoryError(f"run {run_id}: snapshot trajectory/{name} is missing")
         if p.stat().st_size != info["size"] or T.sha256_file(p) != info["sha256"]:
@@ -177,18 +188,21 @@ def trajectory(run: Run | str, client: MlflowClient | None = None, cache_dir: Pa
         except MlflowException:
             raise TrajectoryError(f"run {run}: no such run in this tracking store") from None
     rid = run.info.run_id
-    directory, manifest = fetch_trajectory_dir(rid, client, cache_dir)
+    directory, manifest = fetch_trajectory_dir(rid, client, cache_dir, run)
     items = sorted(manifest["files"].items(), key=lambda kv: kv[1]["epoch"])
-    layout_path = directory / "layout.json"
+    layout_path = opened_under(rid, directory, "layout.json")
+    layout = parse_json(rid, "trajectory/layout.json", layout_path.read_bytes()) if layout_path.is_file() else None
+    if layout is not None and not isinstance(layout, dict):
+        raise TrajectoryError(f"run {rid}: trajectory/layout.json is not a JSON object; refused")
     tags = run.data.tags
     return Trajectory(
         run_id=rid, name=run.info.run_name or rid,
         experiment=tags.get(T.TAG_EXPERIMENT, ""),
-        init_seed=int(tags.get("weightspace.init_seed", 0)), shuffle_seed=int(tags.get("weightspace.shuffle_seed", 0)),
+        init_seed=_seed(run, "init_seed"), shuffle_seed=_seed(run, "shuffle_seed"),
         epochs=np.array([v["epoch"] for _, v in items], dtype=np.int64),
-        files=[directory / k for k, _ in items],
+        files=[opened_under(rid, directory, k) for k, _ in items],
         metrics=metric_histories(client, rid), params=read_params(run.data.params),
-        layout=json.loads(layout_path.read_text()) if layout_path.is_file() else None,
+        layout=layout,
     )
 
 

@@ -15,6 +15,8 @@ TAG_GROUP = "weightspace.group"
 TAG_RUN_KEY = "weightspace.run_key"
 TAG_PRETRAIN = "weightspace.pretrain_run_id"
 TAG_ERROR = "weightspace.error"
+# the errors of a run's earlier attempts (one line each, oldest first), kept when a resume clears TAG_ERROR
+TAG_ERROR_HISTORY = "weightspace.error_history"
 TAG_SOURCES = "weightspace.source_run_ids"
 TAG_PARENT = "mlflow.parentRunId"
 # the CPU (or GPU) a run trained on, so that every time it reports names its machine
