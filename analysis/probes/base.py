@@ -85,6 +85,8 @@ class ProbeInputs:
         ValueError when a run does not fit the model."""
         if not trajs:
             raise ValueError("run_probes: no trajectories")
+        if options.interp_points != 0 and options.interp_points < 2:   # the caller's error, not a probe's
+            raise ValueError(f"interpolation needs at least 2 points, got {options.interp_points}")
         fm = model or FlatModel(width, dropout, device, options.batch_size, options.theta_chunk)
         for tr in trajs:
             if tr.P != fm.P:
