@@ -44,6 +44,7 @@ class Probe:
     draw: Callable[[object, Path], list[Path]]      # (result, figure directory) -> PNGs written
     judge: Callable[[object], list[Claim]]          # result -> claims
     needs: tuple[str, ...] = ()                     # earlier probes whose results ``run`` reuses (None if off)
+    classes: bool = False                           # compares predicted classes: n/a for other targets
 
 
 PROBES: dict[str, Probe] = {
@@ -55,7 +56,7 @@ PROBES: dict[str, Probe] = {
     "surface": Probe(lambda o, n: o.surface_grid > 0, surface, FP.surface_figures, RP.surface_claims,
                      needs=("stationarity",)),
     "disagreement": Probe(lambda o, n: o.disagreement and n >= 2, function_space,
-                          FP.function_space_figures, RP.function_space_claims),
+                          FP.function_space_figures, RP.function_space_claims, classes=True),
 }
 
 
@@ -113,6 +114,9 @@ def run_probes(trajs: Sequence[Trajectory], out_dir, *, width: float = 1.0, drop
     res = ProbeResult({}, [], [])
     for name, probe in PROBES.items():
         if not probe.enabled(opt, len(inp.trajs)):
+            continue
+        if probe.classes and not inp.classifier:
+            res.claims.append(Claim(f"probe: {name}", "-", "-", "-", "n/a: needs class labels; the targets are not"))
             continue
         t0 = time.perf_counter()
         r = _guarded(res, name, "run", probe.run, inp, *(res.results.get(k) for k in probe.needs))

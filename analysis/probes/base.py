@@ -102,6 +102,11 @@ class ProbeInputs:
                    progress)
 
     @property
+    def classifier(self) -> bool:
+        """Whether the targets are class labels (integers), which the predictions' argmax can match."""
+        return not self.y_test.is_floating_point()
+
+    @property
     def names(self) -> list[str]:
         return [t.name for t in self.trajs]
 
