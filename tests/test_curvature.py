@@ -235,7 +235,8 @@ def record_lstm_group(group: str, seeds=(1, 2, 3), epochs: int = 3) -> None:
 @pytest.mark.e2e
 def test_a_recorded_lstm_group_finishes_its_analysis_with_a_hessian(env, tmp_path):
     """The issue's failure: forward-mode AD through the CPU LSTM kernel took the whole analysis down. With
-    the default probes the analysis now finishes, with the top Hessian eigenvalue by the double backward."""
+    the default probes the analysis now finishes, with the top Hessian eigenvalue by the double backward
+    and the pairs aligned by the LSTM's permutation spec."""
     from weightspace.experiments.analyse import AnalysisOptions, run_analysis
 
     record_lstm_group("lstm")
@@ -247,6 +248,7 @@ def test_a_recorded_lstm_group_finishes_its_analysis_with_a_hessian(env, tmp_pat
     assert np.isfinite(m["hessian_top_eig_epoch0_run0"]) and m["hessian_iters_epoch0_run0"] >= 1
     assert a.data.params["hvp_mode"] == (REVERSE if torch.backends.mkldnn.is_available() else FORWARD)
     assert {"pca_evr_top2", "grad_norm_final_run0", "pair_barrier_frankle_mean", "disagreement_mean",
-            "surface_grid"} <= set(m)
+            "surface_grid", "pair_barrier_aligned_frankle_mean", "aligned_final_pairwise_dist_mean"} <= set(m)
+    assert m["aligned_final_pairwise_dist_mean"] < m["final_pairwise_dist_mean"]   # the LSTM's spec, derived
     report = open(env.client().download_artifacts(a.info.run_id, "report.md", str(tmp_path))).read()
     assert "top Hessian eig at epoch 0" in report and "failed" not in report

@@ -40,11 +40,15 @@ def regression_data(n_train: int = 80, n_test: int = 40):
     return SimpleNamespace(x_train=x[:n_train], y_train=y[:n_train], x_test=x[n_train:], y_test=y[n_train:])
 
 
-def runs(tmp_path, data, n_runs: int = 2, epochs: int = 3) -> list[Trajectory]:
+def normed_regressor() -> nn.Module:
+    return nn.Sequential(nn.Linear(3, 8), nn.LayerNorm(8), nn.Tanh(), nn.Linear(8, 1))
+
+
+def runs(tmp_path, data, n_runs: int = 2, epochs: int = 3, make=regressor) -> list[Trajectory]:
     trajs = []
     for s in range(n_runs):
         torch.manual_seed(s)
-        model = regressor()
+        model = make()
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         snaps = [torch.cat([p.detach().reshape(-1) for p in model.parameters()])]
         for _ in range(epochs):
@@ -77,8 +81,7 @@ def test_the_probes_of_a_regressor_finish_with_its_loss_and_metric(metric, tmp_p
     data = regression_data()
     trajs = runs(tmp_path, data)
     fm = FlatModel(module=regressor(), loss=mse, error=metric)
-    opts = ProbeOptions(interp_points=5, probe_subset=0, hessian_epochs=(3,), hessian_iters=3, surface_grid=3,
-                        align=False)
+    opts = ProbeOptions(interp_points=5, probe_subset=0, hessian_epochs=(3,), hessian_iters=3, surface_grid=3)
     res = run_probes(trajs, tmp_path / "fig", weight_decay=0.0, data=data, options=opts, progress=False, model=fm)
     assert res.errors == {}
     m, rows = res.metrics, {c.claim: c for c in res.claims}
@@ -91,6 +94,9 @@ def test_the_probes_of_a_regressor_finish_with_its_loss_and_metric(metric, tmp_p
     (g,) = torch.autograd.grad(mse(out, data.y_train), th)
     assert m["grad_norm_final_run0"] == pytest.approx(float(g.norm()), rel=1e-5)
     assert np.isfinite(m["hessian_top_eig_epoch3_run0"]) and np.isfinite(m["pair_loss_barrier_chord_mean"])
+    # the chain Linear, Tanh, Linear has a derived permutation spec: its pairs are aligned too
+    assert m["aligned_final_pairwise_dist_mean"] <= res.results["interp"].dist.mean() * (1 + 1e-9)
+    assert np.isfinite(m["pair_loss_barrier_aligned_chord_mean"])
     if metric is None:
         assert basins.startswith("n/a: no error metric") and "pair_barrier_frankle_mean" not in {
             k for k, v in m.items() if np.isfinite(v)}
@@ -101,6 +107,17 @@ def test_the_probes_of_a_regressor_finish_with_its_loss_and_metric(metric, tmp_p
             for th in line(finals[0], finals[1], alphas(5))]
     assert m["pair_barrier_frankle_run0_run1"] == pytest.approx(barrier_frankle(np.array(errs)), abs=1e-12)
     assert "[threshold" in basins
+
+
+def test_a_model_without_a_permutation_spec_is_not_aligned_and_says_why(tmp_path):
+    data = regression_data()
+    trajs = runs(tmp_path, data, make=normed_regressor)
+    opts = ProbeOptions(interp_points=3, probe_subset=0, grad_norm=False, hessian_epochs=(), surface_grid=0)
+    res = run_probes(trajs, tmp_path / "fig", weight_decay=0.0, data=data, options=opts, progress=False,
+                     model=FlatModel(module=normed_regressor(), loss=mse, error=off_by_more))
+    assert res.errors == {} and not any("aligned" in k for k in res.metrics)
+    basins = next(c for c in res.claims if c.claim == "sibling solutions lie in different basins")
+    assert "permutation alignment n/a: no permutation spec for LayerNorm (1)" in basins.measured
 
 
 def regression_probe():

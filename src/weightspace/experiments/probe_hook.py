@@ -13,7 +13,6 @@ whose argmax differs; other targets have no error and no prediction disagreement
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import inspect
 import json
@@ -108,8 +107,6 @@ def recorded_probes(trajs, out: Path, po, device: torch.device, progress: bool):
                        layout=layout, loss=loss, error=error)
     except Exception as e:  # noqa: BLE001 - any failure of the user's code skips the probes, said why
         return skipped(tr.run_id, f"probe {spec!r} failed: {type(e).__name__}: {e}")
-    # Permutation alignment knows only the CNN's symmetries.
-    po = dataclasses.replace(po, align=False)
     wd = float(tr.params.get("weight_decay", 0) or 0)
     return run_probes(trajs, out, weight_decay=wd, data=data, options=po, sgd=None, device=str(device),
                       progress=progress, model=fm)
