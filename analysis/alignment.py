@@ -16,6 +16,10 @@ ReLU and max-pooling act per channel and dropout per unit, so in eval mode the p
 network computes exactly the same function. The flatten between conv2 and fc1 is
 channel-major (column = channel * 49 + pixel), so "conv2" moves fc1's columns in blocks of 49.
 
+Other networks bring their own ``PermutationSpec`` (``analysis.permspec`` derives one from a
+model); an axis may then hold several groups of units, such as an LSTM's four gates, each
+group reordered by the same permutation.
+
 A permutation is an index array: unit i of the permuted network is unit perm[i] of the original.
 """
 
@@ -47,13 +51,15 @@ CNN_BLOCKS: dict[tuple[str, int], int] = {("fc1.weight", 1): 7 * 7}
 
 @dataclass(frozen=True)
 class PermutationSpec:
-    """sizes: units per permutation; axes: the (parameter, axis, block) triples each acts on.
+    """sizes: units per permutation; axes: the (parameter, axis, block, groups) each acts on.
 
-    block is how many consecutive entries along the axis move together (49 for fc1's columns).
+    block is how many consecutive entries along the axis move together (49 for fc1's columns);
+    groups how many times the units repeat along the axis (4 for the gates of an LSTM's rows),
+    each group reordered alike: the axis has groups x units x block entries.
     """
 
     sizes: dict[str, int]
-    axes: dict[str, tuple[tuple[str, int, int], ...]]
+    axes: dict[str, tuple[tuple[str, int, int, int], ...]]
 
 
 def permutation_spec(layout: Layout) -> PermutationSpec:
@@ -63,7 +69,7 @@ def permutation_spec(layout: Layout) -> PermutationSpec:
                          f"{list(CNN_AXES)}), this layout has {list(layout.names)}")
     shapes = dict(zip(layout.names, layout.shapes))
     sizes = {perm: shapes[f"{perm}.weight"][0] for perm in ("conv1", "conv2", "fc1")}
-    axes: dict[str, list[tuple[str, int, int]]] = {perm: [] for perm in sizes}
+    axes: dict[str, list[tuple[str, int, int, int]]] = {perm: [] for perm in sizes}
     for name, per_axis in CNN_AXES.items():
         if len(shapes[name]) != len(per_axis):
             raise ValueError(f"parameter {name} has shape {shapes[name]}, expected {len(per_axis)} axes")
@@ -73,7 +79,7 @@ def permutation_spec(layout: Layout) -> PermutationSpec:
             n, length, block = sizes[perm], shapes[name][axis], CNN_BLOCKS.get((name, axis), 1)
             if length != n * block:
                 raise ValueError(f"axis {axis} of {name} has {length} entries, expected {n} {perm} units x {block}")
-            axes[perm].append((name, axis, block))
+            axes[perm].append((name, axis, block, 1))
     return PermutationSpec(sizes, {p: tuple(a) for p, a in axes.items()})
 
 
@@ -84,18 +90,19 @@ def _split(theta: np.ndarray, layout: Layout) -> dict[str, np.ndarray]:
     return {n: theta[o:o + int(np.prod(s))].reshape(s) for n, s, o in zip(layout.names, layout.shapes, layout.offsets)}
 
 
-def _take(w: np.ndarray, axis: int, perm: np.ndarray, block: int) -> np.ndarray:
-    """w reordered along axis by perm, moving runs of `block` consecutive entries together."""
+def _take(w: np.ndarray, axis: int, perm: np.ndarray, block: int, groups: int = 1) -> np.ndarray:
+    """w reordered along axis by perm in each of its groups, moving runs of `block` consecutive entries together."""
     s = w.shape
-    return np.take(w.reshape(s[:axis] + (len(perm), block) + s[axis + 1:]), perm, axis=axis).reshape(s)
+    return np.take(w.reshape(s[:axis] + (groups, len(perm), block) + s[axis + 1:]), perm, axis=axis + 1).reshape(s)
 
 
 def _permuted(w: np.ndarray, name: str, spec: PermutationSpec, perms: dict[str, np.ndarray],
-              skip: str | None = None) -> np.ndarray:
-    for perm, triples in spec.axes.items():
-        for pname, axis, block in triples:
-            if pname == name and perm != skip:
-                w = _take(w, axis, perms[perm], block)
+              skip: tuple[str, int] | None = None) -> np.ndarray:
+    """w with every permutation that acts on it applied, except on the axis ``skip`` = (permutation, axis)."""
+    for perm, axes in spec.axes.items():
+        for pname, axis, block, groups in axes:
+            if pname == name and (perm, axis) != skip:
+                w = _take(w, axis, perms[perm], block, groups)
     return w
 
 
@@ -113,9 +120,11 @@ def _check_perms(perms: dict[str, np.ndarray], spec: PermutationSpec) -> dict[st
     return out
 
 
-def apply_permutation(theta: np.ndarray, layout: Layout, perms: dict[str, np.ndarray]) -> np.ndarray:
-    """The flat parameter vector of the permuted network (same function, same dtype as theta)."""
-    spec = permutation_spec(layout)
+def apply_permutation(theta: np.ndarray, layout: Layout, perms: dict[str, np.ndarray],
+                      spec: PermutationSpec | None = None) -> np.ndarray:
+    """The flat parameter vector of the permuted network (same function, same dtype as theta); ``spec``:
+    the network's symmetries (default the CNN's)."""
+    spec = spec or permutation_spec(layout)
     perms = _check_perms(perms, spec)
     parts = _split(theta, layout)
     return np.concatenate([_permuted(w, n, spec, perms).reshape(-1) for n, w in parts.items()])
@@ -127,14 +136,15 @@ def _objective(a: dict[str, np.ndarray], b: dict[str, np.ndarray], spec: Permuta
     return float(sum(np.vdot(a[n], _permuted(b[n], n, spec, perms)) for n in a))
 
 
-def _rows(w: np.ndarray, axis: int, n: int, block: int) -> np.ndarray:
-    """w as an (n, -1) matrix with one row per unit along axis (its block of entries and all other axes)."""
+def _rows(w: np.ndarray, axis: int, n: int, block: int, groups: int = 1) -> np.ndarray:
+    """w as an (n, -1) matrix with one row per unit along axis (its entries in every group and block, and
+    all other axes)."""
     s = w.shape
-    return np.moveaxis(w.reshape(s[:axis] + (n, block) + s[axis + 1:]), axis, 0).reshape(n, -1)
+    return np.moveaxis(w.reshape(s[:axis] + (groups, n, block) + s[axis + 1:]), axis + 1, 0).reshape(n, -1)
 
 
 def weight_matching(theta_a: np.ndarray, theta_b: np.ndarray, layout: Layout, max_iter: int = 100, seed: int = 0,
-                    history: list | None = None) -> dict[str, np.ndarray]:
+                    history: list | None = None, spec: PermutationSpec | None = None) -> dict[str, np.ndarray]:
     """Permutations of network B that (locally) maximise <theta_A, pi(theta_B)>, by weight matching.
 
     Git Re-Basin, Algorithm 1: start from the identity; in each sweep visit the permutations
@@ -146,9 +156,13 @@ def weight_matching(theta_a: np.ndarray, theta_b: np.ndarray, layout: Layout, ma
     at the first sweep that changes nothing (or after max_iter sweeps).
 
     history, if given, receives one (objective, perms) pair for the identity and one after
-    each sweep, with objective = <theta_A, pi(theta_B)> in float64 and perms copied.
+    each sweep, with objective = <theta_A, pi(theta_B)> in float64 and perms copied. ``spec``: the
+    network's symmetries (default the CNN's). A permutation acting on two axes of one parameter (an
+    LSTM's recurrent weights) makes the objective quadratic in it; each axis is then matched with the
+    other at its current value, a linearisation, for which the never-decreasing guarantee above holds
+    only approximately.
     """
-    spec = permutation_spec(layout)
+    spec = spec or permutation_spec(layout)
     a = {n: w.astype(np.float64) for n, w in _split(theta_a, layout).items()}
     b = {n: w.astype(np.float64) for n, w in _split(theta_b, layout).items()}
     perms = {perm: np.arange(n) for perm, n in spec.sizes.items()}
@@ -160,9 +174,10 @@ def weight_matching(theta_a: np.ndarray, theta_b: np.ndarray, layout: Layout, ma
         for perm in rng.permutation(list(spec.sizes)):
             n = spec.sizes[perm]
             cost = np.zeros((n, n))
-            for name, axis, block in spec.axes[perm]:
-                wb = _permuted(b[name], name, spec, perms, skip=perm)
-                cost += _rows(a[name], axis, n, block) @ _rows(wb, axis, n, block).T
+            for name, axis, block, groups in spec.axes[perm]:
+                # the other axes this permutation acts on (an LSTM's recurrent columns) keep its current value
+                wb = _permuted(b[name], name, spec, perms, skip=(perm, axis))
+                cost += _rows(a[name], axis, n, block, groups) @ _rows(wb, axis, n, block, groups).T
             _, cols = linear_sum_assignment(cost, maximize=True)
             old, new = cost[np.arange(n), perms[perm]].sum(), cost[np.arange(n), cols].sum()
             if new - old > 1e-12 * max(1.0, abs(old)):
@@ -175,7 +190,7 @@ def weight_matching(theta_a: np.ndarray, theta_b: np.ndarray, layout: Layout, ma
 
 
 def align(theta_a: np.ndarray, theta_b: np.ndarray, layout: Layout, max_iter: int = 100, seed: int = 0,
-          history: list | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+          history: list | None = None, spec: PermutationSpec | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """theta_B permuted to match theta_A (same function as theta_B), and the permutations used."""
-    perms = weight_matching(theta_a, theta_b, layout, max_iter=max_iter, seed=seed, history=history)
-    return apply_permutation(theta_b, layout, perms), perms
+    perms = weight_matching(theta_a, theta_b, layout, max_iter=max_iter, seed=seed, history=history, spec=spec)
+    return apply_permutation(theta_b, layout, perms, spec), perms

@@ -1,6 +1,7 @@
 """A model as a function of a flat parameter vector θ (float32, P), for the probes: the CNN
-by default, or any classifier module with the layout of its recorded parameters (those not in
-the layout, and the buffers, are the module's own) and its loss.
+by default, or any module with the layout of its recorded parameters (those not in the layout,
+and the buffers, are the module's own), its loss and, for a model that is not a classifier,
+an optional error metric.
 
 Everything here is functional (torch.func.functional_call), so one module instance
 serves any number of θ and vmap can batch over θ. Always eval mode: the probes
@@ -30,13 +31,16 @@ AUTO_THETA_CHUNK = {"cuda": 8, "cpu": 1}
 class FlatModel:
     def __init__(self, width: float = 1.0, dropout: float = 0.5, device: str | torch.device = "cpu",
                  batch_size: int = 0, theta_chunk: int = 0, *, module: torch.nn.Module | None = None,
-                 layout: Layout | None = None, loss: Callable | None = None):
+                 layout: Layout | None = None, loss: Callable | None = None, error: Callable | None = None):
         """``module``: any model instead of the CNN; ``layout``: which of its parameters θ holds (default
-        all); ``loss``: ``loss(outputs, targets)``, a batch mean (default cross-entropy on logits)."""
+        all); ``loss``: ``loss(outputs, targets)``, a batch mean (default cross-entropy on logits);
+        ``error``: ``error(outputs, targets)``, a batch mean (default: for integer class targets the
+        share whose argmax differs, for other targets none, NaN)."""
         self.device = torch.device(device)
         self.module = (module if module is not None else CNN(width=width, dropout=dropout)).to(self.device).eval()
         self.layout = layout or Layout.of(self.module)
         self.loss = loss
+        self.error = error
         have = dict(self.module.named_parameters())
         missing = [n for n, s in zip(self.layout.names, self.layout.shapes) if n not in have or tuple(have[n].shape) != s]
         if missing:
@@ -65,6 +69,14 @@ class FlatModel:
             return F.cross_entropy(out, y, reduction="sum")
         return self.loss(out, y) * y.shape[0]
 
+    def wrong_sum(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The error summed over a batch: the error metric's, the argmax's for class targets, else NaN."""
+        if self.error is not None:
+            return self.error(out, y) * y.shape[0]
+        if y.is_floating_point():   # not class labels: no error without a metric
+            return torch.full((), float("nan"), device=out.device)
+        return (out.argmax(1) != y).sum()
+
     def batches(self, n: int) -> Iterator[slice]:
         for s in range(0, n, self.batch_size):
             yield slice(s, min(n, s + self.batch_size))
@@ -72,14 +84,14 @@ class FlatModel:
     # -- evaluation (no grad) -------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-        """(mean cross-entropy, error rate) of one θ on (x, y)."""
+        """(mean loss, error) of one θ on (x, y)."""
         loss, err = self.evaluate_many(theta[None], x, y)
         return float(loss[0]), float(err[0])
 
     @torch.no_grad()
     def evaluate_many(self, thetas: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                       use_vmap: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(K,) mean losses and error rates for K parameter vectors (K, P).
+        """(K,) mean losses and errors (``wrong_sum`` per sample) for K parameter vectors (K, P).
 
         θ are evaluated ``theta_chunk`` at a time with vmap, and the data in batches
         so that one call holds at most theta_chunk × batch_size activations.
@@ -96,7 +108,7 @@ class FlatModel:
 
         def sums(th, xb, yb):
             out = self.logits(th, xb)
-            return self.loss_sum(out, yb), (out.argmax(1) != yb).sum()
+            return self.loss_sum(out, yb), self.wrong_sum(out, yb)
 
         batched = vmap(sums, in_dims=(0, None, None))
         for k in range(0, K, chunk):

@@ -4,6 +4,13 @@ A loss is a function of θ, or a list of functions whose sum is the objective
 (per-batch pieces of the data term, plus a weight-decay term), so that gradients
 and Hessian-vector products of a large data set are sums of bounded-memory pieces
 and the same code runs on a closed-form quadratic in the tests.
+
+Hessian-vector products are forward-over-reverse (jvp of grad) where every op of the model has
+a forward-mode derivative, and reverse-over-reverse (vjp of grad, a double backward) where one
+does not (PyTorch's recurrent kernels, for one): H is symmetric, so vjp(grad f)(v) = Hᵀv = Hv.
+Attention runs in PyTorch's math kernel there: its fused kernels (flash, memory-efficient) have
+neither forward-mode nor second derivatives, the math kernel computes the same attention from
+differentiable ops.
 """
 
 from __future__ import annotations
@@ -13,12 +20,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch.func import grad, grad_and_value, jvp
+from torch.func import grad, grad_and_value, jvp, vjp
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from weightspace.threads import adopt_threads
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 Loss = LossFn | Sequence[LossFn]
+
+FORWARD, REVERSE = "forward-over-reverse", "reverse-over-reverse"
+HVP_MODES = (FORWARD, REVERSE)
 
 
 def _pieces(loss: Loss) -> Sequence[LossFn]:
@@ -41,18 +52,40 @@ def grad_norm(loss: Loss, theta: torch.Tensor) -> float:
     return float(gradient(loss, theta)[1].double().norm())
 
 
-def hvp(loss: Loss, theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """H(θ)·v by forward-over-reverse (jvp of grad): one extra forward-mode pass per piece,
-    no Hessian ever materialised."""
+def _hvp_piece(f: LossFn, theta: torch.Tensor, v: torch.Tensor, mode: str) -> torch.Tensor:
+    if mode == FORWARD:
+        return jvp(grad(f), (theta,), (v,))[1]
+    return vjp(grad(f), theta)[1](v)[0]
+
+
+def hvp_and_mode(loss: Loss, theta: torch.Tensor, v: torch.Tensor, mode: str | None = None
+                 ) -> tuple[torch.Tensor, str]:
+    """(H(θ)·v, the mode used), no Hessian ever materialised. ``mode`` None: forward-over-reverse,
+    or reverse-over-reverse when the model has no forward-mode derivative (decided on the first piece)."""
+    if mode not in (None, *HVP_MODES):
+        raise ValueError(f"hvp mode must be one of {HVP_MODES}, got {mode!r}")
     adopt_threads()
     out = torch.zeros_like(theta, dtype=torch.float64)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), sdpa_kernel(SDPBackend.MATH):
         # torch's first forward-mode pass loads its own jvp decompositions through the deprecated
         # torch.jit.script, which warns in torch 2.14; the warning is about torch, not this code.
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
         for f in _pieces(loss):
-            out += jvp(grad(f), (theta,), (v,))[1].double()
-    return out.to(theta.dtype)
+            if mode is None:
+                try:
+                    hv, mode = _hvp_piece(f, theta, v, FORWARD), FORWARD
+                except (NotImplementedError, RuntimeError):
+                    # no forward-mode derivative for some op; a real error raises again below
+                    hv, mode = _hvp_piece(f, theta, v, REVERSE), REVERSE
+            else:
+                hv = _hvp_piece(f, theta, v, mode)
+            out += hv.double()
+    return out.to(theta.dtype), mode or FORWARD
+
+
+def hvp(loss: Loss, theta: torch.Tensor, v: torch.Tensor, mode: str | None = None) -> torch.Tensor:
+    """H(θ)·v (``hvp_and_mode`` without the mode)."""
+    return hvp_and_mode(loss, theta, v, mode)[0]
 
 
 @dataclass
@@ -62,31 +95,34 @@ class EigResult:
     rel_change: float   # |λ_k − λ_{k−1}| / |λ_k| at the last iteration (the stopping test)
     iters: int          # Hessian-vector products used
     converged: bool     # rel_change <= tol before iters ran out
+    mode: str = FORWARD  # how the Hessian-vector products were computed (HVP_MODES)
 
 
 def top_hessian_eig(loss: Loss, theta: torch.Tensor, iters: int = 20, tol: float = 1e-3,
-                    seed: int = 0) -> EigResult:
+                    seed: int = 0, mode: str | None = None) -> EigResult:
     """Largest-magnitude Hessian eigenvalue by power iteration on Hessian-vector products.
 
     Power iteration finds the eigenvalue of largest |λ|; its sign comes from the Rayleigh
     quotient, so a dominant negative direction shows up as a negative value rather than
-    being silently mistaken for the top positive one.
+    being silently mistaken for the top positive one. ``mode``: as in ``hvp_and_mode``, chosen
+    on the first product when None and kept for the rest.
     """
     gen = torch.Generator().manual_seed(seed)
     v = torch.randn(theta.shape, generator=gen, dtype=torch.float64).to(theta.device)
     v /= v.norm()
     lam_prev, lam, rel, res = None, 0.0, float("inf"), float("inf")
     for k in range(1, iters + 1):
-        hv = hvp(loss, theta, v.to(theta.dtype)).double()
+        hv, mode = hvp_and_mode(loss, theta, v.to(theta.dtype), mode)
+        hv = hv.double()
         lam = float(v.dot(hv))
         res = float((hv - lam * v).norm()) / max(abs(lam), 1e-30)
         if lam_prev is not None:
             rel = abs(lam - lam_prev) / max(abs(lam), 1e-30)
         nrm = hv.norm()
         if nrm == 0:  # H v = 0: v is an eigenvector with eigenvalue 0
-            return EigResult(0.0, 0.0, 0.0, k, True)
+            return EigResult(0.0, 0.0, 0.0, k, True, mode)
         v = hv / nrm
         if rel <= tol:
-            return EigResult(lam, res, rel, k, True)
+            return EigResult(lam, res, rel, k, True, mode)
         lam_prev = lam
-    return EigResult(lam, res, rel, iters, False)
+    return EigResult(lam, res, rel, iters, False, mode or FORWARD)

@@ -218,3 +218,23 @@ def test_mixed_epochs_and_bad_input(tmp_path):
     small = Trajectory.from_arrays(np.zeros((2, 10)), [0, 1], tmp_path / "small", name="tiny")
     with pytest.raises(ValueError, match="tiny"):
         analyse_family(a + [small], "mixed", tmp_path / "y", progress=False)
+
+
+def test_a_recorded_family_is_not_compared_with_the_papers_cnn(tmp_path):
+    """The same runs as a paper family and as recorded ones: the recorded report's Paper column reads "–"
+    and no verdict compares with the paper's numbers; the metrics, nulls, thresholds and verdicts stay."""
+    epochs = np.arange(0, 41, 5)
+    paper_trajs, _ = _family(tmp_path / "p", "different_init", 3, epochs)
+    rec_trajs, _ = _family(tmp_path / "r", "different_init", 3, epochs, experiment="recorded")
+    extra = Claim("flat minima (probe)", "flat (Keskar et al.)", "0.1", "-", "made up for the test")
+    paper = analyse_family(paper_trajs, "different_init", tmp_path / "po", extra_claims=[extra], progress=False)
+    rec = analyse_family(rec_trajs, "recorded", tmp_path / "ro", extra_claims=[extra], progress=False)
+    top2 = lambda res: next(c for c in res.claims if c.claim.startswith("top-2") and "joint" in c.claim)  # noqa: E731
+    assert top2(paper).paper == "81.39%" and "the paper" in top2(paper).verdict
+    assert {c.paper for c in rec.claims} == {"–"}
+    assert not any("paper" in c.verdict for c in rec.claims)
+    assert top2(rec).verdict == top2(paper).verdict.split("; ", 1)[1].replace("; paper ±5 pts]", "]")
+    assert [c.claim for c in rec.claims] == [c.claim for c in paper.claims]
+    assert [c.measured for c in rec.claims] == [c.measured for c in paper.claims]
+    assert rec.metrics == pytest.approx(paper.metrics, rel=1e-12)
+    assert "| – |" in (tmp_path / "ro" / "report.md").read_text()

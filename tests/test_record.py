@@ -292,3 +292,28 @@ def test_resnet_example_records_with_a_probe_and_the_probes_run(store, tmp_path)
     assert "skipped" not in report
     assert any(k.startswith("probe_seconds_") for k in a.data.metrics)
     assert any("interp" in n for n in names), names
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("example,hvp_mode", [("record_mlp", "forward-over-reverse"),
+                                              ("record_lstm", "reverse-over-reverse")])
+def test_the_papers_future_work_examples_finish_with_every_probe(store, tmp_path, example, hvp_mode):
+    """MLP and LSTM (sequential MNIST), 3 seeds at CI size, then `mlflow run -e analysis` with the default
+    probes: a Hessian number (the LSTM's by the double backward on a CPU with oneDNN) and aligned pairs."""
+    group = example.replace("_", "-")
+    p = subprocess.run([sys.executable, str(REPO / "examples" / f"{example}.py"), "--epochs", "2", "--train_subset",
+                        "300", "--hidden", "16", "--group", group], cwd=store.workdir, env=store.env,
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    runs = store.runs(f"tags.`weightspace.group` = '{group}'", status="FINISHED")
+    assert len(runs) == 3 and {r.data.params["probe"] for r in runs} == {f"examples.{example}:probe"}
+    a, names, c = _analysis_of(store, group)
+    assert a.info.status == "FINISHED" and not [t for t in a.data.tags if t.startswith("weightspace.probe_error")]
+    m = a.data.metrics
+    assert np.isfinite(m["hessian_top_eig_epoch0_run0"]) and np.isfinite(m["pair_barrier_aligned_frankle_mean"])
+    assert m["aligned_final_pairwise_dist_mean"] <= m["final_pairwise_dist_mean"] * (1 + 1e-9)
+    if example == "record_mlp" or not torch.backends.mkldnn.is_available():
+        hvp_mode = "forward-over-reverse"
+    assert a.data.params["hvp_mode"] == hvp_mode
+    report = open(c.download_artifacts(a.info.run_id, "report.md", str(tmp_path))).read()
+    assert "failed" not in report and "81.39%" not in report and "| – |" in report

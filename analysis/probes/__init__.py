@@ -5,6 +5,10 @@ Each probe is a plain function ``probe(inputs, *earlier results) -> result datac
 figures live in ``figures.probes``, its verdicts in ``report.probes``, its metric names
 in ``probes.metrics``. ``PROBES`` lists them in the order they run; ``run_probes`` runs
 the enabled ones and gathers claims, metrics, per-epoch series and figures.
+
+No probe can fail an analysis: a probe whose run, figures or verdicts raise is reported in
+its own row as "n/a: <probe> failed: <reason>", with the reason in ``ProbeResult.errors`` for
+the caller to record; a later probe that ``needs`` it gets None.
 """
 
 from __future__ import annotations
@@ -20,15 +24,17 @@ from weightspace.analysis.figures import probes as FP
 from weightspace.analysis.probes.base import SGD, ProbeInputs, ProbeOptions
 from weightspace.analysis.probes.function_space import function_space
 from weightspace.analysis.probes.interpolation import interpolation
-from weightspace.analysis.probes.metrics import metrics_of, series_of
+from weightspace.analysis.probes.metrics import metrics_of, params_of, series_of
 from weightspace.analysis.probes.stationarity import stationarity
 from weightspace.analysis.probes.surface import surface
 from weightspace.analysis.report import probes as RP
 from weightspace.analysis.report.table import Claim
 from weightspace.analysis.surface import Plane
+from weightspace.params import one_line
 from weightspace.trajectories import Trajectory
 
-__all__ = ["PROBES", "SGD", "Plane", "Probe", "ProbeOptions", "ProbeResult", "run_probes"]
+__all__ = ["PROBES", "SGD", "Plane", "Probe", "ProbeOptions", "ProbeResult", "failed_row", "guarded_probes",
+           "run_probes"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,7 @@ class Probe:
     draw: Callable[[object, Path], list[Path]]      # (result, figure directory) -> PNGs written
     judge: Callable[[object], list[Claim]]          # result -> claims
     needs: tuple[str, ...] = ()                     # earlier probes whose results ``run`` reuses (None if off)
+    classes: bool = False                           # compares predicted classes: n/a for other targets
 
 
 PROBES: dict[str, Probe] = {
@@ -49,7 +56,7 @@ PROBES: dict[str, Probe] = {
     "surface": Probe(lambda o, n: o.surface_grid > 0, surface, FP.surface_figures, RP.surface_claims,
                      needs=("stationarity",)),
     "disagreement": Probe(lambda o, n: o.disagreement and n >= 2, function_space,
-                          FP.function_space_figures, RP.function_space_claims),
+                          FP.function_space_figures, RP.function_space_claims, classes=True),
 }
 
 
@@ -61,6 +68,33 @@ class ProbeResult:
     # per-epoch values (name -> (epochs, values)), for logging with step=epoch
     series: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     results: dict[str, object] = field(default_factory=dict)    # probe name -> its result dataclass
+    errors: dict[str, str] = field(default_factory=dict)        # probe name -> why it failed, one line
+    params: dict[str, str] = field(default_factory=dict)        # how a probe computed (hvp_mode), for logging
+
+
+def failed_row(name: str, why: str) -> Claim:
+    """The report row of a probe that raised: the analysis goes on without it."""
+    return Claim(f"probe: {name}", "-", "-", "-", f"n/a: {name} failed: {why}")
+
+
+def guarded_probes(run: Callable[[], ProbeResult]) -> ProbeResult:
+    """``run()``, or when setting the probes up raises (the model, the data), one failed "probes" row."""
+    try:
+        return run()
+    except Exception as e:  # noqa: BLE001 - the probes failing as a whole leaves the rest of the analysis
+        why = one_line(e)
+        return ProbeResult({}, [failed_row("probes", why)], [], errors={"probes": why})
+
+
+def _guarded(res: ProbeResult, name: str, step: str, fn, *args):
+    """``fn(*args)``, or None when it raises: the error becomes the probe's report row and error record."""
+    try:
+        return fn(*args)
+    except Exception as e:  # noqa: BLE001 - any probe's failure is reported, never fatal
+        why = one_line(e) if step == "run" else f"{step}: {one_line(e)}"
+        res.errors[name] = f"{res.errors[name]}; {why}" if name in res.errors else why
+        res.claims.append(failed_row(name, why))
+        return None
 
 
 def run_probes(trajs: Sequence[Trajectory], out_dir, *, width: float = 1.0, dropout: float = 0.5,
@@ -81,11 +115,22 @@ def run_probes(trajs: Sequence[Trajectory], out_dir, *, width: float = 1.0, drop
     for name, probe in PROBES.items():
         if not probe.enabled(opt, len(inp.trajs)):
             continue
+        if probe.classes and not inp.classifier:
+            res.claims.append(Claim(f"probe: {name}", "-", "-", "-", "n/a: needs class labels; the targets are not"))
+            continue
         t0 = time.perf_counter()
-        r = res.results[name] = probe.run(inp, *(res.results.get(k) for k in probe.needs))
-        res.figures += probe.draw(r, out)
-        res.claims += probe.judge(r)
-        res.metrics |= metrics_of(r)
-        res.series |= series_of(r)
+        r = _guarded(res, name, "run", probe.run, inp, *(res.results.get(k) for k in probe.needs))
+        if r is None:
+            continue
+        numbers = _guarded(res, name, "metrics", lambda: (metrics_of(r), series_of(r), params_of(r)))
+        if numbers is None:
+            continue
+        res.results[name] = r
+        res.metrics |= numbers[0]
+        res.series |= numbers[1]
+        res.params |= numbers[2]
+        # a figure or a verdict that fails loses only itself; the numbers above stay
+        res.figures += _guarded(res, name, "figures", probe.draw, r, out) or []
+        res.claims += _guarded(res, name, "verdicts", probe.judge, r) or []
         res.metrics[f"probe_seconds_{name}"] = time.perf_counter() - t0
     return res

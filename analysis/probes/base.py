@@ -15,6 +15,8 @@ import torch
 
 from weightspace.analysis.flatmodel import FlatModel, subset
 from weightspace.analysis.surface import Plane
+from weightspace.model import CNN
+from weightspace.params import one_line
 from weightspace.trajectories import Trajectory
 
 
@@ -85,6 +87,8 @@ class ProbeInputs:
         ValueError when a run does not fit the model."""
         if not trajs:
             raise ValueError("run_probes: no trajectories")
+        if options.interp_points != 0 and options.interp_points < 2:   # the caller's error, not a probe's
+            raise ValueError(f"interpolation needs at least 2 points, got {options.interp_points}")
         fm = model or FlatModel(width, dropout, device, options.batch_size, options.theta_chunk)
         for tr in trajs:
             if tr.P != fm.P:
@@ -98,6 +102,27 @@ class ProbeInputs:
         x_te, y_te = (t.to(fm.device) for t in subset(data.x_test, data.y_test, n, seed + 1))
         return cls(list(trajs), fm, options, weight_decay, sgd, plane, x_tr, y_tr, x_te, y_te, len(data.y_train),
                    progress)
+
+    def permutations(self):
+        """(the model's permutation spec, None) or (None, why there is none): the CNN's, or one declared by
+        or derived from a recorded model and checked on the probe inputs (``analysis.permspec``)."""
+        from weightspace.analysis.alignment import permutation_spec
+        from weightspace.analysis.permspec import NoSpec, spec_for
+
+        fm = self.model
+        try:
+            if isinstance(fm.module, CNN):
+                return permutation_spec(fm.layout), None
+            return spec_for(fm.module, fm.layout, self.final(0), self.x_test[:64]), None
+        except NoSpec as e:
+            return None, str(e)
+        except Exception as e:  # noqa: BLE001 - a model alignment cannot handle loses only its aligned pairs
+            return None, f"no permutation spec for {type(fm.module).__name__}: {one_line(e)}"
+
+    @property
+    def classifier(self) -> bool:
+        """Whether the targets are class labels (integers), which the predictions' argmax can match."""
+        return not self.y_test.is_floating_point()
 
     @property
     def names(self) -> list[str]:

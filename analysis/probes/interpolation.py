@@ -33,6 +33,7 @@ class InterpolationResult:
     dist: np.ndarray = field(default_factory=lambda: np.zeros(0))          # per pair: ‖θ_i − θ_j‖, final weights
     aligned: list[Curve] = field(default_factory=list)      # per pair: final_i -> π(final_j); empty: not aligned
     aligned_dist: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per pair: ‖θ_i − π(θ_j)‖
+    align_na: str = ""                  # why the pairs were not aligned ("": aligned, or alignment off)
 
     @property
     def monotone(self) -> list[bool]:
@@ -58,7 +59,8 @@ def interpolation(inp: ProbeInputs) -> InterpolationResult:
     with ``align``, also every pair's line after permutation alignment."""
     n, names, M = inp.options.interp_points, inp.names, len(inp.trajs)
     pairs = list(combinations(range(M), 2))
-    do_align = inp.options.align and bool(pairs)
+    spec, align_na = inp.permutations() if inp.options.align and pairs else (None, "")
+    do_align = spec is not None
     bar = tqdm(total=M + len(pairs) * (1 + do_align), desc="interpolation", disable=not inp.progress)
     own, between, aligned = [], [], []
     for i, tr in enumerate(inp.trajs):
@@ -73,11 +75,11 @@ def interpolation(inp: ProbeInputs) -> InterpolationResult:
         dist[k] = np.linalg.norm(host[i].astype(np.float64) - host[j].astype(np.float64))
         bar.update()
         if do_align:
-            bj, _ = align(host[i], host[j], inp.model.layout, seed=inp.options.seed)
+            bj, _ = align(host[i], host[j], inp.model.layout, seed=inp.options.seed, spec=spec)
             adist[k] = np.linalg.norm(host[i].astype(np.float64) - bj.astype(np.float64))
             aligned.append(interpolate(finals[i], inp.model.theta(bj), inp.evaluate, n,
                                        f"{names[i]} -> {names[j]} (aligned)"))
             bar.update()
     bar.close()
     return InterpolationResult(names, n, own, pairs, between, [int(t.epochs[0]) for t in inp.trajs], dist,
-                               aligned, adist if do_align else np.zeros(0))
+                               aligned, adist if do_align else np.zeros(0), align_na)

@@ -1,7 +1,8 @@
 """The probes' results as MLflow metric names: the one place where those names are made.
 
 ``metrics_of(result)`` gives flat ``{name: value}`` metrics (step 0), ``series_of(result)``
-the per-epoch values (``{name: (epochs, values)}``, logged with step = epoch).
+the per-epoch values (``{name: (epochs, values)}``, logged with step = epoch), ``params_of(result)``
+how a probe computed (``{name: text}``, logged as params).
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ def metrics_of(result) -> dict[str, float]:
 
 @singledispatch
 def series_of(result) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {}
+
+
+@singledispatch
+def params_of(result) -> dict[str, str]:
     return {}
 
 
@@ -96,6 +102,13 @@ def _(r: StationarityResult) -> dict[str, float]:
         m["hessian_tol"] = r.hessian_tol
         m["hessian_max_iters"] = float(r.hessian_iters)
     return m
+
+
+@params_of.register
+def _(r: StationarityResult) -> dict[str, str]:
+    """hvp_mode: forward-over-reverse, or reverse-over-reverse where the model has no forward-mode derivative."""
+    modes = sorted({eig.mode for eig in r.eigs.values()})
+    return {"hvp_mode": ",".join(modes)} if modes else {}
 
 
 @series_of.register

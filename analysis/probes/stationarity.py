@@ -180,10 +180,12 @@ def stationarity(inp: ProbeInputs) -> StationarityResult:
     if opt.hessian_epochs:
         todo = [(i, t) for i, tr in enumerate(inp.trajs[:opt.hessian_runs or len(inp.trajs)])
                 for t, e in enumerate(tr.epochs) if int(e) in opt.hessian_epochs]
+        mode = None     # chosen on the first product (forward-mode derivatives or not), then kept
         for i, t in tqdm(todo, desc="Hessian top eigenvalue", disable=not inp.progress):
             e = int(inp.trajs[i].epochs[t])
             eigs[(i, e)] = top_hessian_eig(list(ce) + [wdp], inp.theta(i, t), opt.hessian_iters, opt.hessian_tol,
-                                           seed=opt.seed + 1000 * i + e)
+                                           seed=opt.seed + 1000 * i + e, mode=mode)
+            mode = eigs[(i, e)].mode
     on = bool(opt.hessian_epochs)
     return StationarityResult(inp.names, len(inp.y_train), inp.train_size, runs, eigs, opt.hessian_tol if on else None,
                               opt.hessian_iters if on else None)

@@ -33,6 +33,7 @@ STILL_MOVING = 0.1      # late steps at least this fraction of the early ones: "
 PATH_RATIO = 1.5        # path length at least this multiple of the displacement: "far from straight"
 
 NA = "n/a"
+NO_PAPER = "–"          # the Paper column of a model the paper did not train (its numbers are its CNN's)
 
 
 def na(reason: str) -> str:
@@ -104,9 +105,10 @@ class TopK:
         return pca_na_reason(self.k, self.rank, self.nulls.get(self.matched, math.nan))
 
 
-def claim_pca_top(row: TopK) -> Claim:
-    """Top-k variance explained against the paper and the random-walk null on the matched clock."""
-    paper = PAPER_TOP2 if row.k == 2 else PAPER_TOP10 if row.k == 10 else math.nan
+def claim_pca_top(row: TopK, compare: bool = True) -> Claim:
+    """Top-k variance explained against the paper (unless not ``compare``) and the random-walk null on the
+    matched clock."""
+    paper = PAPER_TOP2 if row.k == 2 and compare else PAPER_TOP10 if row.k == 10 and compare else math.nan
     null = row.nulls.get(row.matched, math.nan)
     measured = pct(row.measured)
     if row.measured_range is not None:

@@ -87,8 +87,12 @@ def interpolation_claims(r: InterpolationResult) -> list[Claim]:
             measured += (f"; after permutation alignment: barrier mean {al:.3f} (max {fa.max():.3f}, "
                          f"{int(np.sum(fa > BARRIER_THRESHOLD))} above), distance {r.aligned_dist.mean():.4g} "
                          f"vs {r.dist.mean():.4g} unaligned")
+        elif r.align_na:
+            measured += f"; permutation alignment n/a: {r.align_na}"
+        verdict = (basins_verdict(float(fr.mean()), al) if np.isfinite(fr.mean()) else
+                   "n/a: no error metric (a model that is not a classifier needs its probe function to give one)")
         claims.append(Claim("sibling solutions lie in different basins", "different basins (from distances alone)",
-                            measured, "-", basins_verdict(float(fr.mean()), al)))
+                            measured, "-", verdict))
     return claims
 
 

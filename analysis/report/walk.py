@@ -36,13 +36,14 @@ def _range(t: WalkTest, fmt=pct) -> str:
     return f"walks' 95% range {fmt(t.q025)} to {fmt(t.q975)}"
 
 
-def claim_pca(row: RP.TopK, rank: float = math.nan) -> Claim:
-    """A top-k row: tested against the walks of the measured rank when it has them, else the share rule."""
-    c = RP.claim_pca_top(row)
+def claim_pca(row: RP.TopK, rank: float = math.nan, compare: bool = True) -> Claim:
+    """A top-k row: tested against the walks of the measured rank when it has them, else the share rule;
+    against the paper's number unless not ``compare`` (a model that is not the paper's CNN)."""
+    c = RP.claim_pca_top(row, compare)
     t = row.walk
     if t is None or row.na_reason:
         return c
-    paper = RP.PAPER_TOP2 if row.k == 2 else RP.PAPER_TOP10 if row.k == 10 else math.nan
+    paper = (RP.PAPER_TOP2 if row.k == 2 else RP.PAPER_TOP10 if row.k == 10 else math.nan) if compare else math.nan
     head = RP.paper_rule(row.measured, paper)
     rule = walk_rule(t)
     what = {EXCEEDS: f"exceeds a random walk of rank {rank:.0f}",

@@ -30,6 +30,7 @@ from .probe_hook import PROBE_SPEC
 FAMILIES = ("single", "different_init", "same_init", "clone")
 RECORDED = "recorded"           # runs of weightspace.record: any model, analysed as one family
 PAPER_FAMILIES = FAMILIES[1:]   # the experiments the paper's cross-experiment claim compares
+PROBE_ERROR_TAG = "weightspace.probe_error."   # + the probe's name: why it failed (the analysis goes on)
 
 
 def _epoch_list(v: str) -> bool:
@@ -159,6 +160,7 @@ def analyse_runs(client: MlflowClient, run_id: str, runs: list, opts: AnalysisOp
                  progress: bool = True) -> dict[str, float]:
     """Analyse ``runs`` (siblings) and log everything into the analysis run ``run_id``."""
     from ..analysis.pipeline import analyse_family
+    from ..analysis.probes import guarded_probes
 
     if not runs:
         raise ParamError(f"analysis {label}: no FINISHED runs to analyse")
@@ -189,9 +191,9 @@ def analyse_runs(client: MlflowClient, run_id: str, runs: list, opts: AnalysisOp
         out = Path(tmp)
         extra_claims, extra_metrics, series = [], {}, {}
         if opts.probes:
-            probe = run_probes(trajs, out / "figures", opts, progress)
-            if probe is not None:
-                extra_claims, extra_metrics, series = probe.claims, probe.metrics, probe.series
+            probe = guarded_probes(lambda: run_probes(trajs, out / "figures", opts, progress))
+            extra_claims, extra_metrics, series = probe.claims, probe.metrics, probe.series
+            log_probe_record(client, run_id, probe)
         res = analyse_family(trajs, family, out, pretrain=pretrain, extra_claims=extra_claims,
                              extra_metrics=extra_metrics, progress=progress)
         metrics = {k: float(v) for k, v in res.metrics.items() if np.isfinite(v)}
@@ -204,6 +206,16 @@ def analyse_runs(client: MlflowClient, run_id: str, runs: list, opts: AnalysisOp
         T.retry(lambda: client.log_artifacts(run_id, str(out)), "analysis artifacts")
     print(f"\n== {label}: {family}, {len(runs)} run(s) ==\n{res.report_text}", file=sys.stderr)
     return metrics
+
+
+def log_probe_record(client: MlflowClient, run_id: str, probe) -> None:
+    """How the probes computed (params such as hvp_mode) and why any failed (PROBE_ERROR_TAG + name)."""
+    for name, why in probe.errors.items():
+        print(f"weightspace: warning: probe {name} failed: {why}", file=sys.stderr)
+    tags = [RunTag(PROBE_ERROR_TAG + name, why[:5000]) for name, why in probe.errors.items()]
+    params = [Param(k, v) for k, v in probe.params.items()]
+    if tags or params:
+        T.retry(lambda: client.log_batch(run_id, params=params, tags=tags), "probe params and errors")
 
 
 def run_probes(trajs, out: Path, opts: AnalysisOptions, progress: bool):

@@ -6,15 +6,15 @@ only shown as a hint, never imported. The module must be importable in the analy
 (installed, on PYTHONPATH, or under the current directory). The function is called with as many
 of ``(layout, params)`` as it takes positionally (the run's parsed ``trajectory/layout.json`` and
 its params, ``data_dir`` replaced by the analyst's when one is named) and returns
-``(model, loss, data)``: an ``nn.Module`` whose named parameters include the layout's,
-``loss(outputs, targets)`` as a batch mean (None: cross-entropy on logits), and a small data set,
-``(x_train, y_train, x_test, y_test)`` or an object with those attributes. The probes treat the
-model as a classifier (error = argmax differs from the target).
+``(model, loss, data)`` or ``(model, loss, data, error)``: an ``nn.Module`` whose named parameters
+include the layout's, ``loss(outputs, targets)`` as a batch mean (None: cross-entropy on logits),
+a small data set, ``(x_train, y_train, x_test, y_test)`` or an object with those attributes, and
+``error(outputs, targets)`` as a batch mean (None or absent: for integer class targets the share
+whose argmax differs; other targets have no error and no prediction disagreement).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import inspect
 import json
@@ -118,14 +118,15 @@ def load_probe(spec: str):
 
 
 def call_probe(spec: str, layout: dict | None, params: dict[str, str] | None = None):
-    """(module, loss or None, data with x_train, y_train, x_test, y_test) from the probe function."""
+    """(module, loss or None, data with x_train, y_train, x_test, y_test, error or None) from the probe function."""
     fn = load_probe(spec)
     takes = [p for p in inspect.signature(fn).parameters.values()
              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     got = fn(*(layout, dict(params or {}))[:len(takes)])
-    if not isinstance(got, tuple) or len(got) != 3:
-        raise TypeError(f"{spec} must return (model, loss, data), got {type(got).__name__}")
-    model, loss, data = got
+    if not isinstance(got, tuple) or len(got) not in (3, 4):
+        raise TypeError(f"{spec} must return (model, loss, data) or (model, loss, data, error), "
+                        f"got {type(got).__name__}")
+    model, loss, data, error = (*got, None)[:4]
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"{spec}: the model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(data, (tuple, list)):
@@ -133,7 +134,7 @@ def call_probe(spec: str, layout: dict | None, params: dict[str, str] | None = N
     missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if not hasattr(data, k)]
     if missing:
         raise TypeError(f"{spec}: the data lack {', '.join(missing)}")
-    return model, loss, data
+    return model, loss, data, error
 
 
 def recorded_probes(trajs, out: Path, po, device: torch.device, progress: bool, spec: str, data_dir: str = ""):
@@ -144,14 +145,12 @@ def recorded_probes(trajs, out: Path, po, device: torch.device, progress: bool, 
     tr = trajs[0]
     params = {**tr.params, **({"data_dir": data_dir} if data_dir else {})}
     try:
-        module, loss, data = call_probe(spec, tr.layout, params)
+        module, loss, data, error = call_probe(spec, tr.layout, params)
         layout = Layout.from_json(json.dumps(tr.layout)) if tr.layout else None
         fm = FlatModel(device=device, batch_size=po.batch_size, theta_chunk=po.theta_chunk, module=module,
-                       layout=layout, loss=loss)
+                       layout=layout, loss=loss, error=error)
     except Exception as e:  # noqa: BLE001 - any failure of the user's code skips the probes, said why
         return skipped(tr.run_id, f"probe {spec!r} failed: {type(e).__name__}: {e}")
-    # Permutation alignment knows only the CNN's symmetries.
-    po = dataclasses.replace(po, align=False)
     wd = float(tr.params.get("weight_decay", 0) or 0)
     res = run_probes(trajs, out, weight_decay=wd, data=data, options=po, sgd=None, device=str(device),
                      progress=progress, model=fm)
