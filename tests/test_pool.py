@@ -109,28 +109,47 @@ def test_python_is_the_running_interpreter(tmp_path):
     assert (tmp_path / "w").read_text() == sys.executable
 
 
-def _elastic_child(tmp_path, name: str, seconds: float) -> list[str]:
-    """A child that watches its thread share (the pool's file) and records each change."""
+def _elastic_child(tmp_path, name: str) -> list[str]:
+    """A child that watches its thread share (the pool's file) and records each change as it sees it;
+    it ends once it has all three cores (or after 120 s, which the test then reports)."""
     out = tmp_path / f"{name}.json"
-    src = ("import json, os, time; p = os.environ['WEIGHTSPACE_THREADS_FILE']; seen = []; end = time.time() + %r\n"
-           "while time.time() < end:\n"
+    src = ("import json, os, time; p = os.environ['WEIGHTSPACE_THREADS_FILE']; seen = []; end = time.time() + 120\n"
+           "while time.time() < end and seen[-1:] != [3]:\n"
            "    try:\n"
            "        n = int(open(p).read())\n"
            "    except (OSError, ValueError):\n"
            "        n = None\n"
            "    if n is not None and (not seen or seen[-1] != n):\n"
            "        seen.append(n)\n"
+           "        json.dump({'seen': seen, 'omp': os.environ['OMP_NUM_THREADS']}, open(%r + '.tmp', 'w'))\n"
+           "        os.replace(%r + '.tmp', %r)\n"
+           "    time.sleep(0.01)\n") % (str(out), str(out), str(out))
+    return ["-c", src]
+
+
+def _child_after(tmp_path, name: str, watched: str, changes: int) -> list[str]:
+    """A child that ends once ``watched`` has recorded ``changes`` thread shares (at most 120 s)."""
+    out, seen = tmp_path / f"{name}.json", tmp_path / f"{watched}.json"
+    src = ("import json, os, time; end = time.time() + 120\n"
+           "def seen():\n"
+           "    try:\n"
+           "        return len(json.load(open(%r))['seen'])\n"
+           "    except (OSError, ValueError):\n"
+           "        return 0\n"
+           "while time.time() < end and seen() < %d:\n"
            "    time.sleep(0.01)\n"
-           "json.dump({'seen': seen, 'omp': os.environ['OMP_NUM_THREADS']}, open(%r, 'w'))") % (seconds, str(out))
+           "json.dump({'omp': os.environ['OMP_NUM_THREADS']}, open(%r, 'w'))\n") % (str(seen), changes, str(out))
     return ["-c", src]
 
 
 def test_free_cores_are_lent_to_an_analysis_and_taken_back_for_a_ready_job(tmp_path):
     # 3 cores. c ends first: nothing waits, so "ana" gets a second core. b's end makes d and e
-    # ready: the lent core comes back for them. When they end, "ana" has all three.
-    jobs = [Job("ana", argv=_elastic_child(tmp_path, "ana", 3.0), elastic=True),
-            Job("b", argv=_child(tmp_path, "b", 1.2)), Job("c", argv=_child(tmp_path, "c", 0.1)),
-            Job("d", argv=_child(tmp_path, "d", 0.3), after=("b",)), Job("e", argv=_child(tmp_path, "e", 0.3), after=("b",))]
+    # ready: the lent core comes back for them. When they end, "ana" has all three. Each job ends
+    # only once "ana" has seen what came before (no timing assumed).
+    jobs = [Job("ana", argv=_elastic_child(tmp_path, "ana"), elastic=True),
+            Job("b", argv=_child_after(tmp_path, "b", "ana", 2)), Job("c", argv=_child_after(tmp_path, "c", "ana", 1)),
+            Job("d", argv=_child_after(tmp_path, "d", "ana", 3), after=("b",)),
+            Job("e", argv=_child_after(tmp_path, "e", "ana", 3), after=("b",))]
     Pool(None, jobs, cores=3, poll=0.01, progress=False).run()
     ana = _record(tmp_path, "ana")
     seen = ana["seen"]   # d and e may end together (-> 3) or one after the other (-> 2, 3)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
+import threading
 
 import mlflow
 import numpy as np
@@ -122,26 +122,28 @@ def test_inside_an_active_run_it_logs_there_and_leaves_the_run_to_its_owner(env)
 def test_uploads_run_off_the_training_thread_and_a_store_outage_is_retried(env, monkeypatch):
     real = MlflowClient.log_artifact
     calls = {"n": 0}
+    trained = threading.Event()  # set once the training loop below has ended
+    released = []
 
-    def slow_flaky(self, run_id, local, artifact_path=None):
+    def held_flaky(self, run_id, local, artifact_path=None):
+        # Every upload is held until training is over: a loop that waited for one would never end
+        # (it would sit out the 60 s and the upload would say so), whatever the machine's speed.
+        released.append(trained.wait(60))
         calls["n"] += 1
-        time.sleep(0.2)
         if calls["n"] in (3, 4):
             raise ConnectionError("store down")
         return real(self, run_id, local, artifact_path)
 
-    monkeypatch.setattr(MlflowClient, "log_artifact", slow_flaky)
+    monkeypatch.setattr(MlflowClient, "log_artifact", held_flaky)
     model = mlp()
-    waits = []
     with weightspace.record(model, group="g", seed=1) as rec:
         assert rec.up.asynchronous
         for e in range(1, 5):
             step(model)
-            t0 = time.perf_counter()
             rec.epoch_end(e)
-            waits.append(time.perf_counter() - t0)
-    # every epoch queues 3 uploads of 0.2 s; the loop waited for none of them
-    assert max(waits) < 0.15, waits
+        assert calls["n"] == 0 and rec.up.pending > 0  # nothing stored yet, and the loop is done
+        trained.set()
+    assert released and all(released), released
     run = only_run(env)
     assert run.info.status == "FINISHED"
     assert trajectory(run, env.client()).epochs.tolist() == [0, 1, 2, 3, 4]

@@ -9,16 +9,20 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors import safe_open
 
 from conftest import REPO, SERVER_URI, TINY
 from weightspace.tracking.runs import TrajectoryError, load_trajectory, trajectory
+from weightspace.tracking.session import CHECKPOINT
 
 pytestmark = pytest.mark.e2e
-# ~0.3 s per epoch here: slow enough to be killed mid-run, fast enough for CI.
+# ~0.3 s per epoch here, fast enough for CI. A kill waits for what the resume needs, read from the
+# store (the checkpoint of epoch 2); the six epochs left keep the run from ending before the kill.
 SLOW = {**TINY, "train_subset": "1400", "width": "0.25", "epochs": "8", "snapshot_every": "1", "batch_size": "32"}
 METRICS = ("train_loss", "test_loss", "weight_norm", "distance_from_init", "step_length", "epoch_seconds")
 
@@ -36,6 +40,39 @@ def wait_for_steps(store, n: int, timeout: float = 240) -> str:
     raise AssertionError("run did not reach the kill point")
 
 
+def stored_checkpoint_epoch(client, rid: str, dst: Path) -> int | None:
+    """The epoch of the checkpoint the store holds for ``rid`` (read from the file), None without one."""
+    if CHECKPOINT not in {f.path for f in client.list_artifacts(rid, "checkpoint") if not f.is_dir}:
+        return None
+    dst.mkdir(parents=True, exist_ok=True)
+    local = client.download_artifacts(rid, CHECKPOINT, str(dst))
+    with safe_open(local, "pt") as f:
+        return int(f.get_tensor("epoch"))
+
+
+def wait_for_checkpoint(store, k: int, timeout: float = 240) -> str:
+    """Poll the store until the single RUNNING run's stored checkpoint is of epoch >= k; return its id.
+
+    What a resume needs is the checkpoint, which is uploaded after the epoch's metrics (and
+    asynchronously): waiting for metric steps says nothing about it.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = store.runs(status="RUNNING")
+        if runs:
+            rid = runs[0].info.run_id
+            epoch = stored_checkpoint_epoch(store.client(), rid, store.workdir / "poll" / uuid.uuid4().hex)
+            if epoch is not None and epoch >= k:
+                return rid
+        time.sleep(0.1)
+    raise AssertionError(f"run did not store the checkpoint of epoch {k}")
+
+
+def kill(proc) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def history(client, rid, name):
     return [(m.step, m.value) for m in sorted(client.get_metric_history(rid, name), key=lambda m: m.step)]
 
@@ -43,33 +80,98 @@ def history(client, rid, name):
 def test_sigkill_then_resume_is_bitwise_identical(any_store):
     s = any_store
     proc = s.mlflow_run("single", SLOW, popen=True)
-    rid = wait_for_steps(s, 4)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    rid = wait_for_checkpoint(s, 2)
+    kill(proc)
     assert s.client().get_run(rid).info.status == "RUNNING"  # killed: nobody closed it
+    held = stored_checkpoint_epoch(s.client(), rid, s.workdir / "held")
     p = s.mlflow_run("single", SLOW, run_id=rid)
-    assert "resuming run" in p.stderr
-    # reference: the same configuration, uninterrupted
-    s.mlflow_run("single", SLOW)
+    assert f"resuming run {rid} from its checkpoint at epoch {held}" in p.stderr
+    assert_same_as_uninterrupted(s, rid, SLOW)
+
+
+def assert_same_as_uninterrupted(s, rid: str, params: dict) -> None:
+    """The resumed run ``rid`` equals a fresh run of ``params``: trajectory bitwise, each metric's
+    steps (none duplicated or missing) and values (epoch_seconds aside)."""
+    s.mlflow_run("single", params)
     ref = [r for r in s.runs(status="FINISHED") if r.info.run_id != rid][0].info.run_id
     c = s.client()
     assert c.get_run(rid).info.status == "FINISHED"
     Xa, ea = load_trajectory(rid, c)
     Xb, eb = load_trajectory(ref, c)
-    assert ea.tolist() == eb.tolist() == list(range(9))
+    epochs = int(params["epochs"])
+    assert ea.tolist() == eb.tolist() == list(range(epochs + 1))
     assert np.array_equal(Xa, Xb)  # bitwise
     for m in METRICS:
         ha, hb = history(c, rid, m), history(c, ref, m)
-        assert [st for st, _ in ha] == [st for st, _ in hb]  # no epoch duplicated or missing
+        steps = [st for st, _ in ha]
+        assert steps == [st for st, _ in hb] and len(set(steps)) == len(steps), (m, steps)
         if m != "epoch_seconds":
-            assert [v for _, v in ha] == [v for _, v in hb]
+            assert [v for _, v in ha] == [v for _, v in hb], m
+
+
+def _hold_checkpoints(client, rid: str) -> Path | None:
+    """Make the (file) store refuse every further checkpoint of ``rid``; return where the stored one was put.
+
+    The checkpoint's path becomes a directory, which no upload can replace (MLflow renames its
+    staged file over the path; that fails even for root), so the run's uploader retries that
+    checkpoint forever and, in order, stores nothing after it: the run is held between the
+    epoch whose metrics it logged last and that epoch's checkpoint.
+    """
+    path = _artifact_file(client, rid, CHECKPOINT)
+    aside = path.with_name("held.safetensors")
+    while True:
+        if path.is_file():
+            path.rename(aside)  # (replaces an earlier aside: the newest stored checkpoint wins)
+        try:
+            path.mkdir(parents=True)
+            return aside if aside.exists() else None
+        except FileExistsError:  # a newer checkpoint landed in between: set that one aside
+            continue
+
+
+def _next_checkpoint(epoch: int, every: int, epochs: int) -> int:
+    return next(e for e in range(epoch + 1, epochs + 1) if e % every == 0 or e == epochs)
+
+
+@pytest.mark.parametrize("after", [0, 3], ids=["before-any-checkpoint", "after-a-checkpoint"])
+def test_killed_between_a_logged_epoch_and_its_checkpoint_resumes_without_duplicate_steps(store, after):
+    # Metrics for epochs the checkpoint does not cover are stored; the resume retrains those epochs
+    # (from the checkpoint, or from epoch 0 without one) and must not log them a second time.
+    params = {**SLOW, "checkpoint_every": "3"}
+    c = store.client()
+    proc = store.mlflow_run("single", params, popen=True)
+    try:
+        # (after epoch 0 is logged: the run has looked for a checkpoint to resume from by then)
+        rid = wait_for_checkpoint(store, after) if after else wait_for_steps(store, 1)
+        aside = _hold_checkpoints(c, rid)
+        held = None
+        if aside is not None:
+            with safe_open(str(aside), "pt") as f:
+                held = int(f.get_tensor("epoch"))
+        stuck = _next_checkpoint(held or 0, 3, int(params["epochs"]))
+        wait_for_steps(store, stuck + 1)  # epoch `stuck` logged; its checkpoint never will be
+    finally:
+        kill(proc)
+    path = _artifact_file(c, rid, CHECKPOINT)
+    path.rmdir()
+    if aside is not None:
+        aside.rename(path)
+    # the premise, read from the store: metrics up to `stuck`, the checkpoint (if any) before it
+    assert [st for st, _ in history(c, rid, "train_loss")] == list(range(stuck + 1))
+    assert stored_checkpoint_epoch(c, rid, store.workdir / "premise") == held
+    assert (held is None) == (after == 0) and (held or 0) < stuck
+    p = store.mlflow_run("single", params, run_id=rid)
+    if held is None:
+        assert "resuming run" not in p.stderr and f"run {rid} has no checkpoint yet" in p.stderr
+    else:
+        assert f"resuming run {rid} from its checkpoint at epoch {held}" in p.stderr
+    assert_same_as_uninterrupted(store, rid, params)
 
 
 def test_resume_with_different_parameters_is_refused(store):
     proc = store.mlflow_run("single", SLOW, popen=True)
-    rid = wait_for_steps(store, 2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    rid = wait_for_checkpoint(store, 2)
+    kill(proc)
     # Through the entry point directly (mlflow run itself refuses changed -P values too).
     env = {**store.env, "MLFLOW_RUN_ID": rid}
     args = [f"--{k}={v}" for k, v in {**SLOW, "lr": "0.1"}.items()]
@@ -83,9 +185,8 @@ def test_resume_with_different_parameters_is_refused(store):
 
 def test_resume_may_change_checkpoint_every_and_keeps_the_started_values(store):
     proc = store.mlflow_run("single", SLOW, popen=True)
-    rid = wait_for_steps(store, 2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    rid = wait_for_checkpoint(store, 2)  # what the resume below starts from
+    kill(proc)
     c = store.client()
     params = c.get_run(rid).data.params
     # the default, 0, resolves to every epoch on a CPU

@@ -189,6 +189,10 @@ class RunSession:
                     trainer.reseed(cfg.shuffle_seed)
                 self.theta0 = trainer.theta()
             self.done = logged_steps(client, run_id)
+            if ck is None and self.done and own_checkpoint:  # killed after logging epochs, before a checkpoint
+                tqdm.write(f"[{cfg.run_name}] run {run_id} has no checkpoint yet: training it again from epoch "
+                           f"{trainer.epoch}; the metrics it stored for {len(self.done)} epochs are kept, "
+                           "not logged again", file=sys.stderr)
         self.first = trainer.epoch
         self.up.text(self.layout.to_json(), "trajectory/layout.json")
         self.manifest = _Manifest(self.up, _existing_manifest(client, run_id))
@@ -218,6 +222,8 @@ class RunSession:
         return m
 
     def _checkpoint(self, state: dict[str, torch.Tensor]) -> None:
+        # Overwritten in place each time: MLflow stages an upload and renames it over the old file
+        # (and the server drops a request cut short), so a kill mid-upload keeps the previous one.
         def job() -> None:
             path = save_checkpoint(state, self.cfg, Path(tempfile.mkdtemp(dir=self.up.spool)) / "state.safetensors")
             self.client.log_artifact(self.run_id, str(path), "checkpoint")
