@@ -148,7 +148,7 @@ def _late_extra(rows, epochs, late_windows, inc_run, v, diffusion: bool):
 
 
 def metrics(d: Dynamics) -> dict[str, float]:
-    """The MLflow metrics of the increments and of the walk null (names from issue 26)."""
+    """The MLflow metrics of the increments and of the walk null."""
     n = len(d.runs)
     m = {"noise_eff_rank": d.rank, **{f"incr_cos_mean_lag{lag}": c for lag, c in d.lag_cos.items()},
          "drift_fraction": float(np.median([r.drift_fraction for r in d.runs]))}

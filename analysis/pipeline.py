@@ -40,7 +40,7 @@ from weightspace.analysis.nullmodel import (
 from weightspace.analysis.pca import Gram, PCAResult, check_same_size, compute_gram, project
 from weightspace.analysis.report import paper as RP
 from weightspace.analysis.report import walk as RW
-from weightspace.analysis.report.table import Claim, render_report, render_text
+from weightspace.analysis.report.table import Claim, jsonable, render_report, render_text
 from weightspace.trajectories import Trajectory
 
 PANEL_SIZES = (1, 2, 5)   # the paper's Figure 1: PCA fit on the first 1, 2 and 5 runs
@@ -65,20 +65,6 @@ class AnalysisResult:
 def _finite(d: dict) -> dict[str, float]:
     """MLflow-ready metrics: floats only, NaN/inf dropped (they mean "not applicable")."""
     return {k: float(v) for k, v in d.items() if v is not None and math.isfinite(float(v))}
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.floating, float)):
-        return float(x) if math.isfinite(float(x)) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
 
 
 @dataclass(frozen=True)
@@ -351,5 +337,5 @@ def _write_json(out_dir: Path, trajs: list[Trajectory], sp: Spectra, geo: Geomet
     files = []
     for name, obj in (("pca_spectrum.json", spectrum), ("distances.json", distances)):
         files.append(out_dir / name)
-        files[-1].write_text(json.dumps(_jsonable(obj), indent=1))
+        files[-1].write_text(json.dumps(jsonable(obj), indent=1))
     return files

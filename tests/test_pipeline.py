@@ -1,6 +1,7 @@
 """analyse_family end to end on small synthetic sibling runs: files, metrics and the claims report."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -232,7 +233,8 @@ def test_a_recorded_family_is_not_compared_with_the_papers_cnn(tmp_path):
     top2 = lambda res: next(c for c in res.claims if c.claim.startswith("top-2") and "joint" in c.claim)  # noqa: E731
     assert top2(paper).paper == "81.39%" and "the paper" in top2(paper).verdict
     assert {c.paper for c in rec.claims} == {"–"}
-    assert not any("paper" in c.verdict for c in rec.claims)
+    # no verdict compares with the paper's numbers (a rule may still say where its threshold comes from)
+    assert not any(re.search(r"(close to|differs from) the paper|paper ±", c.verdict) for c in rec.claims)
     assert top2(rec).verdict == top2(paper).verdict.split("; ", 1)[1].replace("; paper ±5 pts]", "]")
     assert [c.claim for c in rec.claims] == [c.claim for c in paper.claims]
     assert [c.measured for c in rec.claims] == [c.measured for c in paper.claims]

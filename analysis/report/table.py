@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from weightspace.trajectories import Trajectory
 
 COLUMNS = ("Claim", "Paper", "Measured", "Null model", "Verdict")
@@ -69,3 +71,18 @@ def render_report(title: str, trajs: Sequence[Trajectory], claims: Sequence[Clai
     return (f"# {title}\n\n## Runs\n{runs_md}\n\n## Claims\n{render_markdown(claims)}\n"
             f"\"n/a\" marks a claim that cannot be judged here, with the reason; thresholds are in brackets.\n\n"
             f"{note}\n\n## Figures\n{figs_md}\n")
+
+
+def jsonable(x):
+    """``x`` with numpy values as plain Python ones, and NaN/inf as None (JSON has neither)."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return jsonable(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(float(x)) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
