@@ -83,7 +83,7 @@ def derived(module: nn.Module) -> PermutationSpec:
     layers = _chain(module)
     sizes, axes = {}, {}
     for k, (name, m) in enumerate(layers):
-        p = lambda n: f"{name}.{n}" if name else n  # noqa: E731 - the parameter's full name
+        p = lambda n, name=name: f"{name}.{n}" if name else n  # noqa: E731 - the parameter's full name
         own: list[tuple[str, int, int, int]] = []
         if isinstance(m, nn.LSTM):
             for layer in range(m.num_layers):

@@ -4,8 +4,8 @@
     python examples/record_lstm.py --seeds 5 --hidden 128 --train_subset 0
 
 The paper's future work, "LSTMs": an ``nn.LSTM`` reads the 28 rows of an image as 28 steps of 28
-pixels and a linear head classifies its last hidden state. Recorded with
-``probe="examples.record_lstm:probe"``: the analysis measures its curvature by a double backward where
+pixels and a linear head classifies its last hidden state. Analysed with
+``-P probe=examples.record_lstm:probe``: the analysis measures its curvature by a double backward where
 PyTorch's LSTM kernel has no forward-mode derivative (param ``hvp_mode``), and aligns sibling solutions
 by permuting the hidden units across the four gates.
 """

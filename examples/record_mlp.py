@@ -3,9 +3,9 @@
     python examples/record_mlp.py                                    # 3 seeds, 10 epochs, 10,000 images
     python examples/record_mlp.py --seeds 5 --epochs 20 --train_subset 0
 
-Lipton (2016) ends on "MLPs, LSTMs, larger datasets". The runs carry
-``probe="examples.record_mlp:probe"``, so the analysis (run from the repository root, as `mlflow run .`
-does) rebuilds the network from each snapshot for the probes, aligns sibling solutions by their
+Lipton (2016) ends on "MLPs, LSTMs, larger datasets". The analysis is started with
+``-P probe=examples.record_mlp:probe`` (run from the repository root, as `mlflow run .` does; the runs'
+own probe param is only a hint), so it rebuilds the network from each snapshot for the probes, aligns sibling solutions by their
 derived permutation spec and measures the top Hessian eigenvalue. ``examples/record_lstm.py`` does the
 same for an LSTM on sequential MNIST; ``run`` is shared by both.
 """
@@ -85,7 +85,7 @@ def run(argv, doc: str, group: str, hidden: int, lr: float, make: Callable[[int]
     n = sum(p.numel() for p in make(a.hidden).parameters())
     print(f"{n:,} parameters: {4 * n:,} bytes per snapshot", file=sys.stderr)
     record(lambda: make(a.hidden), probe_spec, a)
-    analyse(a.group, a.analysis, a.tracking_uri)
+    analyse(a.group, a.analysis, a.tracking_uri, probe=probe_spec)
     print(f"open the MLflow UI: mlflow ui --backend-store-uri {a.tracking_uri}  "
           f"(runs tagged weightspace.group={a.group}; the analysis run holds figures/ and report.md)")
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_record import env  # noqa: F401 - the fixture: the recorder and the analysis log into the test's store
 from torch import nn
 from torch.func import functional_call, grad, jvp
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn import functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from test_record import env  # noqa: F401 - the fixture: the recorder and the analysis log into the test's store
 from weightspace.analysis.stationarity import FORWARD, HVP_MODES, REVERSE, hvp, hvp_and_mode, top_hessian_eig
 from weightspace.model import Layout
 
@@ -233,14 +233,14 @@ def record_lstm_group(group: str, seeds=(1, 2, 3), epochs: int = 3) -> None:
 
 
 @pytest.mark.e2e
-def test_a_recorded_lstm_group_finishes_its_analysis_with_a_hessian(env, tmp_path):
+def test_a_recorded_lstm_group_finishes_its_analysis_with_a_hessian(env, tmp_path):  # noqa: F811
     """The issue's failure: forward-mode AD through the CPU LSTM kernel took the whole analysis down. With
     the default probes the analysis now finishes, with the top Hessian eigenvalue by the double backward
     and the pairs aligned by the LSTM's permutation spec."""
     from weightspace.experiments.analyse import AnalysisOptions, run_analysis
 
     record_lstm_group("lstm")
-    run_analysis(AnalysisOptions(group="lstm"))
+    run_analysis(AnalysisOptions(group="lstm", probe=f"{__name__}:lstm_probe"))
     (a,) = env.runs("tags.`weightspace.analysed_group` = 'lstm'")
     assert a.info.status == "FINISHED" and a.data.tags["weightspace.family"] == "recorded"
     assert not [k for k in a.data.tags if k.startswith("weightspace.probe_error.")]

@@ -86,7 +86,8 @@ def test_the_analysis_run_finishes_and_tags_the_failed_probe(env, tmp_path, monk
 
     record_lstm_group("lstm-fail", seeds=(1, 2), epochs=2)
     monkeypatch.setitem(PROBES, "stationarity", dataclasses.replace(PROBES["stationarity"], run=boom))
-    run_analysis(AnalysisOptions(group="lstm-fail", interp_points=3, surface_grid=3))
+    run_analysis(AnalysisOptions(group="lstm-fail", interp_points=3, surface_grid=3,
+                                 probe="test_curvature:lstm_probe"))
     (a,) = env.runs("tags.`weightspace.analysed_group` = 'lstm-fail'")
     assert a.info.status == "FINISHED"
     assert a.data.tags[PROBE_ERROR_TAG + "stationarity"] == WHY

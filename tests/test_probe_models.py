@@ -15,7 +15,7 @@ from weightspace.analysis.flatmodel import FlatModel
 from weightspace.analysis.interpolation import alphas, barrier_frankle, line
 from weightspace.analysis.probes import ProbeOptions, run_probes
 from weightspace.model import Layout
-from weightspace.trajectory import Trajectory
+from weightspace.trajectories import Trajectory
 
 torch.set_num_threads(1)
 TOL = 0.5   # the error metric: the share of predictions off by more than this

@@ -122,7 +122,7 @@ def run_probes(trajs: Sequence[Trajectory], out_dir, *, width: float = 1.0, drop
         r = _guarded(res, name, "run", probe.run, inp, *(res.results.get(k) for k in probe.needs))
         if r is None:
             continue
-        numbers = _guarded(res, name, "metrics", lambda: (metrics_of(r), series_of(r), params_of(r)))
+        numbers = _guarded(res, name, "metrics", lambda r=r: (metrics_of(r), series_of(r), params_of(r)))
         if numbers is None:
             continue
         res.results[name] = r
