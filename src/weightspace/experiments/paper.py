@@ -26,6 +26,7 @@ from ..cli import EntryPoint, entry_run
 from ..config import EPOCHS, INIT_SEED, MAX_EPOCHS, PRETRAIN_EPOCHS, SNAPSHOT_EVERY, TrainCommon, TrainConfig, build_config
 from ..params import Decl, as_strings, int_range, one_of
 from ..tracking.runs import wants_bars
+from ..train import resolve_device
 from .analyse import PAPER_FAMILIES, SELECTORS, AnalysisOptions, analyse_families_run, analyse_suite, in_child_run
 from .pool import Job, Pool, slots
 from .suite_batch import train_suite_batched
@@ -205,7 +206,10 @@ def run_paper(params: Paper) -> None:
         have = c.get_run(run_id).data.params
         c.log_batch(run_id, tags=[RunTag(T.TAG_EXPERIMENT, "paper"), RunTag("mlflow.runName", "paper")],
                     params=[Param(k, v) for k, v in as_strings(params).items() if k not in have])
-        opts = AnalysisOptions(device=fams["single"][0].device) if params.analysis else None
+        dev = fams["single"][0].device
+        # On a GPU the analyses probe the whole training set, so no gradient verdict lacks samples.
+        whole = 0 if resolve_device(dev).type == "cuda" else -1
+        opts = AnalysisOptions(device=dev, probe_subset=whole) if params.analysis else None
         if params.siblings == "processes":  # training and analyses through one pool of CPU slots
             pooled_suite(c, run_id, fams, opts, progress=wants_bars())
         else:
