@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -135,6 +136,11 @@ def device_check(tmp: Path, settings: dict[str, str], timeout: float) -> tuple[s
     p = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], cwd=tmp, env=env, capture_output=True,
                        text=True, timeout=timeout)
     return p, out
+
+
+def step_statuses(summary: str) -> dict[str, str]:
+    """The device check's summary table as {step: status}, e.g. {"0": "ok", "4a": "ok"}."""
+    return {m.group(1): m.group(2) for m in re.finditer(r"^\| (\d[a-c]?)\. [^|]*\| ([^|]+) \|", summary, re.M)}
 
 
 def pytest_configure(config):

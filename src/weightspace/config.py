@@ -79,12 +79,10 @@ PRETRAIN_EPOCHS = Decl(int, "an integer >= 1 and < epochs", "epochs of the share
 CHECKPOINT_EVERY = Decl(int, "an integer >= 0 (0: every epoch on a CPU, every 10th on CUDA)",
                         "store the resume checkpoint every this many epochs (and the last); a resumed run retrains "
                         "the epochs since", lambda v: 0 <= v, most=MAX_EPOCHS)
-# checkpoint_every=0 on CUDA. A paper-sized checkpoint is 6.6 MB, two thirds of what a run uploads
-# an epoch; it costs the uploader 10.5 ms into sqlite and 33 ms into the PostgreSQL-backed server
-# (benchmarks/checkpoint_cost.py, BENCHMARKS.md). On an H200 the paper's run took 0.49 s per epoch
-# in all (step capture): every epoch that is 2 % (sqlite) to 7 % (server) of the uploader's time,
-# every 10th under 1 %, and a resume then retrains at most 9 epochs, about 4 s. On a CPU (35 s and
-# more per paper-sized epoch) every epoch costs 0.03 %.
+# checkpoint_every=0 on CUDA. A checkpoint is most of what a run uploads each epoch: next to a GPU
+# epoch, every epoch would be a visible share of the uploader's time, every 10th is not, and a resume
+# then retrains only a few seconds' worth; next to a CPU epoch, every epoch costs nothing. The
+# measurements are in BENCHMARKS.md, section 6 (benchmarks/checkpoint_cost.py).
 GPU_CHECKPOINT_EVERY = 10
 
 

@@ -30,7 +30,7 @@ from ..train import resolve_device
 from .analyse import PAPER_FAMILIES, SELECTORS, AnalysisOptions, analyse_families_run, analyse_suite, in_child_run
 from .pool import Job, Pool, slots
 from .suite_batch import train_suite_batched
-from .training import ensure_pretrain, run_child, runs_with_key
+from .training import UNFINISHED, ensure_pretrain, newest_run, run_child, runs_with_key
 
 SIBLING_MODES = ("sequential", "batched", "processes")
 
@@ -116,10 +116,9 @@ def reuse_or_create(client: MlflowClient, exp_id: str, parent_id: str, cfg: Trai
         rid = done[-1].info.run_id
         tqdm.write(f"[paper] reusing FINISHED run {rid} ({cfg.run_name})", file=sys.stderr)
         return rid, True
-    mine = [r for r in runs_with_key(client, [exp_id], cfg.run_key, ("RUNNING", "FAILED", "KILLED"))
-            if r.data.tags.get(T.TAG_PARENT) == parent_id]
+    mine = newest_run(client, exp_id, cfg.run_key, UNFINISHED, parent_id)
     if mine:
-        return sorted(mine, key=lambda r: r.info.start_time)[-1].info.run_id, False
+        return mine, False
     tags = {T.TAG_PARENT: parent_id, T.TAG_RUN_KEY: cfg.run_key}
     return client.create_run(exp_id, run_name=cfg.run_name, tags=tags).info.run_id, False
 

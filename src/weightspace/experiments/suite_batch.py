@@ -29,14 +29,14 @@ from tqdm.auto import tqdm
 
 from .. import tracking as T
 from ..cli import mark_failed
-from ..config import TrainConfig, checkpoint_period, pretrain_config
+from ..config import TrainConfig, pretrain_config
 from ..siblings import BatchedTrainer
 from ..tracking.runs import mlflow_bar
 from ..tracking.session import RunSession
 from ..train import Trainer, fit, resolve_device
-from .training import dataset_for, runs_with_key
+from .training import UNFINISHED, dataset_for, newest_run
 
-SUITE_TAG = "weightspace.suite_checkpoint"   # {"slot", "epoch", "sha256", "runs"} of the last whole write
+SUITE_TAG = "weightspace.suite_checkpoint"   # {"slot", "epoch", "sha256"} of the last whole write
 SLOTS = ("checkpoint/suite-a.safetensors", "checkpoint/suite-b.safetensors")
 
 
@@ -72,7 +72,7 @@ class SuiteCheckpoint:
         for s, ev in zip(sessions.values(), stored):
             s.up.call(ev.set, "suite checkpoint barrier")
         slot = SLOTS[0] if self.last.get("slot") != SLOTS[0] else SLOTS[1]
-        self.last = {"slot": slot, "epoch": epoch, "runs": list(sessions)}
+        self.last = {"slot": slot, "epoch": epoch}
         meta = dict(self.last)
 
         def job() -> None:
@@ -87,20 +87,18 @@ class SuiteCheckpoint:
         self.up.call(job, slot)
 
     def close(self) -> None:
-        self.up.flush()
-        self.up.close()
+        self.up.close()   # waits until the last write is stored and named
 
 
 def pretrain_run(client: MlflowClient, exp_id: str, parent_id: str, clone: TrainConfig) -> tuple[str, bool]:
     """(run id, finished) of the clones' pretraining run: a FINISHED one, this suite's own, or a new one."""
     pcfg = pretrain_config(clone)
-    done = runs_with_key(client, [exp_id], pcfg.run_key, ("FINISHED",))
+    done = newest_run(client, exp_id, pcfg.run_key, ("FINISHED",))
     if done:
-        return sorted(done, key=lambda r: r.info.start_time)[-1].info.run_id, True
-    mine = [r for r in runs_with_key(client, [exp_id], pcfg.run_key, ("RUNNING", "FAILED", "KILLED"))
-            if r.data.tags.get(T.TAG_PARENT) == parent_id]
+        return done, True
+    mine = newest_run(client, exp_id, pcfg.run_key, UNFINISHED, parent_id)
     if mine:
-        return mine[-1].info.run_id, False
+        return mine, False
     tags = {T.TAG_RUN_KEY: pcfg.run_key, T.TAG_EXPERIMENT: "pretrain", T.TAG_GROUP: pcfg.group,
             T.TAG_PARENT: parent_id}
     return client.create_run(exp_id, run_name=pcfg.run_name, tags=tags).info.run_id, False
@@ -162,8 +160,7 @@ def _train(client: MlflowClient, ck: SuiteCheckpoint, sessions: dict[str, RunSes
     starts = {s.trainer.epoch for s in sessions.values()}
     if starts != {epoch}:
         raise RuntimeError(f"the suite's runs start from epochs {sorted(starts)}, not all from {epoch}")
-    cfg0 = next(iter(sessions.values())).cfg
-    every = checkpoint_period(cfg0.checkpoint_every, resolve_device(cfg0.device).type)
+    every = next(iter(sessions.values())).every   # the runs' own checkpoint period: one configuration
     last = max([s.cfg.epochs for s in sessions.values()] + [c.epochs for _, c in clones])
     bar = tqdm(total=last, initial=epoch, desc=f"paper suite x{len(sessions)}", unit="epoch",
                disable=not progress, file=sys.stderr, dynamic_ncols=True)

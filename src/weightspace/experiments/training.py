@@ -160,6 +160,18 @@ def runs_with_key(client: MlflowClient, experiment_ids: list[str], key: str, sta
     return [r for r in runs if r.info.status in statuses]
 
 
+UNFINISHED = ("RUNNING", "FAILED", "KILLED")
+
+
+def newest_run(client: MlflowClient, experiment_id: str, key: str, statuses: tuple[str, ...],
+               parent_id: str | None = None) -> str | None:
+    """The newest run of ``key`` in ``statuses``; with ``parent_id``, only one that suite started (a suite
+    resumed with --run-id continues its own unfinished runs)."""
+    runs = [r for r in runs_with_key(client, [experiment_id], key, statuses)
+            if parent_id is None or r.data.tags.get(T.TAG_PARENT) == parent_id]
+    return sorted(runs, key=lambda r: r.info.start_time)[-1].info.run_id if runs else None
+
+
 def check_pretrain_run(client: MlflowClient, run_id: str, clone: TrainConfig) -> None:
     try:
         run = client.get_run(run_id)
@@ -192,9 +204,9 @@ def ensure_pretrain(client: MlflowClient, experiment_id: str, clone: TrainConfig
     """
     pcfg = pretrain_config(clone)
     key = pcfg.run_key
-    done = runs_with_key(client, [experiment_id], key, ("FINISHED",))
+    done = newest_run(client, experiment_id, key, ("FINISHED",))
     if done:
-        return sorted(done, key=lambda r: r.info.start_time)[-1].info.run_id
+        return done
     tags = {T.TAG_RUN_KEY: key, T.TAG_EXPERIMENT: "pretrain", T.TAG_GROUP: pcfg.group}
     if parent_id:
         tags[T.TAG_PARENT] = parent_id
