@@ -1,4 +1,4 @@
-"""Logging overhead of weightspace.experiments.train_run vs the same training without logging.
+"""Logging overhead of weightspace.workflows.training.train_run vs the same training without logging.
 
 Both variants build a Trainer, measure epoch 0, then per epoch train_epoch() +
 epoch_metrics(); train_run additionally logs metrics, a snapshot every epoch, the manifest
@@ -36,10 +36,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _common as C  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from weightspace import experiments as E  # noqa: E402
+from weightspace import workflows as E  # noqa: E402
 from weightspace import tracking as T  # noqa: E402
 from weightspace.config import TrainConfig  # noqa: E402
-from weightspace.experiments.training import dataset_for, train_run  # noqa: E402
+from weightspace.workflows.training import dataset_for, train_run  # noqa: E402
 from weightspace.train import Trainer, resolve_device  # noqa: E402
 
 # Accumulated seconds of the current logged run, by where they were spent.

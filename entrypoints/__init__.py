@@ -1,4 +1,6 @@
-"""Thin MLflow entry points: each one hands its argv to ``weightspace.cli.run_entry``.
+"""The MLflow Project's entry points: ``python -m entrypoints.<name>`` (MLproject) runs ``main(argv)``.
 
-The package itself is installed (``pip install -e .``: scripts/setup_env.sh, or conda.yaml).
+Each ``main`` hands its argv to the function of ``weightspace.workflows`` that parses it and
+does the entry point's work; ``weightspace.cli.run_main`` turns any error into one line and an
+exit code. The package itself is installed (``pip install -e .``: scripts/setup_env.sh, or conda.yaml).
 """

@@ -2,7 +2,14 @@
 
 import sys
 
-from weightspace.cli import run_entry
+from weightspace.cli import run_main
+from weightspace.workflows import analysis_runs
+
+
+def main(argv: list[str]) -> None:
+    """Parse the parameters into AnalysisOptions, then analyse the runs they select."""
+    analysis_runs.main(argv)
+
 
 if __name__ == "__main__":
-    run_entry("analysis", sys.argv[1:])
+    run_main(main, sys.argv[1:])

@@ -1,8 +1,15 @@
-"""Entry point `clone` (see MLproject and docs/parameters.md)."""
+"""Entry point `clone`: one copy of a model pretrained for pretrain_epochs, continued on its own data order (parameters: MLproject, docs/parameters.md)."""
 
 import sys
 
-from weightspace.cli import run_entry
+from weightspace.cli import run_main
+from weightspace.workflows import training
+
+
+def main(argv: list[str]) -> None:
+    """Parse the parameters into one TrainConfig, then train it into this entry point's MLflow run."""
+    training.main("clone", argv)
+
 
 if __name__ == "__main__":
-    run_entry("clone", sys.argv[1:])
+    run_main(main, sys.argv[1:])

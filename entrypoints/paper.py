@@ -2,7 +2,14 @@
 
 import sys
 
-from weightspace.cli import run_entry
+from weightspace.cli import run_main
+from weightspace.workflows import paper_suite
+
+
+def main(argv: list[str]) -> None:
+    """Parse the parameters into the suite's TrainConfigs, then train (or reuse) and analyse them."""
+    paper_suite.main(argv)
+
 
 if __name__ == "__main__":
-    run_entry("paper", sys.argv[1:])
+    run_main(main, sys.argv[1:])

@@ -82,7 +82,7 @@ def analyse(group: str, how: str, uri: str, probe: str = "") -> None:
         cmd += ["-P", f"probe={probe}"] if probe else []
         subprocess.run(cmd, check=True, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
     elif how == "library":
-        from weightspace.experiments.analyse import AnalysisOptions, run_analysis
+        from weightspace.workflows.analysis_runs import AnalysisOptions, run_analysis
 
         run_analysis(AnalysisOptions(group=group, probe=probe))
 

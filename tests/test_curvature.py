@@ -237,7 +237,7 @@ def test_a_recorded_lstm_group_finishes_its_analysis_with_a_hessian(env, tmp_pat
     """The issue's failure: forward-mode AD through the CPU LSTM kernel took the whole analysis down. With
     the default probes the analysis now finishes, with the top Hessian eigenvalue by the double backward
     and the pairs aligned by the LSTM's permutation spec."""
-    from weightspace.experiments.analyse import AnalysisOptions, run_analysis
+    from weightspace.workflows.analysis_runs import AnalysisOptions, run_analysis
 
     record_lstm_group("lstm")
     run_analysis(AnalysisOptions(group="lstm", probe=f"{__name__}:lstm_probe"))

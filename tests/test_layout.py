@@ -1,7 +1,7 @@
 """The package's shape: dependencies run one way, no module over 350 lines, no issue numbers.
 
     core (config, params, numerics, capture, data, model, train, siblings, trajectories)
-      <- tracking (talks to MLflow)      <- experiments, cli (the entry points)
+      <- tracking (talks to MLflow)      <- workflows, cli (the entry points)
       <- analysis (plain functions over arrays, never MLflow)
 """
 
@@ -38,7 +38,7 @@ def layer_of(parts: tuple[str, ...]) -> str:
         return "core"
     if head in ("tracking", "analysis"):
         return head
-    return "entry"  # experiments, cli, __main__
+    return "entry"  # workflows, cli, __main__
 
 
 def imported(name: str, path: Path) -> set[str]:

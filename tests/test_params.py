@@ -2,7 +2,7 @@
 parameters, and MLproject / docs/parameters.md generated from the declarations (checked with MLflow's
 own MLproject loader)."""
 
-import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +11,14 @@ import pytest
 from mlflow.projects import _project_spec
 
 from weightspace import params as P
-from weightspace.config import MAX_EPOCHS
-from weightspace.experiments import ENTRY_POINTS, entry_point
-from weightspace.experiments.training import Clone, DifferentInit, SameInit, Single
-from weightspace.params import Decl, ParamError, int_range
+from weightspace.config import MAX_EPOCHS, TRAINING_ENTRIES, TrainConfig
+from weightspace.params import REQUIRED, Decl, ParamError, int_range
+from weightspace.workflows.analysis_runs import ANALYSIS
+from weightspace.workflows.paper_suite import PAPER
+from weightspace.workflows.tuning import TUNE
+
+ENTRIES = {**TRAINING_ENTRIES, "paper": PAPER, "analysis": ANALYSIS, "tune": TUNE}
+SINGLE, SAME_INIT, CLONE = TRAINING_ENTRIES["single"], TRAINING_ENTRIES["same_init"], TRAINING_ENTRIES["clone"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,60 +46,82 @@ def test_int_values_written_as_floats_parse_exactly():
 
 
 def test_parse_fills_defaults_and_requires_what_has_none():
-    got = P.parse(SameInit, {"shuffle_seed": "3", "lr": "0.05"}, "same_init")
-    assert (got.shuffle_seed, got.lr, got.init_seed, got.snapshot_every, got.epochs) == (3, 0.05, 0, 10, 200)
+    got = P.parse_values(SAME_INIT, {"shuffle_seed": "3", "lr": "0.05"})
+    assert (got["shuffle_seed"], got["lr"], got["init_seed"], got["snapshot_every"], got["epochs"]) \
+        == (3, 0.05, 0, 10, 200)
+    assert list(got) == list(SAME_INIT.order)
     with pytest.raises(ParamError, match=r"^parameter 'shuffle_seed': required by entry point same_init"):
-        P.parse(SameInit, {"lr": "0.05"}, "same_init")
-    with pytest.raises(ParamError, match=r"^unknown parameter 'learning_rate' for entry point single; allowed: init_seed"):
-        P.parse(Single, {"learning_rate": "0.1"}, "single")
+        P.parse_values(SAME_INIT, {"lr": "0.05"})
+    with pytest.raises(ParamError,
+                       match=r"^unknown parameter 'learning_rate' for entry point single; allowed: init_seed"):
+        P.parse_values(SINGLE, {"learning_rate": "0.1"})
 
 
 def test_parse_argv_takes_both_spellings_and_names_mistakes():
-    assert P.parse_argv(["--lr", "0.1", "--epochs=3"], Single, "single") == {"lr": "0.1", "epochs": "3"}
+    assert P.parse_argv(["--lr", "0.1", "--epochs=3"], SINGLE) == {"lr": "0.1", "epochs": "3"}
     with pytest.raises(ParamError, match="parameter 'lr': missing value"):
-        P.parse_argv(["--lr"], Single, "single")
+        P.parse_argv(["--lr"], SINGLE)
     with pytest.raises(ParamError, match="unexpected argument 'lr'"):
-        P.parse_argv(["lr", "0.1"], Single, "single")
+        P.parse_argv(["lr", "0.1"], SINGLE)
     with pytest.raises(ParamError, match="unknown parameter 'replicas' for entry point single"):
-        P.parse_argv(["--replicas", "2"], Single, "single")
+        P.parse_argv(["--replicas", "2"], SINGLE)
 
 
-def test_each_entry_point_declares_its_own_defaults_of_shared_parameters():
-    assert [c.__dataclass_fields__["snapshot_every"].default for c in (Single, DifferentInit, SameInit, Clone)] \
-        == [1, 10, 10, 10]
-    assert DifferentInit.__dataclass_fields__["shuffle_seed"].default == -1
-    assert P.required(DifferentInit.__dataclass_fields__["init_seed"])
-    # one declaration: the same Decl object behind every entry point's epochs
-    decls = {id(P.decl_of(entry_point(n).params.__dataclass_fields__["epochs"])) for n in ("single", "clone", "paper")}
+def test_typed_values_are_checked_not_reparsed():
+    d = int_range(0, 10, "h")
+    assert d.parse("p", 7) == 7
+    with pytest.raises(ParamError, match=r"^parameter 'p': '11' is out of range"):
+        d.parse("p", 11)
+    lr = Decl(float, "a float > 0", "h", lambda v: v > 0)
+    assert lr.parse("lr", 1) == 1.0 and isinstance(lr.parse("lr", 1), float)
+    with pytest.raises(ParamError, match=r"^parameter 'lr': expected a float > 0, got 'nan'"):
+        lr.parse("lr", float("nan"))
+
+
+def test_each_entry_point_differs_only_by_its_table():
+    defaults = {n: {k: d for k, (_, d) in e.params().items()} for n, e in ENTRIES.items()}
+    assert [defaults[n]["snapshot_every"] for n in TRAINING_ENTRIES] == [1, 10, 10, 10]
+    assert defaults["different_init"]["shuffle_seed"] == -1 and defaults["different_init"]["init_seed"] is REQUIRED
+    assert (defaults["tune"]["epochs"], defaults["paper"]["pretrain_epochs"]) == (30, 10)
+    # one declaration, with one default, behind every entry point's epochs
+    decls = {id(e.params()["epochs"][0]) for n, e in ENTRIES.items() if n != "analysis"}
     assert len(decls) == 1
-    assert P.decl_of(Single.__dataclass_fields__["epochs"]).allowed == f"an integer from 1 to {MAX_EPOCHS}"
+    assert TrainConfig.__dataclass_fields__["epochs"].default == 200
+    assert SINGLE.params()["epochs"][0].allowed == f"an integer from 1 to {MAX_EPOCHS}"
 
 
-@pytest.mark.parametrize("name", list(ENTRY_POINTS))
+def test_each_parameter_is_declared_once():
+    """A parameter's declaration (``name: type = DECL(default)``) appears in one place in the package."""
+    pkg = REPO / "src" / "weightspace"
+    text = "\n".join(p.read_text() for p in pkg.rglob("*.py"))
+    for name in {n for e in ENTRIES.values() for n in e.order} - {"device", "data_dir"}:
+        hits = [line for line in text.splitlines() if re.match(rf"\s*{name}: \w+ = ", line)]
+        assert len(hits) == 1, (name, hits)
+
+
+@pytest.mark.parametrize("name", list(ENTRIES))
 def test_every_parameter_has_help_and_its_default_is_allowed(name):
-    cls = entry_point(name).params
-    for f in P.declared(cls):
-        d = P.decl_of(f)
-        assert d.help and d.allowed, f.name
-        if not P.required(f):
-            assert d.parse(f.name, P.fmt(f.default)) == f.default, f.name
+    for pname, (d, default) in ENTRIES[name].params().items():
+        assert d.help and d.allowed, pname
+        if default is not REQUIRED:
+            assert d.parse(pname, P.fmt(default)) == default, pname
 
 
-@pytest.mark.parametrize("name", list(ENTRY_POINTS))
+@pytest.mark.parametrize("name", list(ENTRIES))
 def test_mlproject_as_mlflow_reads_it_matches_the_declarations(name):
     """MLflow's own loader: same parameters in the same order, same types, same defaults, same command."""
     ep = _project_spec.load_project(str(REPO)).get_entry_point(name)
-    fs = P.declared(entry_point(name).params)
-    assert list(ep.parameters) == [f.name for f in fs]
-    for f in fs:
-        p, d = ep.parameters[f.name], P.decl_of(f)
-        assert p.type == P.MLPROJECT_TYPES[d.kind], f.name
-        if P.required(f):
-            assert p.default is None, f.name
+    params = ENTRIES[name].params()
+    assert list(ep.parameters) == list(params)
+    for pname, (d, default) in params.items():
+        p = ep.parameters[pname]
+        assert p.type == P.MLPROJECT_TYPES[d.kind], pname
+        if default is REQUIRED:
+            assert p.default is None, pname
         else:
-            assert d.parse(f.name, str(p.default)) == f.default, f.name
+            assert d.parse(pname, str(p.default)) == default, pname
     assert ep.command.startswith(f"python -m entrypoints.{name} ")
-    assert all(f"--{f.name} {{{f.name}}}" in ep.command for f in fs)
+    assert all(f"--{n} {{{n}}}" in ep.command for n in params)
 
 
 def test_mlproject_and_parameter_tables_are_what_the_generator_writes():
@@ -105,10 +131,9 @@ def test_mlproject_and_parameter_tables_are_what_the_generator_writes():
 
 
 def test_as_strings_round_trips_through_parse():
-    for cls, given in [(Single, {}), (Clone, {"shuffle_seed": "2", "weight_decay": "3e-4", "data_dir": "/x y"})]:
-        inst = P.parse(cls, given, "e")
-        assert P.parse(cls, P.as_strings(inst), "e") == inst
-        assert dataclasses.is_dataclass(inst) and inst.__dataclass_params__.frozen
+    for entry, given in [(SINGLE, {}), (CLONE, {"shuffle_seed": "2", "weight_decay": "3e-4", "data_dir": "/x y"})]:
+        values = P.parse_values(entry, given)
+        assert P.parse_values(entry, P.as_strings(values)) == values
 
 
 def test_the_command_line_prints_its_usage_on_no_command():
@@ -133,7 +158,7 @@ def test_one_line_names_foreign_errors_by_class_and_keeps_the_first_line(error, 
 def test_relative_sqlite_uris_are_told_apart_from_absolute_ones():
     from pathlib import Path
 
-    from weightspace.cli import _relative_sqlite
+    from weightspace.workflows.entry_run import _relative_sqlite
 
     assert _relative_sqlite("sqlite:///mlflow.db") == Path("mlflow.db")
     assert _relative_sqlite("sqlite:///runs/m.db?timeout=5") == Path("runs/m.db")

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from weightspace.experiments.pool import Job, Pool, threads_for
+from weightspace.workflows.pool import Job, Pool, threads_for
 
 
 def _child(tmp_path, name: str, seconds: float = 0.3, code: int = 0) -> list[str]:
@@ -201,7 +201,7 @@ def test_weightspace_commands_run_with_their_own_environment(tmp_path, monkeypat
     # init-store creates the schema where MLFLOW_TRACKING_URI (set for the child only) says;
     # an unknown command prints the usage and exits 2, and the pool reports that exit code.
     # Forked from the server, or (where there is no forkserver) in a new interpreter.
-    from weightspace.experiments import pool as pool_module
+    from weightspace.workflows import pool as pool_module
 
     monkeypatch.setattr(pool_module, "CAN_FORK", fork)
     db = tmp_path / "forked.db"
@@ -216,7 +216,7 @@ def test_weightspace_commands_run_with_their_own_environment(tmp_path, monkeypat
 INTERRUPTED = """
 import sys, time
 from mlflow.tracking import MlflowClient
-from weightspace.experiments.pool import Job, Pool
+from weightspace.workflows.pool import Job, Pool
 uri, eid, pids = sys.argv[1], sys.argv[2], sys.argv[3]
 c = MlflowClient(uri)
 ids = [c.create_run(eid).info.run_id for _ in range(3)]

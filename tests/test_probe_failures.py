@@ -82,7 +82,7 @@ def test_probes_that_cannot_start_are_one_row():
 
 @pytest.mark.e2e
 def test_the_analysis_run_finishes_and_tags_the_failed_probe(env, tmp_path, monkeypatch):  # noqa: F811
-    from weightspace.experiments.analyse import PROBE_ERROR_TAG, AnalysisOptions, run_analysis
+    from weightspace.workflows.analysis_runs import PROBE_ERROR_TAG, AnalysisOptions, run_analysis
 
     record_lstm_group("lstm-fail", seeds=(1, 2), epochs=2)
     monkeypatch.setitem(PROBES, "stationarity", dataclasses.replace(PROBES["stationarity"], run=boom))

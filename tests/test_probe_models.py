@@ -129,7 +129,7 @@ def short_probe():
 
 
 def test_a_probe_function_may_give_an_error_metric():
-    from weightspace.experiments.probe_hook import call_probe
+    from weightspace.workflows.probe_hook import call_probe
 
     _, loss, data, error = call_probe(f"{__name__}:regression_probe", None)
     assert (loss, error) == (mse, off_by_more) and data.y_test.is_floating_point()

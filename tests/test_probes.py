@@ -332,8 +332,8 @@ def test_run_probes_end_to_end(digits, tmp_path):
 
 def test_entry_point_reads_the_runs_params(digits, tmp_path):
     """The MLflow side reads model, data and each run's optimiser from its params, and passes them on."""
-    from weightspace.experiments.analyse import AnalysisOptions
-    from weightspace.experiments.analyse import run_probes as entry_run_probes
+    from weightspace.workflows.analysis_runs import AnalysisOptions
+    from weightspace.workflows.analysis_runs import run_probes as entry_run_probes
 
     trajs = _tiny_runs(digits, tmp_path, n_runs=2, epochs=2)
     del trajs[1].params["lr"]

@@ -86,10 +86,10 @@ def test_batched_evaluation_equals_one_by_one(data):
         for k in a:
             assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-7), k
     # on the CPU each sibling keeps evaluating itself (measured faster there); on CUDA the
-    # trainers are served by the group, once per epoch
-    assert all(t.group is None for t in ts)
+    # trainers are served by their BatchedTrainer, once per epoch
+    assert all(t.batched is None for t in ts)
     for t in ts:
-        t.group = bt
+        t.batched = bt
     assert [t.epoch_metrics() for t in ts] == together and bt._metrics[0] == 1
     bt.train_epoch()
     assert [t.epoch_metrics()["train_loss"] for t in ts] != [m["train_loss"] for m in together]  # recomputed

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import TINY
 from weightspace.analysis.pca import trajectory_pca
-from weightspace.experiments.suite_batch import SUITE_TAG
+from weightspace.workflows.suite_batch import SUITE_TAG
 from weightspace.tracking.runs import load_trajectory, trajectory
 
 pytestmark = pytest.mark.e2e

@@ -17,8 +17,8 @@ from optuna.trial import TrialState
 
 from weightspace import params as P
 from weightspace.config import ParamError
-from weightspace.experiments import entry_point
-from weightspace.experiments.tune import best_params_from_run, default_storage
+from weightspace.workflows import tuning
+from weightspace.workflows.tuning import best_params_from_run, default_storage
 
 TINY = {"dataset": "digits", "train_subset": "200", "width": "0.125", "epochs": "2"}
 SEARCHED = ("lr", "momentum", "batch_size", "weight_decay", "dropout")
@@ -33,10 +33,9 @@ def tune_store(store):
 
 
 def parse_tune(raw: dict) -> tuple[dict, object]:
-    """What the tune entry point makes of raw parameters, as ``cli.run_entry`` does:
+    """What the tune entry point makes of raw parameters, as ``tuning.main`` does:
     (tune options, the TrainConfig every trial starts from)."""
-    ep = entry_point("tune")
-    return ep.prepare(P.parse(ep.params, {k: str(v) for k, v in raw.items()}, "tune"))
+    return tuning.parse_tune(P.parse_values(tuning.TUNE, {k: str(v) for k, v in raw.items()}))
 
 
 def optuna_storage(store) -> str:

@@ -17,15 +17,17 @@ import sys
 def main(argv: list[str]) -> int:
     # Imported per command: init-store and export need neither torch's trainers nor Optuna.
     def run(a):
-        from .cli import run_entry
-        return run_entry(a[0], a[1:]) if a else _usage()
+        if not a or a[0] not in ENTRY_POINTS:
+            return _usage()
+        from .cli import run_main
+        return run_main(entry_main(a[0]), a[1:])
 
     def store(*head):
         from .tracking import store
         return lambda a: store.main([*head, *a])
 
     def flags(a):
-        from .experiments.tune import flags_main
+        from .workflows.tuning import flags_main
         return flags_main(["flags", *a])
 
     def export(a):
@@ -36,6 +38,19 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] not in commands:
         return _usage()
     return commands[argv[0]](argv[1:]) or 0
+
+
+ENTRY_POINTS = ("single", "different_init", "same_init", "clone", "paper", "analysis", "tune")
+
+
+def entry_main(entry: str):
+    """``main(argv)`` of an entry point, as ``entrypoints/<entry>.py`` calls it; only tune imports Optuna."""
+    if entry == "tune":
+        from .workflows import tuning
+        return tuning.main
+    from .workflows import analysis_runs, paper_suite, training
+    mains = {"paper": paper_suite.main, "analysis": analysis_runs.main}
+    return mains.get(entry) or (lambda argv: training.main(entry, argv))
 
 
 def _usage() -> int:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from .numerics import PRECISIONS
-from .params import Decl, ParamError, decl_of, declared, fmt, int_range, one_of, show
+from .params import Decl, Entry, ParamError, decl_of, declared, fmt, int_range, one_of, show
 
 __all__ = ["ParamError", "TrainConfig", "build_config", "config_from_params", "read_params", "unquote_param"]
 
@@ -101,41 +101,33 @@ PRETRAIN_RUN_ID = Decl(str, "a run id of a FINISHED pretrain run, or empty",
 
 
 @dataclass(frozen=True, kw_only=True)
-class DataModel:
-    """The data, the model and where it trains: the parameters every training entry point and tune share."""
+class TrainConfig:
+    """Everything that determines one training run: every training parameter, with its one default.
 
+    Defaults reproduce the paper's regime (docs/model.md, "Why these defaults").
+    """
+
+    # the data, the model and where it trains
     dataset: str = DATASET("mnist")
     data_dir: str = DATA_DIR("")
     train_subset: int = TRAIN_SUBSET(0)
     width: float = WIDTH(1.0)
     # bf16: the training step's forward and backward under bfloat16 autocast (weights, optimizer
-    # state, snapshots and evaluation stay fp32). About 1.6x faster on CPUs with AVX512_BF16.
+    # state, snapshots and evaluation stay fp32), for CPUs and GPUs with fast bfloat16 units.
     precision: str = PRECISION("fp32")
     device: str = DEVICE("auto")
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainCommon(DataModel):
-    """What every training entry point (and paper) shares: data and model, optimiser, plumbing."""
-
+    # the optimiser, and how the run is stored
     batch_size: int = BATCH_SIZE(128)
     lr: float = LR(0.01)
     momentum: float = MOMENTUM(0.9)
     weight_decay: float = WEIGHT_DECAY(1e-5)
     dropout: float = DROPOUT(0.5)
     checkpoint_every: int = CHECKPOINT_EVERY(0)
-    # Not plumbing (it enters the group when 1) until a GPU has shown replay == eager bitwise.
+    # Not plumbing: a replayed CUDA graph is not known to train the same numbers as eager
+    # launches, so a run with step_capture=1 is no sibling of one without.
     step_capture: int = STEP_CAPTURE(0)
     register_model: str = REGISTER_MODEL("")
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainConfig(TrainCommon):
-    """Everything that determines one training run.
-
-    Defaults reproduce the paper's regime (docs/model.md, "Why these defaults").
-    """
-
+    # the experiment: which run of a family this is, and its schedule
     experiment: str = "single"
     init_seed: int = INIT_SEED(0)
     shuffle_seed: int = SHUFFLE_SEED(0)
@@ -219,25 +211,38 @@ def _digest(d: dict[str, Any]) -> str:
 TRAIN_DECLS: dict[str, Decl] = {f.name: decl_of(f) for f in declared(TrainConfig)}
 
 
+# -- the training entry points: the parameters each takes, in MLproject order, and where it differs --
+DATA_MODEL = ("dataset", "data_dir", "train_subset", "width", "precision", "device")
+COMMON = (*DATA_MODEL, "batch_size", "lr", "momentum", "weight_decay", "dropout", "checkpoint_every",
+          "step_capture", "register_model")
+SCHEDULE = ("epochs", "snapshot_every")
+TRAINING_ENTRIES: dict[str, Entry] = {e.name: e for e in (
+    Entry("single", "single: one model, a snapshot every epoch.", (TrainConfig,),
+          ("init_seed", "shuffle_seed", *SCHEDULE, *COMMON)),
+    Entry("different_init", "different_init: one of the replicas from different initial weights.", (TrainConfig,),
+          ("init_seed", "shuffle_seed", *SCHEDULE, *COMMON),
+          required=("init_seed",), defaults={"shuffle_seed": -1, "snapshot_every": 10}),
+    Entry("same_init", "same_init: one of the replicas from one init, each with its own data order.", (TrainConfig,),
+          ("shuffle_seed", "init_seed", *SCHEDULE, *COMMON),
+          required=("shuffle_seed",), defaults={"snapshot_every": 10}),
+    Entry("clone", "clone: one copy of a model pretrained for pretrain_epochs, continued on its own data order.",
+          (TrainConfig,), ("shuffle_seed", "init_seed", "pretrain_epochs", "pretrain_run_id", *SCHEDULE, *COMMON),
+          required=("shuffle_seed",), defaults={"pretrain_epochs": 10, "snapshot_every": 10}),
+)}
+
+
 # -- building a configuration ------------------------------------------------------------------
 
-def parse_value(name: str, raw: Any) -> Any:
-    """One training parameter, validated by its declaration."""
-    return TRAIN_DECLS[name].parse(name, raw)
-
-
 def build_config(experiment: str, values: Mapping[str, Any]) -> TrainConfig:
-    """Validate an entry point's parameters (raw strings or typed values) into a TrainConfig."""
+    """A TrainConfig from training parameters: raw strings are parsed, typed values only checked."""
     if experiment not in EXPERIMENTS:
         raise ParamError(f"experiment: expected one of {', '.join(EXPERIMENTS)}, got {show(experiment)}")
-    if not isinstance(values, Mapping):
-        values = {f.name: getattr(values, f.name) for f in declared(type(values))}
     typed: dict[str, Any] = {"experiment": experiment}
     for name, value in values.items():
         if name not in TRAIN_DECLS:
             raise ParamError(f"unknown parameter '{name}' for entry point {experiment}; "
                              f"allowed: {', '.join(sorted(TRAIN_DECLS))}")
-        typed[name] = parse_value(name, fmt(value))
+        typed[name] = TRAIN_DECLS[name].parse(name, value)
     if typed.get("shuffle_seed", 0) == -1:
         # different_init: the data order follows the init seed unless given.
         typed["shuffle_seed"] = typed.get("init_seed", 0)

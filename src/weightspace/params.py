@@ -1,12 +1,14 @@
 """One declaration per parameter, and everything derived from it.
 
 A parameter is declared once, as a ``Decl``: its type, the values it allows (a check and
-the words an error shows) and its help text. An entry point's parameters are one typed,
-frozen dataclass whose fields are made by calling a ``Decl`` with that entry point's
-default (``epochs: int = EPOCHS(200)``); a field without a default is required.
-From the dataclass come the parsing of ``--name value`` argv, the one-line errors, the
-MLproject entry and the parameter tables of docs/parameters.md (``scripts/gen_mlproject.py``; a test
-fails when the committed files differ from what it generates).
+the words an error shows) and its help text. A dataclass field made by calling the ``Decl``
+with a default (``epochs: int = EPOCHS(200)``) gives it its one default: the training
+parameters are the fields of ``config.TrainConfig``, an entry point's own ones the fields of
+its options type. An ``Entry`` says which of them an entry point takes, in MLproject order,
+and where it differs: the ones it requires and the defaults it overrides. From an ``Entry``
+come the parsing of ``--name value`` argv, the one-line errors, the MLproject entry and the
+parameter table of docs/parameters.md (``scripts/gen_mlproject.py``; a test fails when the
+committed files differ from what it generates).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def one_line(e: BaseException) -> str:
 
 
 MLPROJECT_TYPES = {int: "int", float: "float", str: "string"}
+REQUIRED = dataclasses.MISSING
 
 
 @dataclass(frozen=True)
@@ -50,22 +53,23 @@ class Decl:
     check: Callable[[Any], bool] = field(default=lambda v: True, compare=False)
     most: int | None = None
 
-    def __call__(self, default: Any = dataclasses.MISSING) -> Any:
-        """A dataclass field of this parameter, with an entry point's own default (none: required)."""
+    def __call__(self, default: Any = REQUIRED) -> Any:
+        """The dataclass field of this parameter, with its default (none: required)."""
         return field(default=default, metadata={"decl": self})
 
     def parse(self, name: str, raw: Any) -> Any:
-        """Convert one raw (string) value and check it; raise ParamError naming the parameter."""
-        text = str(raw).strip()
+        """One value, from its text or already typed; raise ParamError naming the parameter.
+
+        A value of the declared type is only checked, so a configuration derived from parsed
+        values is never written out and read back.
+        """
+        typed = self.kind is not str and type(raw) is self.kind
         try:
-            if self.kind is int:
-                value: Any = _as_int(text)
-            elif self.kind is float:
-                value = float(text)
-                if not math.isfinite(value):
-                    raise ValueError
-            else:
-                value = text
+            value = raw if typed else self._convert(str(raw).strip())
+            if self.kind is float and not math.isfinite(value):
+                raise ValueError
+            if self.kind is int and abs(value) >= 2**62:
+                raise OverflowError
         except OverflowError:
             raise ParamError(self._out_of_range(name, raw)) from None
         except ValueError:
@@ -76,6 +80,8 @@ class Decl:
             raise ParamError(f"parameter '{name}': expected {self.allowed}, got {show(raw)}")
         return value
 
+    def _convert(self, text: str) -> Any:
+        return _as_int(text) if self.kind is int else float(text) if self.kind is float else text
 
     def _out_of_range(self, name: str, raw: Any) -> str:
         most = f"the largest allowed is {self.most}" if self.most is not None else "too large for an integer"
@@ -106,64 +112,97 @@ def int_range(lo: int, hi: int, help: str, allowed: str | None = None) -> Decl:
     return Decl(int, allowed or f"an integer from {lo} to {hi}", help, lambda v: lo <= v, most=hi)
 
 
-# -- reading a dataclass of declarations -------------------------------------------------------
-
 def declared(cls: type) -> list[dataclasses.Field]:
-    """The declared fields of a parameter dataclass, the entry point's own ones first."""
-    own = set(cls.__dict__.get("__annotations__", {}))
-    fs = [f for f in fields(cls) if "decl" in f.metadata]
-    return [f for f in fs if f.name in own] + [f for f in fs if f.name not in own]
+    """The declared fields of a dataclass, in its order."""
+    return [f for f in fields(cls) if "decl" in f.metadata]
 
 
 def decl_of(f: dataclasses.Field) -> Decl:
     return f.metadata["decl"]
 
 
-def required(f: dataclasses.Field) -> bool:
-    return f.default is dataclasses.MISSING
-
-
 def names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in declared(cls))
 
 
-def parse(cls: type, raw: Mapping[str, Any], entry: str) -> Any:
-    """Validate raw ``name -> string`` values into an instance of ``cls`` (defaults for the rest)."""
-    fs = {f.name: f for f in declared(cls)}
-    unknown = [k for k in raw if k not in fs]
+# -- an entry point's parameters ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Entry:
+    """An entry point's parameters: declared fields of ``sources``, in MLproject order (``order``).
+
+    Each keeps its declared default except where the entry point requires it (``required``) or
+    sets its own (``defaults``).
+    """
+
+    name: str
+    summary: str
+    sources: tuple[type, ...]
+    order: tuple[str, ...]
+    required: tuple[str, ...] = ()
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    def params(self) -> dict[str, tuple[Decl, Any]]:
+        """name -> (declaration, this entry point's default or REQUIRED), in MLproject order."""
+        found = {f.name: f for cls in reversed(self.sources) for f in declared(cls)}
+        return {n: (decl_of(found[n]), REQUIRED if n in self.required else self.defaults.get(n, found[n].default))
+                for n in self.order}
+
+
+def parse(entry: Entry, argv: list[str]) -> dict[str, Any]:
+    """An entry point's argv into typed values, defaults filled in, in MLproject order."""
+    return parse_values(entry, parse_argv(argv, entry))
+
+
+def parse_values(entry: Entry, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Raw ``name -> value`` pairs into typed values; ParamError names an unknown or missing one."""
+    params = entry.params()
+    unknown = [k for k in raw if k not in params]
     if unknown:
-        raise ParamError(f"unknown parameter '{unknown[0]}' for entry point {entry}; allowed: {', '.join(fs)}")
+        raise ParamError(f"unknown parameter '{unknown[0]}' for entry point {entry.name}; "
+                         f"allowed: {', '.join(params)}")
     values = {}
-    for name, f in fs.items():
+    for name, (decl, default) in params.items():
         if name in raw:
-            values[name] = decl_of(f).parse(name, raw[name])
-        elif required(f):
-            raise ParamError(f"parameter '{name}': required by entry point {entry} ({decl_of(f).allowed})")
-    return cls(**values)
+            values[name] = decl.parse(name, raw[name])
+        elif default is REQUIRED:
+            raise ParamError(f"parameter '{name}': required by entry point {entry.name} ({decl.allowed})")
+        else:
+            values[name] = default
+    return values
 
 
-def parse_argv(argv: list[str], cls: type, entry: str) -> dict[str, str]:
+def parse_argv(argv: list[str], entry: Entry) -> dict[str, str]:
     """``--name value`` (or ``--name=value``) pairs, as MLproject commands pass them, into raw strings."""
-    allowed = names(cls)
+    allowed = entry.order
     out: dict[str, str] = {}
     it = iter(argv)
     for tok in it:
         if not tok.startswith("--"):
-            raise ParamError(f"entry point {entry}: unexpected argument {tok!r}; parameters are --name value")
+            raise ParamError(f"entry point {entry.name}: unexpected argument {tok!r}; parameters are --name value")
         name, eq, value = tok[2:].partition("=")
         if not eq:
             value = next(it, None)
             if value is None:
                 raise ParamError(f"parameter '{name}': missing value")
         if name not in allowed:
-            raise ParamError(f"unknown parameter '{name}' for entry point {entry}; allowed: {', '.join(allowed)}")
+            raise ParamError(f"unknown parameter '{name}' for entry point {entry.name}; "
+                             f"allowed: {', '.join(allowed)}")
         out[name] = value
     return out
 
 
-def as_strings(params: Any) -> dict[str, str]:
-    """A parameter dataclass as MLflow stores params (strings; floats as repr)."""
-    return {f.name: fmt(getattr(params, f.name)) for f in declared(type(params))}
+def pick(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The values that are fields of ``cls``."""
+    own = {f.name for f in fields(cls)}
+    return {k: v for k, v in values.items() if k in own}
+
+
+def as_strings(values: Mapping[str, Any] | Any) -> dict[str, str]:
+    """Parameter values (a mapping, or a dataclass of declared fields) as MLflow stores them."""
+    if dataclasses.is_dataclass(values):
+        values = {f.name: getattr(values, f.name) for f in declared(type(values))}
+    return {k: fmt(v) for k, v in values.items()}
 
 
 def fmt(v: Any) -> str:
@@ -172,17 +211,16 @@ def fmt(v: Any) -> str:
 
 # -- what is generated from the declarations --------------------------------------------------
 
-def mlproject_entry(name: str, cls: type, module: str) -> str:
+def mlproject_entry(entry: Entry, module: str) -> str:
     """One MLproject entry point, in the layout ``scripts/gen_mlproject.py`` writes."""
-    lines = [f"  {name}:", "    parameters:"]
-    for f in declared(cls):
-        d = decl_of(f)
+    lines = [f"  {entry.name}:", "    parameters:"]
+    for name, (d, default) in entry.params().items():
         kind = MLPROJECT_TYPES[d.kind]
-        if required(f):
-            lines.append(f"      {f.name}: {{type: {kind}}}")
+        if default is REQUIRED:
+            lines.append(f"      {name}: {{type: {kind}}}")
         else:
-            lines.append(f"      {f.name}: {{type: {kind}, default: {_yaml_scalar(fmt(f.default))}}}")
-    args = " ".join(f"--{f.name} {{{f.name}}}" for f in declared(cls))
+            lines.append(f"      {name}: {{type: {kind}, default: {_yaml_scalar(fmt(default))}}}")
+    args = " ".join(f"--{n} {{{n}}}" for n in entry.order)
     lines.append(f'    command: "python -m {module} {args}"')
     return "\n".join(lines)
 
@@ -195,11 +233,10 @@ def _yaml_scalar(text: str) -> str:
     return text if re.fullmatch(r"[A-Za-z0-9_.+-]+", text) else json.dumps(text)
 
 
-def markdown_table(cls: type) -> str:
+def markdown_table(entry: Entry) -> str:
     """The docs table of one entry point's parameters."""
     rows = ["| parameter | default | allowed | what it does |", "|---|---|---|---|"]
-    for f in declared(cls):
-        d = decl_of(f)
-        default = "(required)" if required(f) else f"`{fmt(f.default)}`" if f.default != "" else '`""`'
-        rows.append(f"| `{f.name}` | {default} | {d.allowed} | {d.help} |")
+    for name, (d, default) in entry.params().items():
+        shown = "(required)" if default is REQUIRED else f"`{fmt(default)}`" if default != "" else '`""`'
+        rows.append(f"| `{name}` | {shown} | {d.allowed} | {d.help} |")
     return "\n".join(rows)

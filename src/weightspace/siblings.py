@@ -60,7 +60,7 @@ class BatchedTrainer:
             # One vmapped evaluation of all K serves every sibling's epoch_metrics(): it saves K-1
             # launches per batch on a GPU; on a CPU the grouped convolution was slower per model.
             for t in self.trainers:
-                t.group = self
+                t.batched = self
 
     def _loss(self, params, x, y, m1, m2):
         if self.precision == "bf16":

@@ -1,6 +1,6 @@
 """The CPU threads a suite's pool lends this process, adopted while it runs.
 
-The pool (``experiments/pool.py``) starts each child with OMP_NUM_THREADS set to its share of
+The pool (``workflows/pool.py``) starts each child with OMP_NUM_THREADS set to its share of
 the cores and, for an analysis, names a file in WEIGHTSPACE_THREADS_FILE holding the current
 share. When a core frees and nothing waits for it, the pool raises a running analysis's share;
 when a job is ready to start, it lowers it again. The analysis reads the file at cheap points

@@ -72,7 +72,7 @@ class Trainer:
         self.total = torch.zeros((), device=device)  # the epoch's summed loss, a tensor the graph keeps
         self.reseed(cfg.shuffle_seed)
         self.epoch = 0
-        self.group = None  # the BatchedTrainer this trainer is trained in, if any
+        self.batched = None  # the BatchedTrainer this trainer is trained in, if any
 
     def reseed(self, shuffle_seed: int) -> None:
         """Start fresh data-order and dropout streams (a clone does this after pretraining)."""
@@ -132,8 +132,8 @@ class Trainer:
         return EvalResult(float(loss) / n, float(correct) / n)
 
     def epoch_metrics(self) -> dict[str, float]:
-        if self.group is not None:  # a sibling trained in a BatchedTrainer: evaluated with all of them
-            return self.group.metrics_for(self)
+        if self.batched is not None:  # a sibling trained in a BatchedTrainer: evaluated with all of them
+            return self.batched.metrics_for(self)
         tr = self.evaluate(self.data.x_train, self.data.y_train)
         te = self.evaluate(self.data.x_test, self.data.y_test)
         return {"train_loss": tr.loss, "train_accuracy": tr.accuracy,

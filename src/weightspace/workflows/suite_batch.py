@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .. import tracking as T
-from ..cli import mark_failed
+from .entry_run import mark_failed
 from ..config import TrainConfig, pretrain_config
 from ..siblings import BatchedTrainer
 from ..tracking.runs import mlflow_bar

@@ -1,6 +1,7 @@
 """The four training entry points (single, different_init, same_init, clone) and pretraining.
 
-``train_run`` is the life of one run: its session resumes or starts it (epoch 0), ``fit``
+``main`` parses an entry point's parameters into one TrainConfig and trains it into the entry
+point's run. ``train_run`` is the life of one run: its session resumes or starts it (epoch 0), ``fit``
 trains the epochs, the session logs each one, and ``finish`` completes the trajectory.
 """
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 import functools
 import sys
 import time
-from dataclasses import dataclass
 
 import mlflow
 import torch
@@ -19,74 +19,24 @@ from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
 from .. import tracking as T
-from ..cli import EntryPoint, entry_run, mark_failed
-from ..config import (
-    EPOCHS,
-    INIT_SEED,
-    PRETRAIN_EPOCHS,
-    PRETRAIN_RUN_ID,
-    SHUFFLE_SEED,
-    SNAPSHOT_EVERY,
-    ParamError,
-    TrainCommon,
-    TrainConfig,
-    build_config,
-    config_from_params,
-    pretrain_config,
-)
+from ..config import TRAINING_ENTRIES, ParamError, TrainConfig, build_config, config_from_params, pretrain_config
 from ..data import Data, load_dataset
-from ..params import as_strings
+from ..params import as_strings, parse
 from ..tracking.runs import wants_bars
 from ..tracking.session import RunSession
 from ..train import Trainer, fit, resolve_device
-
-# -- each training entry point's parameters ----------------------------------------------------------
-
-@dataclass(frozen=True, kw_only=True)
-class Single(TrainCommon):
-    """single: one model, a snapshot every epoch."""
-
-    init_seed: int = INIT_SEED(0)
-    shuffle_seed: int = SHUFFLE_SEED(0)
-    epochs: int = EPOCHS(200)
-    snapshot_every: int = SNAPSHOT_EVERY(1)
+from .entry_run import entry_run, mark_failed
 
 
-@dataclass(frozen=True, kw_only=True)
-class DifferentInit(TrainCommon):
-    """different_init: one of the replicas from different initial weights."""
-
-    init_seed: int = INIT_SEED()
-    shuffle_seed: int = SHUFFLE_SEED(-1)
-    epochs: int = EPOCHS(200)
-    snapshot_every: int = SNAPSHOT_EVERY(10)
-
-
-@dataclass(frozen=True, kw_only=True)
-class SameInit(TrainCommon):
-    """same_init: one of the replicas from one init, each with its own data order."""
-
-    shuffle_seed: int = SHUFFLE_SEED()
-    init_seed: int = INIT_SEED(0)
-    epochs: int = EPOCHS(200)
-    snapshot_every: int = SNAPSHOT_EVERY(10)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Clone(TrainCommon):
-    """clone: one copy of a model pretrained for pretrain_epochs, continued on its own data order."""
-
-    shuffle_seed: int = SHUFFLE_SEED()
-    init_seed: int = INIT_SEED(0)
-    pretrain_epochs: int = PRETRAIN_EPOCHS(10)
-    pretrain_run_id: str = PRETRAIN_RUN_ID("")
-    epochs: int = EPOCHS(200)
-    snapshot_every: int = SNAPSHOT_EVERY(10)
-
-
-TRAIN_ENTRIES: dict[str, type] = {"single": Single, "different_init": DifferentInit, "same_init": SameInit,
-                                  "clone": Clone}
-
+def main(entry: str, argv: list[str]) -> None:
+    """``python -m entrypoints.<entry>`` (single, different_init, same_init, clone): one run trained."""
+    values = parse(TRAINING_ENTRIES[entry], argv)
+    cfg = build_config(entry, values)   # the cross-parameter checks, before the store is touched
+    with entry_run(entry) as (c, run_id, _):
+        start_from = pretraining_for(c, run_id, cfg) if entry == "clone" else None
+        train_run(c, run_id, cfg, raw=as_strings(values), start_from=start_from, progress=wants_bars())
+    print(f"weightspace: run {run_id} ({cfg.run_name}) done; group {cfg.group}. "
+          f"Browse it with: mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}", file=sys.stderr)
 
 
 @functools.lru_cache(maxsize=4)
@@ -125,33 +75,6 @@ def run_child(client: MlflowClient, run_id: str, cfg: TrainConfig, **kw) -> None
     T.retry(lambda: client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED)), "finishing run")
 
 
-# -- the entry points ---------------------------------------------------------------------------
-
-def _train_entry(experiment: str) -> EntryPoint:
-    def prepare(params) -> tuple[TrainConfig, dict[str, str]]:
-        return build_config(experiment, params), as_strings(params)
-
-    def run(prepared: tuple[TrainConfig, dict[str, str]]) -> None:
-        cfg, raw = prepared
-        with entry_run(experiment) as (c, run_id, _):
-            start_from = None
-            if experiment == "clone":
-                if cfg.pretrain_run_id:
-                    check_pretrain_run(c, cfg.pretrain_run_id, cfg)
-                    start_from = cfg.pretrain_run_id
-                else:
-                    start_from = ensure_pretrain(c, c.get_run(run_id).info.experiment_id, cfg,
-                                                 progress=wants_bars())
-            train_run(c, run_id, cfg, raw=raw, start_from=start_from, progress=wants_bars())
-        print(f"weightspace: run {run_id} ({cfg.run_name}) done; group {cfg.group}. "
-              f"Browse it with: mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}", file=sys.stderr)
-
-    return EntryPoint(TRAIN_ENTRIES[experiment], run, prepare)
-
-
-ENTRY_POINTS = {name: _train_entry(name) for name in TRAIN_ENTRIES}
-
-
 # -- pretraining for clones --------------------------------------------------------------------
 
 def runs_with_key(client: MlflowClient, experiment_ids: list[str], key: str, statuses: tuple[str, ...]) -> list:
@@ -170,6 +93,14 @@ def newest_run(client: MlflowClient, experiment_id: str, key: str, statuses: tup
     runs = [r for r in runs_with_key(client, [experiment_id], key, statuses)
             if parent_id is None or r.data.tags.get(T.TAG_PARENT) == parent_id]
     return sorted(runs, key=lambda r: r.info.start_time)[-1].info.run_id if runs else None
+
+
+def pretraining_for(client: MlflowClient, run_id: str, clone: TrainConfig) -> str:
+    """The FINISHED pretraining run the clone in ``run_id`` continues: the one it names, or found or trained."""
+    if clone.pretrain_run_id:
+        check_pretrain_run(client, clone.pretrain_run_id, clone)
+        return clone.pretrain_run_id
+    return ensure_pretrain(client, client.get_run(run_id).info.experiment_id, clone, progress=wants_bars())
 
 
 def check_pretrain_run(client: MlflowClient, run_id: str, clone: TrainConfig) -> None:

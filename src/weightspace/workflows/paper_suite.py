@@ -14,7 +14,8 @@ what is missing, and resuming it (``--run-id <parent>``) continues its unfinishe
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from typing import Any
 
 import mlflow
 from mlflow.entities import Param, RunTag
@@ -22,12 +23,19 @@ from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
 from .. import tracking as T
-from ..cli import EntryPoint, entry_run
-from ..config import EPOCHS, INIT_SEED, MAX_EPOCHS, PRETRAIN_EPOCHS, SNAPSHOT_EVERY, TrainCommon, TrainConfig, build_config
-from ..params import Decl, as_strings, int_range, one_of
+from ..config import COMMON, MAX_EPOCHS, TrainConfig, build_config
+from ..params import Decl, Entry, as_strings, int_range, one_of, parse, pick
 from ..tracking.runs import wants_bars
 from ..train import resolve_device
-from .analyse import PAPER_FAMILIES, SELECTORS, AnalysisOptions, analyse_families_run, analyse_suite, in_child_run
+from .analysis_runs import (
+    PAPER_FAMILIES,
+    SELECTORS,
+    AnalysisOptions,
+    analyse_families_run,
+    analyse_suite,
+    in_child_run,
+)
+from .entry_run import entry_run
 from .pool import Job, Pool, slots
 from .suite_batch import train_suite_batched
 from .training import UNFINISHED, ensure_pretrain, newest_run, run_child, runs_with_key
@@ -36,39 +44,43 @@ SIBLING_MODES = ("sequential", "batched", "processes")
 
 
 @dataclass(frozen=True, kw_only=True)
-class Paper(TrainCommon):
-    """paper: the whole suite as child runs of one parent, then one analysis per family."""
+class SuiteOptions:
+    """What the suite adds to the training parameters."""
 
     replicas: int = int_range(1, 100, "runs per family (different_init, same_init, clone)")(5)
-    epochs: int = EPOCHS(200)
-    snapshot_every: int = SNAPSHOT_EVERY(10)
     single_snapshot_every: int = Decl(int, "an integer >= 1", "snapshot_every of the suite's single run",
                                       lambda v: 1 <= v, most=MAX_EPOCHS)(1)
-    init_seed: int = INIT_SEED(0)
-    pretrain_epochs: int = PRETRAIN_EPOCHS(10)
-    siblings: str = one_of(*SIBLING_MODES,
-                           extra=" (batched: the whole suite as one batch of models, torch.func, for GPUs; "
-                                 "processes: every run and analysis of the suite a process on one pool of cores, for CPUs)",
-                           help="how the suite's runs train: one after another, all in one vmapped batch (clones join "
-                                "at their fork), or all in parallel processes (each family's analysis as soon as it is "
-                                "trained)")("sequential")
+    siblings: str = one_of(
+        *SIBLING_MODES,
+        extra=" (batched: the whole suite as one batch of models, torch.func, for GPUs; "
+              "processes: every run and analysis of the suite a process on one pool of cores, for CPUs)",
+        help="how the suite's runs train: one after another, all in one vmapped batch (clones join "
+             "at their fork), or all in parallel processes (each family's analysis as soon as it is "
+             "trained)")("sequential")
     analysis: int = int_range(0, 1, "1: analyse each family when the suite is trained",
                               allowed="0 or 1")(1)
 
 
-def suite(params: Paper) -> dict[str, list[TrainConfig]]:
-    """The suite's configurations by family."""
-    common = {f.name: getattr(params, f.name) for f in fields(TrainCommon)}
-    common.update(epochs=params.epochs, snapshot_every=params.snapshot_every)
-    init, R = params.init_seed, params.replicas
+PAPER = Entry("paper", "paper: the whole suite as child runs of one parent, then one analysis per family.",
+              (SuiteOptions, TrainConfig),
+              ("replicas", "epochs", "snapshot_every", "single_snapshot_every", "init_seed", "pretrain_epochs",
+               "siblings", "analysis", *COMMON),
+              defaults={"snapshot_every": 10, "pretrain_epochs": 10})
+
+
+def suite(values: dict[str, Any]) -> dict[str, list[TrainConfig]]:
+    """The suite's configurations by family, from the paper's parameters."""
+    common = {k: values[k] for k in (*COMMON, "epochs", "snapshot_every")}
+    init, R = values["init_seed"], values["replicas"]
     return {
         "single": [build_config("single", {**common, "init_seed": init, "shuffle_seed": init,
-                                           "snapshot_every": params.single_snapshot_every})],
+                                           "snapshot_every": values["single_snapshot_every"]})],
         "different_init": [build_config("different_init", {**common, "init_seed": init + i, "shuffle_seed": -1})
                            for i in range(R)],
-        "same_init": [build_config("same_init", {**common, "init_seed": init, "shuffle_seed": i}) for i in range(R)],
+        "same_init": [build_config("same_init", {**common, "init_seed": init, "shuffle_seed": i})
+                      for i in range(R)],
         "clone": [build_config("clone", {**common, "init_seed": init, "shuffle_seed": i,
-                                         "pretrain_epochs": params.pretrain_epochs}) for i in range(R)],
+                                         "pretrain_epochs": values["pretrain_epochs"]}) for i in range(R)],
     }
 
 
@@ -199,32 +211,28 @@ def _analysis_start(client: MlflowClient, parent_id: str, exp_id: str, run_ids: 
     return start
 
 
-def run_paper(params: Paper) -> None:
-    fams = suite(params)
+def main(argv: list[str]) -> None:
+    """``python -m entrypoints.paper``: the suite trained (or reused) as children of the paper run."""
+    values = parse(PAPER, argv)
+    opts = SuiteOptions(**pick(SuiteOptions, values))
+    fams = suite(values)   # every configuration of the suite is valid before the store is touched
     with entry_run("paper") as (c, run_id, _):
         have = c.get_run(run_id).data.params
         c.log_batch(run_id, tags=[RunTag(T.TAG_EXPERIMENT, "paper"), RunTag("mlflow.runName", "paper")],
-                    params=[Param(k, v) for k, v in as_strings(params).items() if k not in have])
+                    params=[Param(k, v) for k, v in as_strings(values).items() if k not in have])
         dev = fams["single"][0].device
         # On a GPU the analyses probe the whole training set, so no gradient verdict lacks samples.
         whole = 0 if resolve_device(dev).type == "cuda" else -1
-        opts = AnalysisOptions(device=dev, probe_subset=whole) if params.analysis else None
-        if params.siblings == "processes":  # training and analyses through one pool of CPU slots
-            pooled_suite(c, run_id, fams, opts, progress=wants_bars())
+        analysis = AnalysisOptions(device=dev, probe_subset=whole) if opts.analysis else None
+        if opts.siblings == "processes":  # training and analyses through one pool of CPU slots
+            pooled_suite(c, run_id, fams, analysis, progress=wants_bars())
         else:
-            ids = run_suite(c, run_id, fams, params.siblings, progress=wants_bars())
-            if opts is not None:
+            ids = run_suite(c, run_id, fams, opts.siblings, progress=wants_bars())
+            if analysis is not None:
                 # one analysis run per family, then one more (analysis-families) across the experiments
-                analyse_suite(c, run_id, {f: [c.get_run(i) for i in ids[f]] for f in fams}, opts, wants_bars())
+                analyse_suite(c, run_id, {f: [c.get_run(i) for i in ids[f]] for f in fams}, analysis,
+                              wants_bars())
     print(f"weightspace: paper suite {run_id} done. Open the UI with:\n"
           f"  mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}\n"
           f"then the experiment's runs; figures and report.md are artifacts of the analysis-* runs.",
           file=sys.stderr)
-
-
-def _prepare(params: Paper) -> Paper:
-    suite(params)  # every configuration of the suite is valid before the store is touched
-    return params
-
-
-ENTRY_POINTS = {"paper": EntryPoint(Paper, run_paper, _prepare)}

@@ -21,15 +21,15 @@ from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
 from .. import tracking as T
-from ..cli import EntryPoint, entry_run, mark_failed
 from ..config import DEVICE, ParamError, config_from_params
-from ..params import Decl, as_strings, int_range
+from ..params import Decl, Entry, as_strings, int_range, names, parse
 from ..tracking.runs import TrajectoryError, find_runs, find_siblings, trajectory, wants_bars
+from .entry_run import entry_run, mark_failed
 from .probe_hook import PROBE_SPEC
 
-FAMILIES = ("single", "different_init", "same_init", "clone")
+TRAINING_EXPERIMENTS = ("single", "different_init", "same_init", "clone")   # the runs a family is made of
 RECORDED = "recorded"           # runs of weightspace.record: any model, analysed as one family
-PAPER_FAMILIES = FAMILIES[1:]   # the experiments the paper's cross-experiment claim compares
+PAPER_FAMILIES = TRAINING_EXPERIMENTS[1:]   # the experiments the paper's cross-experiment claim compares
 PROBE_ERROR_TAG = "weightspace.probe_error."   # + the probe's name: why it failed (the analysis goes on)
 
 
@@ -75,6 +75,8 @@ class AnalysisOptions:
 
 
 SELECTORS = ("group", "run_ids", "parent_run_id")
+ANALYSIS = Entry("analysis", (AnalysisOptions.__doc__ or "").strip().splitlines()[0], (AnalysisOptions,),
+                 names(AnalysisOptions))
 
 
 def check_options(opts: AnalysisOptions) -> AnalysisOptions:
@@ -111,7 +113,7 @@ def select_families(client: MlflowClient, sel: dict[str, str], experiment_id: st
         if not runs:
             raise ParamError("parameter 'run_ids': none of the runs is FINISHED")
         family = family_of(runs)  # the run is named analysis-<family> when the runs are one family
-        return {family if family in FAMILIES else "runs": runs}
+        return {family if family in TRAINING_EXPERIMENTS else "runs": runs}
     parent = sel["parent_run_id"]
     try:
         client.get_run(parent)
@@ -124,7 +126,7 @@ def select_families(client: MlflowClient, sel: dict[str, str], experiment_id: st
     fams: dict[str, list] = defaultdict(list)
     for r in children:
         exp = r.data.tags.get(T.TAG_EXPERIMENT)
-        if exp in FAMILIES:
+        if exp in TRAINING_EXPERIMENTS:
             fams[r.data.tags[T.TAG_GROUP]].append(r)
     if not fams:
         raise ParamError(f"parameter 'parent_run_id': run {parent} has no FINISHED training children")
@@ -143,7 +145,7 @@ def family_of(runs: list) -> str:
     """The runs' experiment (weightspace.experiment: a training entry point's or "recorded"), or "mixed"."""
     exps = {r.data.tags.get(T.TAG_EXPERIMENT, "") for r in runs}
     family = exps.pop() if len(exps) == 1 else "mixed"
-    return family if family in (*FAMILIES, RECORDED) else "mixed"
+    return family if family in (*TRAINING_EXPERIMENTS, RECORDED) else "mixed"
 
 
 # -- one analysis run -------------------------------------------------------------------------------
@@ -331,10 +333,13 @@ def analyse_families_run(client: MlflowClient, run_id: str, fams: dict[str, list
     return metrics
 
 
+def main(argv: list[str]) -> None:
+    """``python -m entrypoints.analysis``: the selected runs analysed into the entry point's run."""
+    run_analysis(check_options(AnalysisOptions(**parse(ANALYSIS, argv))))
+
+
 def run_analysis(opts: AnalysisOptions) -> None:
     with entry_run("analysis") as (c, run_id, _):
         analyse_selection(c, run_id, opts.selection, opts, progress=wants_bars())
     print(f"weightspace: analysis run {run_id} done; figures and report.md are its artifacts", file=sys.stderr)
 
-
-ENTRY_POINTS = {"analysis": EntryPoint(AnalysisOptions, run_analysis, check_options)}

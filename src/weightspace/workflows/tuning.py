@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -36,9 +36,9 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from .. import tracking as T
-from ..cli import EntryPoint, entry_run
-from ..config import EPOCHS, INIT_SEED, SHUFFLE_SEED, DataModel, ParamError, TrainConfig, _digest, build_config, read_params
-from ..params import Decl, int_range, one_of
+from ..config import DATA_MODEL, ParamError, TrainConfig, _digest, build_config, read_params
+from ..params import Decl, Entry, int_range, one_of, parse
+from .entry_run import entry_run
 from .tune_study import RUN_ATTR, default_storage, redact, run_study
 from .tune_trial import TAG_STUDY, Objective
 
@@ -51,15 +51,14 @@ TAG_STORAGE = "weightspace.optuna_storage"
 
 
 @dataclass(frozen=True, kw_only=True)
-class Tune(DataModel):
-    """tune: one worker of an Optuna search over lr, momentum, batch_size, weight_decay and dropout."""
+class TuneOptions:
+    """What a tune worker adds to the training parameters it keeps fixed."""
 
     n_trials: int = int_range(1, 10_000, "COMPLETE+PRUNED trials the study holds when workers stop")(20)
     objective: str = one_of(*OBJECTIVES, help="epochs_to_loss: epochs until train_loss <= target_loss; "
                                               "test_loss: final test loss")("epochs_to_loss")
     target_loss: float = Decl(float, "a float > 0 and < 100", "the train loss epochs_to_loss waits for",
                               lambda v: 0 < v < 100)(1e-3)
-    epochs: int = EPOCHS(30)
     storage: str = Decl(str, "empty (sqlite next to the tracking store) or a database URL such as "
                              "sqlite:///optuna.db or postgresql://host/db", "the Optuna study's database",
                         lambda v: v == "" or re.match(r"^[a-z][a-z0-9+]*://", v) is not None)("")
@@ -67,17 +66,20 @@ class Tune(DataModel):
                            "the study; the same name resumes it",
                            lambda v: re.fullmatch(r"[A-Za-z0-9_.-]{0,100}", v) is not None)("")
     sampler_seed: int = int_range(0, 2**31 - 1, "seed of the TPE sampler", "an integer from 0 to 2**31-1")(0)
-    init_seed: int = INIT_SEED(0)
-    shuffle_seed: int = SHUFFLE_SEED(0)
 
 
+TUNE = Entry("tune", "tune: one worker of an Optuna search over lr, momentum, batch_size, weight_decay and dropout.",
+             (TuneOptions, TrainConfig),
+             ("n_trials", "objective", "target_loss", "epochs", "storage", "study_name", "sampler_seed",
+              "init_seed", "shuffle_seed", *DATA_MODEL),
+             defaults={"epochs": 30})
 OPTIONS = ("n_trials", "objective", "target_loss", "epochs", "storage", "study_name", "sampler_seed")
 
 
-def parse_tune(params: Tune) -> tuple[dict, TrainConfig]:
-    """(tune options, the fixed TrainConfig every trial starts from)."""
-    opts = {k: getattr(params, k) for k in OPTIONS}
-    base = build_config("single", {f.name: getattr(params, f.name) for f in fields(params) if f.name in FIXED})
+def parse_tune(values: dict) -> tuple[dict, TrainConfig]:
+    """(tune options, the fixed TrainConfig every trial starts from), from the tune parameters."""
+    opts = {k: values[k] for k in OPTIONS}
+    base = build_config("single", {k: values[k] for k in FIXED})
     base = base.replace(snapshot_every=base.epochs)
     if not opts["study_name"]:
         opts["study_name"] = default_study_name(base, opts)
@@ -159,8 +161,9 @@ def figures(study: optuna.Study, out: Path, seed: int) -> list[Path]:
 
 # -- entry point ----------------------------------------------------------------------------------
 
-def run_tune(prepared: tuple[dict, TrainConfig]) -> None:
-    opts, base = prepared
+def main(argv: list[str]) -> None:
+    """``python -m entrypoints.tune``: one worker on the study, then the best trial logged to its run."""
+    opts, base = parse_tune(parse(TUNE, argv))
     with entry_run("tune") as (c, run_id, _):
         existing = c.get_run(run_id).data.params
         if any(k.startswith("best_") for k in existing):
@@ -176,9 +179,6 @@ def run_tune(prepared: tuple[dict, TrainConfig]) -> None:
               file=sys.stderr)
         study = run_study(c, run_id, base, opts, Objective)
         log_best(c, run_id, study, base, opts)
-
-
-ENTRY_POINTS = {"tune": EntryPoint(Tune, run_tune, parse_tune)}
 
 
 # -- reuse by the training entry points -------------------------------------------------------------
