@@ -2,7 +2,8 @@
 # Install what scripts/server.sh and the tests need from Debian: the PostgreSQL server (package
 # 'postgresql'), curl and iproute2 (ss) which it uses to check the server, and chromium for the
 # test that renders the MLflow UI headless. Skips what is already installed.
-# Needs root (or sudo). Python packages (mlflow, psycopg2-binary) come from the project itself.
+# Needs root (or sudo). Python packages come from the project itself: mlflow, and psycopg2-binary
+# from its `server` extra, which scripts/test.sh installs.
 set -euo pipefail
 
 packages=(postgresql curl iproute2 chromium)

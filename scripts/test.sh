@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
+# The tracking server's PostgreSQL client is the project's `server` extra.
+.venv/bin/python -c "import psycopg2" 2>/dev/null || \
+  PYTHONWARNINGS="ignore:Editable installation" .venv/bin/pip install -q -e ".[test,server]"
 bash scripts/install_server_deps.sh
 bash scripts/server.sh start
 trap 'bash scripts/server.sh stop' EXIT
