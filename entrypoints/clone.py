@@ -1,4 +1,8 @@
-"""Entry point `clone`: one copy of a model pretrained for pretrain_epochs, continued on its own data order (parameters: MLproject, docs/parameters.md)."""
+"""Entry point `clone`: one copy of a model pretrained for pretrain_epochs, continued on its own
+data order.
+
+Its parameters: MLproject and docs/parameters.md.
+"""
 
 import sys
 

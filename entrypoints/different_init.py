@@ -1,4 +1,7 @@
-"""Entry point `different_init`: one of the replicas from different initial weights (parameters: MLproject, docs/parameters.md)."""
+"""Entry point `different_init`: one of the replicas from different initial weights.
+
+Its parameters: MLproject and docs/parameters.md.
+"""
 
 import sys
 

@@ -1,4 +1,7 @@
-"""Entry point `same_init`: one of the replicas from one init, each with its own data order (parameters: MLproject, docs/parameters.md)."""
+"""Entry point `same_init`: one of the replicas from one init, each with its own data order.
+
+Its parameters: MLproject and docs/parameters.md.
+"""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""Entry point `single`: one model, a snapshot every epoch (parameters: MLproject, docs/parameters.md)."""
+"""Entry point `single`: one model, a snapshot every epoch (see MLproject and docs/parameters.md)."""
 
 import sys
 

@@ -18,7 +18,7 @@ from weightspace.workflows.paper_suite import PAPER
 from weightspace.workflows.tuning import TUNE
 
 ENTRIES = {**TRAINING_ENTRIES, "paper": PAPER, "analysis": ANALYSIS, "tune": TUNE}
-SINGLE, SAME_INIT, CLONE = TRAINING_ENTRIES["single"], TRAINING_ENTRIES["same_init"], TRAINING_ENTRIES["clone"]
+SINGLE, SAME_INIT, CLONE = (TRAINING_ENTRIES[n] for n in ("single", "same_init", "clone"))
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,8 +52,8 @@ def test_parse_fills_defaults_and_requires_what_has_none():
     assert list(got) == list(SAME_INIT.order)
     with pytest.raises(ParamError, match=r"^parameter 'shuffle_seed': required by entry point same_init"):
         P.parse_values(SAME_INIT, {"lr": "0.05"})
-    with pytest.raises(ParamError,
-                       match=r"^unknown parameter 'learning_rate' for entry point single; allowed: init_seed"):
+    with pytest.raises(ParamError, match=r"^unknown parameter 'learning_rate' for entry point single; "
+                                         r"allowed: init_seed"):
         P.parse_values(SINGLE, {"learning_rate": "0.1"})
 
 
@@ -81,7 +81,8 @@ def test_typed_values_are_checked_not_reparsed():
 def test_each_entry_point_differs_only_by_its_table():
     defaults = {n: {k: d for k, (_, d) in e.params().items()} for n, e in ENTRIES.items()}
     assert [defaults[n]["snapshot_every"] for n in TRAINING_ENTRIES] == [1, 10, 10, 10]
-    assert defaults["different_init"]["shuffle_seed"] == -1 and defaults["different_init"]["init_seed"] is REQUIRED
+    assert defaults["different_init"]["shuffle_seed"] == -1
+    assert defaults["different_init"]["init_seed"] is REQUIRED
     assert (defaults["tune"]["epochs"], defaults["paper"]["pretrain_epochs"]) == (30, 10)
     # one declaration, with one default, behind every entry point's epochs
     decls = {id(e.params()["epochs"][0]) for n, e in ENTRIES.items() if n != "analysis"}
@@ -131,7 +132,8 @@ def test_mlproject_and_parameter_tables_are_what_the_generator_writes():
 
 
 def test_as_strings_round_trips_through_parse():
-    for entry, given in [(SINGLE, {}), (CLONE, {"shuffle_seed": "2", "weight_decay": "3e-4", "data_dir": "/x y"})]:
+    clone = {"shuffle_seed": "2", "weight_decay": "3e-4", "data_dir": "/x y"}
+    for entry, given in [(SINGLE, {}), (CLONE, clone)]:
         values = P.parse_values(entry, given)
         assert P.parse_values(entry, P.as_strings(values)) == values
 

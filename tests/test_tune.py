@@ -100,7 +100,8 @@ def test_two_workers_share_one_study(tune_store):
     # best_params_from_run: the best trial's params as raw strings, and clear errors otherwise.
     got = best_params_from_run(client, parents[0].info.run_id)
     assert set(got) == set(SEARCHED)
-    assert float(got["lr"]) == study.best_params["lr"] and int(got["batch_size"]) == study.best_params["batch_size"]
+    assert float(got["lr"]) == study.best_params["lr"]
+    assert int(got["batch_size"]) == study.best_params["batch_size"]
     with pytest.raises(ParamError, match="TUNE_RUN_ID.*not a tune run"):
         best_params_from_run(client, trials[0].info.run_id)
     with pytest.raises(ParamError, match="TUNE_RUN_ID.*no run"):
@@ -153,7 +154,8 @@ def test_bad_input_one_line(tune_store):
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("weightspace: error:")]
     # the allowed-values wording may change; the parameter's name and the value shown may not
     assert len(lines) == 1, res.stderr[-3000:]
-    assert lines[0].startswith("weightspace: error: parameter 'n_trials': expected ") and lines[0].endswith("got '0'")
+    assert lines[0].startswith("weightspace: error: parameter 'n_trials': expected ")
+    assert lines[0].endswith("got '0'")
     assert "Traceback" not in res.stderr
     failed = store.runs("tags.`weightspace.error` LIKE '%n_trials%'")
     assert failed and failed[0].info.status == "FAILED"
@@ -162,7 +164,8 @@ def test_bad_input_one_line(tune_store):
     res = store.python("entrypoints.tune", ["--objective", "foo"], timeout=120)
     assert res.returncode == 2
     [line] = res.stderr.strip().splitlines()
-    assert line.startswith("weightspace: error: parameter 'objective': expected ") and line.endswith("got 'foo'")
+    assert line.startswith("weightspace: error: parameter 'objective': expected ")
+    assert line.endswith("got 'foo'")
     assert "epochs_to_loss" in line and "test_loss" in line  # the allowed values are named
 
 

@@ -34,7 +34,8 @@ def main(argv: list[str]) -> int:
         from .tracking import export
         return export.main(a)
 
-    commands = {"run": run, "init-store": store("init"), "launch": store("launch"), "flags": flags, "export": export}
+    commands = {"run": run, "init-store": store("init"), "launch": store("launch"), "flags": flags,
+                "export": export}
     if not argv or argv[0] not in commands:
         return _usage()
     return commands[argv[0]](argv[1:]) or 0
@@ -54,7 +55,8 @@ def entry_main(entry: str):
 
 
 def _usage() -> int:
-    print(__doc__.strip().splitlines()[0] + "\n\n" + "\n".join(__doc__.strip().splitlines()[2:]), file=sys.stderr)
+    lines = __doc__.strip().splitlines()
+    print(lines[0] + "\n\n" + "\n".join(lines[2:]), file=sys.stderr)
     return 2
 
 

@@ -51,7 +51,8 @@ def _device_ok(v: str) -> bool:
 
 
 # -- the training parameters, each declared once ------------------------------------------------
-DATASET = one_of(*DATASETS, help="mnist (shipped), fashion_mnist (IDX files in data_dir) or digits (8x8, for tests)")
+DATASET = one_of(*DATASETS,
+                 help="mnist (shipped), fashion_mnist (IDX files in data_dir) or digits (8x8, for tests)")
 DATA_DIR = Decl(str, "a directory path, or empty for the shipped MNIST",
                 "where the dataset's IDX files are; empty: the copy shipped in the package")
 TRAIN_SUBSET = Decl(int, "an integer >= 0 (0 = the whole training set)",
@@ -59,26 +60,29 @@ TRAIN_SUBSET = Decl(int, "an integer >= 0 (0 = the whole training set)",
 BATCH_SIZE = int_range(1, 65536, "SGD minibatch size")
 LR = Decl(float, "a float > 0 and <= 10", "SGD learning rate", lambda v: 0 < v <= 10)
 MOMENTUM = Decl(float, "a float in [0, 1)", "SGD momentum", lambda v: 0 <= v < 1)
-WEIGHT_DECAY = Decl(float, "a float in [0, 1)", "L2 penalty: wd*theta added to the gradient", lambda v: 0 <= v < 1)
+WEIGHT_DECAY = Decl(float, "a float in [0, 1)", "L2 penalty: wd*theta added to the gradient",
+                    lambda v: 0 <= v < 1)
 DROPOUT = Decl(float, "a float in [0, 1)", "dropout probability (flattened features and hidden layer)",
                lambda v: 0 <= v < 1)
 WIDTH = Decl(float, "a float in (0, 16]", "channel and hidden-unit multiplier; 1.0 is the paper-sized CNN",
              lambda v: 0 < v <= 16)
-PRECISION = one_of(*PRECISIONS, help="fp32 (true fp32 on every device), bf16 autocast for the training step "
-                                     "(weights stay fp32), or tf32 (CUDA only: TF32 convolutions and matmuls)")
+PRECISION = one_of(*PRECISIONS,
+                   help="fp32 (true fp32 on every device), bf16 autocast for the training step "
+                        "(weights stay fp32), or tf32 (CUDA only: TF32 convolutions and matmuls)")
 DEVICE = Decl(str, f"one of {', '.join(DEVICES)} (or cuda:N)", "where to train; auto: cuda when available",
               _device_ok)
 INIT_SEED = Decl(int, SEED_RANGE, "seed of the initial weights", lambda v: 0 <= v, most=2**31 - 1)
-SHUFFLE_SEED = Decl(int, f"{SEED_RANGE} (or -1: follow init_seed)", "seed of the data order and dropout masks",
-                    lambda v: -1 <= v, most=2**31 - 1)
+SHUFFLE_SEED = Decl(int, f"{SEED_RANGE} (or -1: follow init_seed)",
+                    "seed of the data order and dropout masks", lambda v: -1 <= v, most=2**31 - 1)
 EPOCHS = int_range(1, MAX_EPOCHS, "epochs to train (a clone counts them from the start of pretraining)")
-SNAPSHOT_EVERY = Decl(int, "an integer >= 1", "log the parameter vector every this many epochs (and the last)",
+SNAPSHOT_EVERY = Decl(int, "an integer >= 1",
+                      "log the parameter vector every this many epochs (and the last)",
                       lambda v: 1 <= v, most=MAX_EPOCHS)
 PRETRAIN_EPOCHS = Decl(int, "an integer >= 1 and < epochs", "epochs of the shared pretraining before cloning",
                        lambda v: 1 <= v, most=MAX_EPOCHS)
 CHECKPOINT_EVERY = Decl(int, "an integer >= 0 (0: every epoch on a CPU, every 10th on CUDA)",
-                        "store the resume checkpoint every this many epochs (and the last); a resumed run retrains "
-                        "the epochs since", lambda v: 0 <= v, most=MAX_EPOCHS)
+                        "store the resume checkpoint every this many epochs (and the last); "
+                        "a resumed run retrains the epochs since", lambda v: 0 <= v, most=MAX_EPOCHS)
 # checkpoint_every=0 on CUDA. A checkpoint is most of what a run uploads each epoch: next to a GPU
 # epoch, every epoch would be a visible share of the uploader's time, every 10th is not, and a resume
 # then retrains only a few seconds' worth; next to a CPU epoch, every epoch costs nothing. The
@@ -219,14 +223,16 @@ SCHEDULE = ("epochs", "snapshot_every")
 TRAINING_ENTRIES: dict[str, Entry] = {e.name: e for e in (
     Entry("single", "single: one model, a snapshot every epoch.", (TrainConfig,),
           ("init_seed", "shuffle_seed", *SCHEDULE, *COMMON)),
-    Entry("different_init", "different_init: one of the replicas from different initial weights.", (TrainConfig,),
-          ("init_seed", "shuffle_seed", *SCHEDULE, *COMMON),
+    Entry("different_init", "different_init: one of the replicas from different initial weights.",
+          (TrainConfig,), ("init_seed", "shuffle_seed", *SCHEDULE, *COMMON),
           required=("init_seed",), defaults={"shuffle_seed": -1, "snapshot_every": 10}),
-    Entry("same_init", "same_init: one of the replicas from one init, each with its own data order.", (TrainConfig,),
-          ("shuffle_seed", "init_seed", *SCHEDULE, *COMMON),
+    Entry("same_init", "same_init: one of the replicas from one init, each with its own data order.",
+          (TrainConfig,), ("shuffle_seed", "init_seed", *SCHEDULE, *COMMON),
           required=("shuffle_seed",), defaults={"snapshot_every": 10}),
-    Entry("clone", "clone: one copy of a model pretrained for pretrain_epochs, continued on its own data order.",
-          (TrainConfig,), ("shuffle_seed", "init_seed", "pretrain_epochs", "pretrain_run_id", *SCHEDULE, *COMMON),
+    Entry("clone",
+          "clone: one copy of a model pretrained for pretrain_epochs, continued on its own data order.",
+          (TrainConfig,),
+          ("shuffle_seed", "init_seed", "pretrain_epochs", "pretrain_run_id", *SCHEDULE, *COMMON),
           required=("shuffle_seed",), defaults={"pretrain_epochs": 10, "snapshot_every": 10}),
 )}
 

@@ -145,8 +145,10 @@ class Entry:
     def params(self) -> dict[str, tuple[Decl, Any]]:
         """name -> (declaration, this entry point's default or REQUIRED), in MLproject order."""
         found = {f.name: f for cls in reversed(self.sources) for f in declared(cls)}
-        return {n: (decl_of(found[n]), REQUIRED if n in self.required else self.defaults.get(n, found[n].default))
-                for n in self.order}
+        def default(n: str) -> Any:
+            return REQUIRED if n in self.required else self.defaults.get(n, found[n].default)
+
+        return {n: (decl_of(found[n]), default(n)) for n in self.order}
 
 
 def parse(entry: Entry, argv: list[str]) -> dict[str, Any]:
@@ -179,7 +181,8 @@ def parse_argv(argv: list[str], entry: Entry) -> dict[str, str]:
     it = iter(argv)
     for tok in it:
         if not tok.startswith("--"):
-            raise ParamError(f"entry point {entry.name}: unexpected argument {tok!r}; parameters are --name value")
+            raise ParamError(f"entry point {entry.name}: unexpected argument {tok!r}; "
+                             "parameters are --name value")
         name, eq, value = tok[2:].partition("=")
         if not eq:
             value = next(it, None)

@@ -78,7 +78,8 @@ class Trainer:
         """Start fresh data-order and dropout streams (a clone does this after pretraining)."""
         # The permutation is drawn on the CPU so the data order is the same on every device.
         self.order_gen = torch.Generator().manual_seed(shuffle_seed)
-        self.model.dropout_gen = torch.Generator(device=self.device).manual_seed(shuffle_seed + DROPOUT_STREAM)
+        self.model.dropout_gen = torch.Generator(device=self.device).manual_seed(
+            shuffle_seed + DROPOUT_STREAM)
         self.graph = None  # a recorded step draws from the generator it was recorded with
 
     # -- training ------------------------------------------------------------------------
@@ -111,8 +112,8 @@ class Trainer:
     def _step_graph(self) -> capture.StepGraph:
         if self.graph is None:
             index = torch.empty(self.cfg.batch_size, dtype=torch.int64, device=self.device)
-            self.graph = capture.StepGraph(lambda: self._step(index), index, [self.model.dropout_gen], self.device,
-                                           recorder=self.recorder)
+            self.graph = capture.StepGraph(lambda: self._step(index), index, [self.model.dropout_gen],
+                                           self.device, recorder=self.recorder)
         return self.graph
 
     @torch.no_grad()
@@ -213,8 +214,9 @@ class EpochSink(Protocol):
     def end_epoch(self, seconds: float) -> dict[str, float] | None: ...
 
 
-def fit(step: Callable[[], object], sinks: Sequence[EpochSink], first: int, epochs: int, device: torch.device, *,
-        desc: str, progress: bool = True, after: Callable[[int, dict[str, float]], bool] | None = None) -> None:
+def fit(step: Callable[[], object], sinks: Sequence[EpochSink], first: int, epochs: int,
+        device: torch.device, *, desc: str, progress: bool = True,
+        after: Callable[[int, dict[str, float]], bool] | None = None) -> None:
     """The one training loop: epochs first+1 .. epochs of ``step``, each handed to every sink.
 
     ``step`` trains one epoch: ``Trainer.train_epoch`` for one model, or

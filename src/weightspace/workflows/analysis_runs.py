@@ -49,7 +49,8 @@ class AnalysisOptions:
     probes: int = int_range(0, 1, "1: interpolation, stationarity, loss surface, function space", "0 or 1")(1)
     # Named by the analyst, never taken from a run: the store is data, not code (docs/trust-model.md).
     probe: str = Decl(str, "empty or package.module:function",
-                      "the function that gives the probes a recorded run's model, loss and data (docs/record.md)",
+                      "the function that gives the probes a recorded run's model, loss and data "
+                      "(docs/record.md)",
                       lambda v: not v or PROBE_SPEC.fullmatch(v) is not None)("")
     data_dir: str = Decl(str, "a directory path, or empty (a run's own data_dir, if it is a directory here)",
                          "where the probes read the dataset's IDX files")("")
@@ -60,7 +61,8 @@ class AnalysisOptions:
                              "samples the probes evaluate on; auto: 10000 on a GPU, 1000 on a CPU",
                              lambda v: -1 <= v, most=10**7)(-1)
     hessian_epochs: str = Decl(str, "comma-separated epochs such as 0,10,50, or empty (off)",
-                               "epochs at which the top Hessian eigenvalue is measured", _epoch_list)("0,10,50,100,200")
+                               "epochs at which the top Hessian eigenvalue is measured",
+                               _epoch_list)("0,10,50,100,200")
     hessian_iters: int = int_range(1, 1000, "power-iteration steps per eigenvalue")(20)
     hessian_runs: int = Decl(int, "an integer >= 0 (0 = every run)", "runs whose Hessian is probed",
                              lambda v: 0 <= v, most=1000)(1)
@@ -137,8 +139,9 @@ def check_architecture(trajs) -> None:
     ref = trajs[0]
     for t in trajs[1:]:
         if t.P != ref.P or (t.layout and ref.layout and t.layout.get("params") != ref.layout.get("params")):
-            raise TrajectoryError(f"run {t.run_id} ({t.name}) has a different architecture ({t.P} parameters) "
-                                  f"from run {ref.run_id} ({ref.P}); analyse runs of one architecture together")
+            raise TrajectoryError(f"run {t.run_id} ({t.name}) has a different architecture "
+                                  f"({t.P} parameters) from run {ref.run_id} ({ref.P}); "
+                                  "analyse runs of one architecture together")
 
 
 def family_of(runs: list) -> str:
@@ -260,8 +263,9 @@ def run_probes(trajs, out: Path, opts: AnalysisOptions, progress: bool):
             return None
         return SGD(c.lr, c.momentum, c.batch_size, c.train_subset or len(data.y_train))
 
-    return said(probes(trajs, out, width=cfg.width, dropout=cfg.dropout, weight_decay=cfg.weight_decay, data=data,
-                       options=po, sgd=[sgd(tr) for tr in trajs], device=str(device), progress=progress), source)
+    res = probes(trajs, out, width=cfg.width, dropout=cfg.dropout, weight_decay=cfg.weight_decay, data=data,
+                 options=po, sgd=[sgd(tr) for tr in trajs], device=str(device), progress=progress)
+    return said(res, source)
 
 
 def analyse_selection(client: MlflowClient, run_id: str, sel: dict[str, str], opts: AnalysisOptions,
@@ -274,7 +278,8 @@ def analyse_selection(client: MlflowClient, run_id: str, sel: dict[str, str], op
         return
     # Several families (a paper run): one nested analysis run each, under this one, which holds
     # the cross-experiment comparison.
-    client.log_batch(run_id, tags=[RunTag(T.TAG_EXPERIMENT, "analysis"), RunTag("weightspace.family", "families"),
+    client.log_batch(run_id, tags=[RunTag(T.TAG_EXPERIMENT, "analysis"),
+                                   RunTag("weightspace.family", "families"),
                                    RunTag(T.TAG_SOURCES, sel["parent_run_id"])])
     analyse_suite(client, run_id, fams, opts, progress, families_run=run_id)
 
@@ -297,19 +302,21 @@ def analyse_suite(client: MlflowClient, parent_id: str, fams: dict[str, list], o
     """One nested analysis run per family ({label: runs}) under ``parent_id``, then the cross-experiment
     comparison on ``families_run`` (None: a new nested run, ``analysis-families``)."""
     for label, runs in fams.items():
-        in_child_run(client, parent_id, lambda child, r=runs, lb=label: analyse_runs(client, child, r, opts, lb,
-                                                                                      progress))
+        in_child_run(client, parent_id,
+                     lambda child, r=runs, lb=label: analyse_runs(client, child, r, opts, lb, progress))
     paper = {f: runs for f in PAPER_FAMILIES for runs in fams.values() if family_of(runs) == f}
     if len(paper) < 2:
         return
     if families_run is None:
-        in_child_run(client, parent_id, lambda child: analyse_families_run(client, child, paper, opts, progress))
+        in_child_run(client, parent_id,
+                     lambda child: analyse_families_run(client, child, paper, opts, progress))
     else:
         analyse_families_run(client, families_run, paper, opts, progress, run_name=None)
 
 
 def analyse_families_run(client: MlflowClient, run_id: str, fams: dict[str, list], opts: AnalysisOptions,
-                         progress: bool = True, run_name: str | None = "analysis-families") -> dict[str, float]:
+                         progress: bool = True,
+                         run_name: str | None = "analysis-families") -> dict[str, float]:
     """The paper's cross-experiment claim ({family: runs}), logged into the analysis run ``run_id``
     (a run of its own, named ``run_name``, that records the runs it read; None: a selection's run, whose
     tags stay): families_* metrics, figures/families_distances.png, report.md."""
@@ -341,5 +348,6 @@ def main(argv: list[str]) -> None:
 def run_analysis(opts: AnalysisOptions) -> None:
     with entry_run("analysis") as (c, run_id, _):
         analyse_selection(c, run_id, opts.selection, opts, progress=wants_bars())
-    print(f"weightspace: analysis run {run_id} done; figures and report.md are its artifacts", file=sys.stderr)
+    print(f"weightspace: analysis run {run_id} done; figures and report.md are its artifacts",
+          file=sys.stderr)
 

@@ -54,7 +54,8 @@ def entry_run(entry: str) -> Iterator[tuple[MlflowClient, str, bool]]:
     uri = mlflow.get_tracking_uri()
     relative = _relative_sqlite(uri)
     if run_id and relative and not relative.exists():
-        raise FileNotFoundError(_elsewhere(run_id, uri, relative))  # before sqlite creates an empty store here
+        # before sqlite creates an empty store here
+        raise FileNotFoundError(_elsewhere(run_id, uri, relative))
     c = client()
     check_tracking(c)
     owned = not run_id

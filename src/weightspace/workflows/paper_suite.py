@@ -63,8 +63,8 @@ class SuiteOptions:
 
 PAPER = Entry("paper", "paper: the whole suite as child runs of one parent, then one analysis per family.",
               (SuiteOptions, TrainConfig),
-              ("replicas", "epochs", "snapshot_every", "single_snapshot_every", "init_seed", "pretrain_epochs",
-               "siblings", "analysis", *COMMON),
+              ("replicas", "epochs", "snapshot_every", "single_snapshot_every", "init_seed",
+               "pretrain_epochs", "siblings", "analysis", *COMMON),
               defaults={"snapshot_every": 10, "pretrain_epochs": 10})
 
 
@@ -75,7 +75,8 @@ def suite(values: dict[str, Any]) -> dict[str, list[TrainConfig]]:
     return {
         "single": [build_config("single", {**common, "init_seed": init, "shuffle_seed": init,
                                            "snapshot_every": values["single_snapshot_every"]})],
-        "different_init": [build_config("different_init", {**common, "init_seed": init + i, "shuffle_seed": -1})
+        "different_init": [build_config("different_init",
+                                        {**common, "init_seed": init + i, "shuffle_seed": -1})
                            for i in range(R)],
         "same_init": [build_config("same_init", {**common, "init_seed": init, "shuffle_seed": i})
                       for i in range(R)],
@@ -176,9 +177,11 @@ def pooled_suite(client: MlflowClient, parent_id: str, fams: dict[str, list[Trai
                 continue
             if "pretrain" not in {j.name for j in jobs}:
                 def pretrain(cfg=cfg):
-                    pretrain_id["id"] = ensure_pretrain(client, exp_id, cfg, parent_id=parent_id, progress=False)
+                    pretrain_id["id"] = ensure_pretrain(client, exp_id, cfg, parent_id=parent_id,
+                                                        progress=False)
                 jobs.insert(0, Job("pretrain", call=pretrain))   # first: the clones wait for it
-            jobs.append(Job(names[-1], rid, cli=[], after=("pretrain",),   # its argv once the pretraining exists
+            # its argv once the pretraining exists
+            jobs.append(Job(names[-1], rid, cli=[], after=("pretrain",),
                             before_start=lambda j, cfg=cfg: j.cli.extend(child_argv(cfg, pretrain_id["id"]))))
         trained[family] = names
         if opts is not None:
@@ -188,7 +191,8 @@ def pooled_suite(client: MlflowClient, parent_id: str, fams: dict[str, list[Trai
     if opts is not None and len(paper_fams) >= 2:
         def families():
             runs = {f: [client.get_run(i) for i in ids[f]] for f in paper_fams}
-            in_child_run(client, parent_id, lambda child: analyse_families_run(client, child, runs, opts, False))
+            in_child_run(client, parent_id,
+                         lambda child: analyse_families_run(client, child, runs, opts, False))
         jobs.append(Job("analysis-families", call=families,
                         after=tuple(n for f in paper_fams for n in trained[f])))
     note_reused(client, parent_id, reused)
@@ -202,7 +206,8 @@ def pooled_suite(client: MlflowClient, parent_id: str, fams: dict[str, list[Trai
     return ids
 
 
-def _analysis_start(client: MlflowClient, parent_id: str, exp_id: str, run_ids: list[str], opts: AnalysisOptions):
+def _analysis_start(client: MlflowClient, parent_id: str, exp_id: str, run_ids: list[str],
+                    opts: AnalysisOptions):
     """Create the family's analysis run when its runs are trained, and point the job at it."""
     def start(job: Job) -> None:
         job.run_id = client.create_run(exp_id, tags={T.TAG_PARENT: parent_id}).info.run_id

@@ -297,7 +297,8 @@ def _wait_or_kill(proc, timeout: float) -> None:
 # database connection), its environment and threads set before the command starts.
 
 PRELOAD = ["weightspace.cli", "weightspace.workflows.training", "weightspace.workflows.analysis_runs",
-           "weightspace.analysis.pipeline", "weightspace.analysis.probes", "mlflow.store.tracking.sqlalchemy_store"]
+           "weightspace.analysis.pipeline", "weightspace.analysis.probes",
+           "mlflow.store.tracking.sqlalchemy_store"]
 _CTX = None
 CAN_FORK = "forkserver" in multiprocessing.get_all_start_methods()   # not on Windows
 

@@ -82,7 +82,8 @@ def probe_data(dataset: str, run_dir: str, given: str) -> tuple[str | None, str]
     if given:
         return given, f"{dataset} from {given} (-P data_dir)"
     if not run_dir:
-        return "", f"{dataset} ({'the copy shipped with weightspace' if dataset == 'mnist' else 'downloaded'})"
+        where = "the copy shipped with weightspace" if dataset == "mnist" else "downloaded"
+        return "", f"{dataset} ({where})"
     if os.path.isdir(run_dir):
         return run_dir, f"{dataset} from {run_dir} (the run's data_dir)"
     return None, (f"the run's data_dir {show(run_dir)} is not a directory here; "
@@ -118,7 +119,8 @@ def load_probe(spec: str):
 
 
 def call_probe(spec: str, layout: dict | None, params: dict[str, str] | None = None):
-    """(module, loss or None, data with x_train, y_train, x_test, y_test, error or None) from the probe function."""
+    """(module, loss or None, data with x_train, y_train, x_test, y_test, error or None) from the
+    probe function."""
     fn = load_probe(spec)
     takes = [p for p in inspect.signature(fn).parameters.values()
              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
@@ -137,7 +139,8 @@ def call_probe(spec: str, layout: dict | None, params: dict[str, str] | None = N
     return model, loss, data, error
 
 
-def recorded_probes(trajs, out: Path, po, device: torch.device, progress: bool, spec: str, data_dir: str = ""):
+def recorded_probes(trajs, out: Path, po, device: torch.device, progress: bool, spec: str,
+                    data_dir: str = ""):
     """The probes through the analyst's ``probe`` function; skipped (and said) if it fails."""
     from ..analysis.flatmodel import FlatModel
     from ..analysis.probes import run_probes

@@ -28,12 +28,12 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .. import tracking as T
-from .entry_run import mark_failed
 from ..config import TrainConfig, pretrain_config
 from ..siblings import BatchedTrainer
 from ..tracking.runs import mlflow_bar
 from ..tracking.session import RunSession
 from ..train import Trainer, fit, resolve_device
+from .entry_run import mark_failed
 from .training import UNFINISHED, dataset_for, newest_run
 
 SUITE_TAG = "weightspace.suite_checkpoint"   # {"slot", "epoch", "sha256"} of the last whole write
@@ -55,8 +55,8 @@ class SuiteCheckpoint:
         with tempfile.TemporaryDirectory() as tmp, mlflow_bar(False):
             local = self.client.download_artifacts(self.parent_id, self.last["slot"], tmp)
             if T.sha256_file(local) != self.last["sha256"]:
-                raise RuntimeError(f"run {self.parent_id}: {self.last['slot']} differs from the checkpoint its tag "
-                                   f"{SUITE_TAG} names; the suite cannot resume bitwise")
+                raise RuntimeError(f"run {self.parent_id}: {self.last['slot']} differs from the checkpoint "
+                                   f"its tag {SUITE_TAG} names; the suite cannot resume bitwise")
             flat = load_file(local)
         states: dict[str, dict[str, torch.Tensor]] = {}
         for key, v in flat.items():

@@ -19,7 +19,14 @@ from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
 from .. import tracking as T
-from ..config import TRAINING_ENTRIES, ParamError, TrainConfig, build_config, config_from_params, pretrain_config
+from ..config import (
+    TRAINING_ENTRIES,
+    ParamError,
+    TrainConfig,
+    build_config,
+    config_from_params,
+    pretrain_config,
+)
 from ..data import Data, load_dataset
 from ..params import as_strings, parse
 from ..tracking.runs import wants_bars
@@ -56,9 +63,11 @@ def train_run(client: MlflowClient, run_id: str, cfg: TrainConfig, *, raw: dict[
     """
     device = resolve_device(cfg.device)
     trainer = Trainer(cfg, dataset_for(cfg, device), device)
-    session = RunSession(client, run_id, cfg, trainer, raw=raw, start_from=start_from, asynchronous=asynchronous)
+    session = RunSession(client, run_id, cfg, trainer, raw=raw, start_from=start_from,
+                         asynchronous=asynchronous)
     try:
-        fit(trainer.train_epoch, [session], session.first, cfg.epochs, device, desc=cfg.run_name, progress=progress)
+        fit(trainer.train_epoch, [session], session.first, cfg.epochs, device, desc=cfg.run_name,
+            progress=progress)
         session.finish()
     finally:
         session.close()
@@ -77,7 +86,8 @@ def run_child(client: MlflowClient, run_id: str, cfg: TrainConfig, **kw) -> None
 
 # -- pretraining for clones --------------------------------------------------------------------
 
-def runs_with_key(client: MlflowClient, experiment_ids: list[str], key: str, statuses: tuple[str, ...]) -> list:
+def runs_with_key(client: MlflowClient, experiment_ids: list[str], key: str,
+                  statuses: tuple[str, ...]) -> list:
     flt = f"tags.`{T.TAG_RUN_KEY}` = '{key}'"
     runs = client.search_runs(experiment_ids, flt, max_results=1000)
     return [r for r in runs if r.info.status in statuses]
@@ -96,7 +106,8 @@ def newest_run(client: MlflowClient, experiment_id: str, key: str, statuses: tup
 
 
 def pretraining_for(client: MlflowClient, run_id: str, clone: TrainConfig) -> str:
-    """The FINISHED pretraining run the clone in ``run_id`` continues: the one it names, or found or trained."""
+    """The FINISHED pretraining run the clone in ``run_id`` continues: the one it names, else one
+    found or trained."""
     if clone.pretrain_run_id:
         check_pretrain_run(client, clone.pretrain_run_id, clone)
         return clone.pretrain_run_id
@@ -107,7 +118,8 @@ def check_pretrain_run(client: MlflowClient, run_id: str, clone: TrainConfig) ->
     try:
         run = client.get_run(run_id)
     except MlflowException:
-        raise ParamError(f"parameter 'pretrain_run_id': no run with id {run_id!r} in this tracking store") from None
+        raise ParamError(f"parameter 'pretrain_run_id': no run with id {run_id!r} "
+                         "in this tracking store") from None
     if run.data.tags.get(T.TAG_EXPERIMENT) != "pretrain":
         raise ParamError(f"parameter 'pretrain_run_id': run {run_id} is not a pretraining run "
                          f"(its weightspace.experiment is {run.data.tags.get(T.TAG_EXPERIMENT)!r})")
@@ -118,15 +130,16 @@ def check_pretrain_run(client: MlflowClient, run_id: str, clone: TrainConfig) ->
     for k in ("dataset", "train_subset", "width", "dropout", "batch_size", "lr", "momentum", "weight_decay",
               "precision", "init_seed"):
         if getattr(have, k) != getattr(want, k):
-            raise ParamError(f"parameter 'pretrain_run_id': run {run_id} has {k}={getattr(have, k)}, this clone "
-                             f"has {k}={getattr(want, k)}")
+            raise ParamError(f"parameter 'pretrain_run_id': run {run_id} has {k}={getattr(have, k)}, "
+                             f"this clone has {k}={getattr(want, k)}")
     if have.epochs != clone.pretrain_epochs:
         raise ParamError(f"parameter 'pretrain_epochs': {clone.pretrain_epochs} does not match the "
                          f"{have.epochs} epochs of pretrain_run_id {run_id}")
 
 
-def ensure_pretrain(client: MlflowClient, experiment_id: str, clone: TrainConfig, *, parent_id: str | None = None,
-                    progress: bool = True, wait_timeout: float = 6 * 3600) -> str:
+def ensure_pretrain(client: MlflowClient, experiment_id: str, clone: TrainConfig, *,
+                    parent_id: str | None = None, progress: bool = True,
+                    wait_timeout: float = 6 * 3600) -> str:
     """The id of a FINISHED pretraining run for ``clone``: reused, awaited, or trained here.
 
     Two clones started together must not both train it. Each creates a candidate run,

@@ -66,7 +66,8 @@ def open_storage(url: str, on_stale) -> optuna.storages.RDBStorage:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(url, engine_kwargs=kw, heartbeat_interval=hb,
-                                                  grace_period=3 * hb, heartbeat_stale_trial_callback=on_stale)
+                                                  grace_period=3 * hb,
+                                                  heartbeat_stale_trial_callback=on_stale)
         except ImportError as e:
             missing = getattr(e.__cause__, "name", None) or getattr(e, "name", None) or "its DBAPI module"
             raise ParamError(f"parameter 'storage': the database driver for {redact(url)} is not installed "
@@ -106,8 +107,8 @@ def stale_trial_callback(client: MlflowClient):
         run_id = trial.user_attrs.get(RUN_ATTR)
         if run_id:
             try:
-                client.log_batch(run_id, tags=[RunTag(TAG_STATE, "FAIL"),
-                                               RunTag(T.TAG_ERROR, "its worker stopped (no Optuna heartbeat)")])
+                why = "its worker stopped (no Optuna heartbeat)"
+                client.log_batch(run_id, tags=[RunTag(TAG_STATE, "FAIL"), RunTag(T.TAG_ERROR, why)])
                 client.set_terminated(run_id, "FAILED")
             except MlflowException:
                 pass

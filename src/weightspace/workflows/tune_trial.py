@@ -100,7 +100,8 @@ class Objective:
             except FloatingPointError:
                 # A diverged trial is pruned, not failed: TPE learns from pruned trials, ignores failed ones.
                 trial.set_user_attr("diverged_at", trainer.epoch)
-                T.retry(lambda: self.client.set_tag(run_id, "weightspace.diverged_at", str(trainer.epoch)), "tag")
+                T.retry(lambda: self.client.set_tag(run_id, "weightspace.diverged_at", str(trainer.epoch)),
+                        "tag")
                 raise optuna.TrialPruned() from None
             session.finish()
         finally:
@@ -114,12 +115,14 @@ class Objective:
         return epochs + 1 + math.log10(last["train_loss"] / opts["target_loss"])
 
     def _start_run(self, trial: optuna.Trial, cfg: TrainConfig) -> str:
-        tags = {T.TAG_PARENT: self.parent_id, T.TAG_EXPERIMENT: "tune_trial", TAG_STUDY: trial.study.study_name,
-                "optuna.trial_number": str(trial.number), TAG_STATE: "RUNNING",
+        tags = {T.TAG_PARENT: self.parent_id, T.TAG_EXPERIMENT: "tune_trial",
+                TAG_STUDY: trial.study.study_name, "optuna.trial_number": str(trial.number),
+                TAG_STATE: "RUNNING",
                 "mlflow.runName": f"{trial.study.study_name}-trial{trial.number}"}
         run_id = T.retry(lambda: self.client.create_run(self.exp_id, tags=tags).info.run_id, "trial run")
         trial.set_user_attr(RUN_ATTR, run_id)
-        params = [Param("objective", self.opts["objective"]), Param("target_loss", repr(self.opts["target_loss"]))]
+        params = [Param("objective", self.opts["objective"]),
+                  Param("target_loss", repr(self.opts["target_loss"]))]
         T.retry(lambda: self.client.log_batch(run_id, params=params), "trial params")
         return run_id
 
@@ -130,7 +133,8 @@ class Objective:
         metrics = [Metric("objective_value", value, int(time.time() * 1000), 0)] if value is not None else []
         status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(state, "FAILED")  # mlflow.optuna's mapping
         try:
-            T.retry(lambda: self.client.log_batch(run_id, metrics=metrics, tags=tags), "trial result", timeout=60)
+            T.retry(lambda: self.client.log_batch(run_id, metrics=metrics, tags=tags), "trial result",
+                    timeout=60)
             T.retry(lambda: self.client.set_terminated(run_id, status), "trial status", timeout=60)
         except RuntimeError:
             pass  # the trial's outcome is in the study; a missing MLflow status must not lose it

@@ -37,7 +37,7 @@ from optuna.trial import TrialState
 
 from .. import tracking as T
 from ..config import DATA_MODEL, ParamError, TrainConfig, _digest, build_config, read_params
-from ..params import Decl, Entry, int_range, one_of, parse
+from ..params import Decl, Entry, fmt, int_range, one_of, parse
 from .entry_run import entry_run
 from .tune_study import RUN_ATTR, default_storage, redact, run_study
 from .tune_trial import TAG_STUDY, Objective
@@ -46,7 +46,7 @@ OBJECTIVES = ("epochs_to_loss", "test_loss")
 SEARCHED = ("lr", "momentum", "batch_size", "weight_decay", "dropout")
 # Bump when the search space changes, so an old study is not continued with a new space.
 SPACE_VERSION = 1
-FIXED = ("dataset", "data_dir", "train_subset", "width", "precision", "device", "init_seed", "shuffle_seed", "epochs")
+FIXED = (*DATA_MODEL, "init_seed", "shuffle_seed", "epochs")   # the training parameters a study keeps
 TAG_STORAGE = "weightspace.optuna_storage"
 
 
@@ -68,7 +68,8 @@ class TuneOptions:
     sampler_seed: int = int_range(0, 2**31 - 1, "seed of the TPE sampler", "an integer from 0 to 2**31-1")(0)
 
 
-TUNE = Entry("tune", "tune: one worker of an Optuna search over lr, momentum, batch_size, weight_decay and dropout.",
+TUNE = Entry("tune",
+             "tune: one worker of an Optuna search over lr, momentum, batch_size, weight_decay and dropout.",
              (TuneOptions, TrainConfig),
              ("n_trials", "objective", "target_loss", "epochs", "storage", "study_name", "sampler_seed",
               "init_seed", "shuffle_seed", *DATA_MODEL),
@@ -104,9 +105,11 @@ def log_best(client: MlflowClient, run_id: str, study: optuna.Study, base: Train
                            "raise parameter 'n_trials' or 'epochs'")
     best = study.best_trial
     params = {k: best.params[k] for k in SEARCHED}
-    flags = " ".join(f"-P {k}={_fmt(v)}" for k, v in params.items())
+    flags = " ".join(f"-P {k}={fmt(v)}" for k, v in params.items())
+    best_params = [Param(f"best_{k}", fmt(v)) for k, v in params.items()]
+    best_params.append(Param("best_trial", str(best.number)))
     T.retry(lambda: client.log_batch(
-        run_id, params=[Param(f"best_{k}", _fmt(v)) for k, v in params.items()] + [Param("best_trial", str(best.number))],
+        run_id, params=best_params,
         metrics=[Metric("best_value", best.value, int(time.time() * 1000), 0),
                  Metric("n_complete", len(complete), int(time.time() * 1000), 0)],
         tags=[RunTag("weightspace.best_flags", flags)]), "best trial")
@@ -120,14 +123,11 @@ def log_best(client: MlflowClient, run_id: str, study: optuna.Study, base: Train
             client.log_artifact(run_id, str(path), "figures")
     fixed = " ".join(f"-P {k}={getattr(base, k)}" for k in ("dataset", "train_subset", "width", "precision")
                      if getattr(base, k) != getattr(TrainConfig(), k))
-    print(f"weightspace: best trial {best.number} of {study.study_name}: {opts['objective']}={best.value:.6g}\n"
+    print(f"weightspace: best trial {best.number} of {study.study_name}: "
+          f"{opts['objective']}={best.value:.6g}\n"
           f"weightspace: train with: mlflow run . -e single {fixed + ' ' if fixed else ''}{flags}\n"
           f"weightspace: or with: $(python -m weightspace flags {run_id})")
     return params
-
-
-def _fmt(v) -> str:
-    return repr(v) if isinstance(v, float) else str(v)
 
 
 def figures(study: optuna.Study, out: Path, seed: int) -> list[Path]:
@@ -155,7 +155,8 @@ def figures(study: optuna.Study, out: Path, seed: int) -> list[Path]:
             plt.close(fig)
             paths.append(out / name)
         except Exception as e:  # noqa: BLE001 - a missing figure must not fail a finished study
-            print(f"weightspace: warning: figure {name} skipped ({e.__class__.__name__}: {e})", file=sys.stderr)
+            print(f"weightspace: warning: figure {name} skipped ({e.__class__.__name__}: {e})",
+                  file=sys.stderr)
     return paths
 
 
