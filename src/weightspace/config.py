@@ -83,10 +83,10 @@ PRETRAIN_EPOCHS = Decl(int, "an integer >= 1 and < epochs", "epochs of the share
 CHECKPOINT_EVERY = Decl(int, "an integer >= 0 (0: every epoch on a CPU, every 10th on CUDA)",
                         "store the resume checkpoint every this many epochs (and the last); "
                         "a resumed run retrains the epochs since", lambda v: 0 <= v, most=MAX_EPOCHS)
-# checkpoint_every=0 on CUDA. A checkpoint is most of what a run uploads each epoch: next to a GPU
-# epoch, every epoch would be a visible share of the uploader's time, every 10th is not, and a resume
-# then retrains only a few seconds' worth; next to a CPU epoch, every epoch costs nothing. The
-# measurements are in BENCHMARKS.md, section 6 (benchmarks/checkpoint_cost.py).
+# checkpoint_every=0 on CUDA. A checkpoint is most of what a run uploads each epoch. A GPU epoch is
+# short, so a checkpoint every epoch would make the uploads a visible share of the run, every 10th
+# does not, and a resume then retrains only a few short epochs; a CPU epoch is long next to a
+# checkpoint, so every epoch costs nothing (BENCHMARKS.md, section 6).
 GPU_CHECKPOINT_EVERY = 10
 
 

@@ -291,8 +291,8 @@ def _wait_or_kill(proc, timeout: float) -> None:
 
 
 # -- forked children --------------------------------------------------------------------------------
-# A new interpreter spends about 3.5 s importing torch, MLflow and weightspace before a job starts
-# (5 s with the store's setup): a sixth of a short suite's work. A forkserver imports them once;
+# A new interpreter imports torch, MLflow and weightspace before a job starts, a large share of a
+# short suite's work when every job pays it. A forkserver imports them once;
 # each job is then a fork of it: a fresh process with nothing run in it yet (no OpenMP team, no
 # database connection), its environment and threads set before the command starts.
 

@@ -41,8 +41,8 @@ class Objective:
         self.device = resolve_device(base.device)
         self.data = dataset_for(base, self.device)  # loaded once for all trials
         if self.device.type == "cpu" and len(self.data.y_train) <= 5000:
-            # Small-data trials are dominated by thread sync: one thread measured 3-25x faster on a
-            # shared 2-core box (digits, 200 samples, width 0.125). Large data keeps torch's default.
+            # Small-data trials are dominated by thread synchronisation, so one thread trains them
+            # fastest; large data keeps torch's default.
             torch.set_num_threads(1)
 
     def __call__(self, trial: optuna.Trial) -> float:

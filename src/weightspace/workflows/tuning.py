@@ -91,7 +91,9 @@ def default_study_name(base: TrainConfig, opts: dict) -> str:
     """Same fixed configuration and objective -> same study, so a relaunch resumes it."""
     key = {k: getattr(base, k) for k in FIXED if k not in ("device", "data_dir")}
     if base.precision == TrainConfig.precision:
-        del key["precision"]  # added later: studies made before it keep their names
+        # Only a non-default precision names the study, as only non-default fields enter a group:
+        # a study's name does not change when a parameter with a default is added.
+        del key["precision"]
     key.update(objective=opts["objective"], space=SPACE_VERSION)
     if opts["objective"] == "epochs_to_loss":
         key["target_loss"] = opts["target_loss"]
