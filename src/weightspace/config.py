@@ -1,6 +1,9 @@
 """Typed hyperparameters, their validation, and the identities derived from them.
 
-Following open_lth, a configuration is a dataclass. Two identities come out of it:
+Following open_lth, a configuration is a dataclass: ``TrainConfig`` holds every training
+parameter, each declared once with its one default. ``TRAINING_ENTRIES`` says which of them
+each training entry point takes, which it requires and which defaults it sets itself.
+Two identities come out of a configuration:
 
 * ``group``: a hash of the fields that are *not* the seed the experiment varies and
   are not mere plumbing (device, data_dir). Separate ``mlflow run`` launches that

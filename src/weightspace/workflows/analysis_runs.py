@@ -24,7 +24,7 @@ from .. import tracking as T
 from ..config import DEVICE, ParamError, config_from_params
 from ..params import Decl, Entry, as_strings, int_range, names, parse
 from ..tracking.runs import TrajectoryError, find_runs, find_siblings, trajectory, wants_bars
-from .entry_run import entry_run, mark_failed
+from .entry_run import entry_run, in_child_run
 from .probe_hook import PROBE_SPEC
 
 TRAINING_EXPERIMENTS = ("single", "different_init", "same_init", "clone")   # the runs a family is made of
@@ -282,19 +282,6 @@ def analyse_selection(client: MlflowClient, run_id: str, sel: dict[str, str], op
                                    RunTag("weightspace.family", "families"),
                                    RunTag(T.TAG_SOURCES, sel["parent_run_id"])])
     analyse_suite(client, run_id, fams, opts, progress, families_run=run_id)
-
-
-def in_child_run(client: MlflowClient, parent_id: str, body) -> str:
-    """Create a run nested under ``parent_id``, call ``body(child_id)``, end it FINISHED (FAILED on error)."""
-    exp_id = client.get_run(parent_id).info.experiment_id
-    child = client.create_run(exp_id, tags={T.TAG_PARENT: parent_id}).info.run_id
-    try:
-        body(child)
-    except BaseException as e:
-        mark_failed(client, child, e)
-        raise
-    client.set_terminated(child, "FINISHED")
-    return child
 
 
 def analyse_suite(client: MlflowClient, parent_id: str, fams: dict[str, list], opts: AnalysisOptions,

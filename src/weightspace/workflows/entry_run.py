@@ -1,4 +1,4 @@
-"""The MLflow run an entry point logs into, and how a run ends when its work fails.
+"""The MLflow run an entry point logs into, the runs it nests under it, and how a failed run ends.
 
 ``mlflow run`` creates the run and passes its id in MLFLOW_RUN_ID; run directly with python,
 the entry point creates the run itself. A run that fails ends FAILED with the error's first
@@ -146,3 +146,16 @@ def archive_error(client: MlflowClient, run_id: str, tags: dict[str, str]) -> No
     history = "\n".join(filter(None, (tags.get(T.TAG_ERROR_HISTORY, ""), tags[T.TAG_ERROR])))
     client.set_tag(run_id, T.TAG_ERROR_HISTORY, history[-5000:])
     client.delete_tag(run_id, T.TAG_ERROR)
+
+
+def in_child_run(client: MlflowClient, parent_id: str, body) -> str:
+    """Create a run nested under ``parent_id``, call ``body(child_id)``, end it FINISHED (FAILED on error)."""
+    exp_id = client.get_run(parent_id).info.experiment_id
+    child = client.create_run(exp_id, tags={T.TAG_PARENT: parent_id}).info.run_id
+    try:
+        body(child)
+    except BaseException as e:
+        mark_failed(client, child, e)
+        raise
+    client.set_terminated(child, "FINISHED")
+    return child

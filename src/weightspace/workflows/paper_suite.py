@@ -33,9 +33,8 @@ from .analysis_runs import (
     AnalysisOptions,
     analyse_families_run,
     analyse_suite,
-    in_child_run,
 )
-from .entry_run import entry_run
+from .entry_run import entry_run, in_child_run
 from .pool import Job, Pool, slots
 from .suite_batch import train_suite_batched
 from .training import UNFINISHED, ensure_pretrain, newest_run, run_child, runs_with_key
