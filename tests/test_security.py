@@ -23,11 +23,11 @@ from torch import nn
 import weightspace
 from conftest import REPO, TINY, end_active_runs, make_store, use_store
 from weightspace.config import build_config
-from weightspace.workflows.analysis_runs import AnalysisOptions, run_analysis
-from weightspace.workflows.probe_hook import probe_data
 from weightspace.model import build_model
 from weightspace.params import ParamError
 from weightspace.tracking.runs import TrajectoryError, trajectory
+from weightspace.workflows.analysis_runs import AnalysisOptions, run_analysis
+from weightspace.workflows.probe_hook import probe_data
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ import pytest
 
 from conftest import TINY
 from weightspace.analysis.pca import trajectory_pca
-from weightspace.workflows.suite_batch import SUITE_TAG
 from weightspace.tracking.runs import load_trajectory, trajectory
+from weightspace.workflows.suite_batch import SUITE_TAG
 
 pytestmark = pytest.mark.e2e
 
