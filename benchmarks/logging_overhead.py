@@ -36,11 +36,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _common as C  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from weightspace import workflows as E  # noqa: E402
 from weightspace import tracking as T  # noqa: E402
 from weightspace.config import TrainConfig  # noqa: E402
-from weightspace.workflows.training import dataset_for, train_run  # noqa: E402
+from weightspace.tracking.session import RunSession  # noqa: E402
 from weightspace.train import Trainer, resolve_device  # noqa: E402
+from weightspace.workflows.training import dataset_for, train_run  # noqa: E402
 
 # Accumulated seconds of the current logged run, by where they were spent.
 ACC: dict[str, float] = {}
@@ -79,7 +79,7 @@ def _upload_cpu(work):
 def instrument() -> None:
     """Benchmark-only timers around the logging path (the library itself is unchanged)."""
     for name in ("_start", "end_epoch", "finish"):
-        setattr(E.RunSession, name, _logging(getattr(E.RunSession, name)))
+        setattr(RunSession, name, _logging(getattr(RunSession, name)))
     Trainer.epoch_metrics = _timed("epoch_metrics", Trainer.epoch_metrics)
     T.Uploader._work = _upload_cpu(T.Uploader._work)
 
