@@ -35,10 +35,11 @@ def test_dependencies_are_respected_and_no_more_slots_than_cores_are_used(tmp_pa
             Job("e", argv=_child(tmp_path, "e", 0.1), after=("d", "c"))]
     Pool(None, jobs, cores=2, poll=0.02, progress=False).run()
     rec = {j.name: _record(tmp_path, j.name) for j in jobs}
-    assert rec["d"]["t0"] >= max(rec["a"]["t1"], rec["b"]["t1"]) and rec["e"]["t0"] >= max(rec["c"]["t1"], rec["d"]["t1"])
+    assert rec["d"]["t0"] >= max(rec["a"]["t1"], rec["b"]["t1"])
+    assert rec["e"]["t0"] >= max(rec["c"]["t1"], rec["d"]["t1"])
     # never more threads at once than cores: sweep the start and end events
-    events = sorted([(r["t0"], int(r["omp"])) for r in rec.values()] + [(r["t1"], -int(r["omp"])) for r in rec.values()],
-                    key=lambda ev: (ev[0], ev[1]))
+    starts = [(r["t0"], int(r["omp"])) for r in rec.values()]
+    events = sorted(starts + [(r["t1"], -int(r["omp"])) for r in rec.values()], key=lambda ev: (ev[0], ev[1]))
     level = peak = 0
     for _, d in events:
         level += d
@@ -69,7 +70,8 @@ def test_a_failed_job_stops_only_what_waits_for_it(tmp_path):
         pool.run()
     msg = str(e.value)
     assert msg.startswith("4 job(s) of the suite failed") and "bad (exit code 3)" in msg
-    assert "raises (ZeroDivisionError: division by zero)" in msg and "after-bad (not started: bad failed)" in msg
+    assert "raises (ZeroDivisionError: division by zero)" in msg
+    assert "after-bad (not started: bad failed)" in msg
     assert "after-after (not started: after-bad failed)" in msg
     assert (tmp_path / "after-ok.json").exists() and not (tmp_path / "after-bad.json").exists()
 
@@ -93,7 +95,8 @@ def test_runs_are_closed_by_exit_code_and_blocked_runs_say_why(store, tmp_path):
     c = store.client()
     eid = c.get_experiment_by_name(store.experiment).experiment_id
     ok, bad, blocked = (c.create_run(eid).info.run_id for _ in range(3))
-    jobs = [Job("ok", ok, argv=_child(tmp_path, "ok", 0.05)), Job("bad", bad, argv=_child(tmp_path, "bad", 0.05, 1)),
+    jobs = [Job("ok", ok, argv=_child(tmp_path, "ok", 0.05)),
+            Job("bad", bad, argv=_child(tmp_path, "bad", 0.05, 1)),
             Job("blocked", blocked, argv=_child(tmp_path, "blocked"), after=("bad",))]
     with pytest.raises(RuntimeError):
         Pool(c, jobs, cores=2, poll=0.02, progress=False).run()
@@ -104,8 +107,8 @@ def test_runs_are_closed_by_exit_code_and_blocked_runs_say_why(store, tmp_path):
 
 def test_python_is_the_running_interpreter(tmp_path):
     # children run under this interpreter, so they see the same installed weightspace
-    Pool(None, [Job("which", argv=["-c", f"import sys; open({str(tmp_path / 'w')!r}, 'w').write(sys.executable)"])],
-         cores=1, poll=0.01, progress=False).run()
+    which = f"import sys; open({str(tmp_path / 'w')!r}, 'w').write(sys.executable)"
+    Pool(None, [Job("which", argv=["-c", which])], cores=1, poll=0.01, progress=False).run()
     assert (tmp_path / "w").read_text() == sys.executable
 
 
@@ -113,7 +116,8 @@ def _elastic_child(tmp_path, name: str) -> list[str]:
     """A child that watches its thread share (the pool's file) and records each change as it sees it;
     it ends once it has all three cores (or after 120 s, which the test then reports)."""
     out = tmp_path / f"{name}.json"
-    src = ("import json, os, time; p = os.environ['WEIGHTSPACE_THREADS_FILE']; seen = []; end = time.time() + 120\n"
+    src = ("import json, os, time; p = os.environ['WEIGHTSPACE_THREADS_FILE']\n"
+           "seen = []; end = time.time() + 120\n"
            "while time.time() < end and seen[-1:] != [3]:\n"
            "    try:\n"
            "        n = int(open(p).read())\n"
@@ -138,7 +142,8 @@ def _child_after(tmp_path, name: str, watched: str, changes: int) -> list[str]:
            "        return 0\n"
            "while time.time() < end and seen() < %d:\n"
            "    time.sleep(0.01)\n"
-           "json.dump({'omp': os.environ['OMP_NUM_THREADS']}, open(%r, 'w'))\n") % (str(seen), changes, str(out))
+           "json.dump({'omp': os.environ['OMP_NUM_THREADS']}, open(%r, 'w'))\n"
+           ) % (str(seen), changes, str(out))
     return ["-c", src]
 
 
@@ -147,7 +152,8 @@ def test_free_cores_are_lent_to_an_analysis_and_taken_back_for_a_ready_job(tmp_p
     # ready: the lent core comes back for them. When they end, "ana" has all three. Each job ends
     # only once "ana" has seen what came before (no timing assumed).
     jobs = [Job("ana", argv=_elastic_child(tmp_path, "ana"), elastic=True),
-            Job("b", argv=_child_after(tmp_path, "b", "ana", 2)), Job("c", argv=_child_after(tmp_path, "c", "ana", 1)),
+            Job("b", argv=_child_after(tmp_path, "b", "ana", 2)),
+            Job("c", argv=_child_after(tmp_path, "c", "ana", 1)),
             Job("d", argv=_child_after(tmp_path, "d", "ana", 3), after=("b",)),
             Job("e", argv=_child_after(tmp_path, "e", "ana", 3), after=("b",))]
     Pool(None, jobs, cores=3, poll=0.01, progress=False).run()
@@ -221,7 +227,8 @@ uri, eid, pids = sys.argv[1], sys.argv[2], sys.argv[3]
 c = MlflowClient(uri)
 ids = [c.create_run(eid).info.run_id for _ in range(3)]
 sleeper = ["-c", "import os, time; open(%r + '/' + str(os.getpid()), 'w').close(); time.sleep(60)" % pids]
-jobs = [Job("a", ids[0], argv=sleeper), Job("b", ids[1], argv=sleeper), Job("c", ids[2], argv=sleeper, after=("a",))]
+jobs = [Job("a", ids[0], argv=sleeper), Job("b", ids[1], argv=sleeper),
+        Job("c", ids[2], argv=sleeper, after=("a",))]
 print(",".join(ids), flush=True)
 Pool(c, jobs, cores=2, poll=0.05, progress=False).run()
 """

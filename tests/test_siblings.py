@@ -18,9 +18,10 @@ def data():
 
 def _trainers(data, **kw):
     # batch 128 on 300 samples leaves a partial last batch of 44
-    return [Trainer(TrainConfig(dataset="digits", train_subset=300, width=0.125, dropout=0.5, momentum=0.9,
-                                weight_decay=1e-4, lr=0.05, batch_size=128, init_seed=i, shuffle_seed=s, **kw),
-                    data, torch.device("cpu")) for i, s in SEEDS]
+    cfg = dict(dataset="digits", train_subset=300, width=0.125, dropout=0.5, momentum=0.9, weight_decay=1e-4,
+               lr=0.05, batch_size=128)
+    return [Trainer(TrainConfig(**cfg, init_seed=i, shuffle_seed=s, **kw), data, torch.device("cpu"))
+            for i, s in SEEDS]
 
 
 def test_batched_equals_sequential(data):
