@@ -6,13 +6,13 @@
             train_one_epoch(model, ...)
             rec.epoch_end(epoch, {"train_loss": ..., "test_accuracy": ...})
 
-The run gets what the entry points' runs get: ``trajectory/epoch_NNNN.npy`` (epoch 0 on
-entry), ``trajectory/layout.json``, ``trajectory/manifest.json`` (sha256 per file and
-``complete``), the metrics ``weight_norm``, ``distance_from_init``, ``step_length`` and
-``epoch_seconds`` beside the user's (step=epoch), and the tags ``weightspace.experiment=recorded``,
-``weightspace.group`` and the seed, written through the same ``TrajectoryRecorder`` as theirs.
-The training thread only copies the flat vector and computes the weight statistics;
-serialising, hashing and uploads run on the ordered background uploader.
+The run gets what the entry points' runs get, written by the same ``TrajectoryRecorder``:
+``trajectory/epoch_NNNN.npy`` (epoch 0 on entry), ``trajectory/layout.json``,
+``trajectory/manifest.json`` (sha256 per file and ``complete``), the metrics ``weight_norm``,
+``distance_from_init``, ``step_length`` and ``epoch_seconds`` beside the user's (step=epoch), and
+the tags ``weightspace.experiment=recorded``, ``weightspace.group`` and the seed. The training
+thread only copies the flat vector and computes the weight statistics; serialising, hashing
+and uploads run on the ordered background uploader.
 """
 
 from __future__ import annotations
