@@ -140,7 +140,8 @@ def first_snapshot(client: MlflowClient, run_id: str, dst: Path) -> np.ndarray:
 
 
 def download(client: MlflowClient, run_id: str, path: str, dst: Path, bar: bool = False) -> Path:
-    """One download; at most one progress bar (``bar``, and only when ``show_progress()``)."""
+    """One download of a run's artifact ``path`` (also the export's of an analysis run), with at most
+    one progress bar (``bar``, and only when ``show_progress()``); a failure names the run and path."""
     try:
         with mlflow_bar(bar and show_progress()):
             return Path(client.download_artifacts(run_id, path, str(dst)))
