@@ -6,7 +6,7 @@ checkpoint and, for comparison, of one snapshot, on the CPU:
 * training thread: ``Trainer.state_tensors()`` (the private copies) and ``Trainer.theta()``;
 * uploader thread: ``save_checkpoint`` (safetensors, about 6.6 MB) into a fresh temp dir, and
   ``MlflowClient.log_artifact`` of that file into a fresh sqlite store with a local artifact
-  directory; for the snapshot, ``np.save`` + sha256 (as ``Manifest.add``, 3.3 MB) and its upload;
+  directory; for the snapshot, ``np.save`` + sha256 (as ``TrajectoryWriter.add``, 3.3 MB) and its upload;
 * with ``--server URI``, the same two uploads against a running tracking server.
 
 The files land in the page cache (no fsync), as in a run. The model has momentum buffers (one
@@ -67,7 +67,8 @@ def main() -> None:
     trainer.train_epoch()  # one SGD step: the optimizer now holds its momentum buffers
     state, theta = trainer.state_tensors(), trainer.theta()
     print(f"machine: {C.machine()}")
-    print(f"model: width {a.width}, {n_params(trainer.model):,} parameters; {a.repeats} repeats after 1 warm-up\n")
+    print(f"model: width {a.width}, {n_params(trainer.model):,} parameters; "
+          f"{a.repeats} repeats after 1 warm-up\n")
 
     results: list[dict] = []
 
@@ -90,7 +91,7 @@ def main() -> None:
         def save_ck() -> None:  # as RunSession._checkpoint: a fresh spool dir per checkpoint
             save_checkpoint(state, cfg, Path(tempfile.mkdtemp(dir=spool)) / "state.safetensors")
 
-        def save_snap() -> None:  # as Manifest.add: np.save then sha256
+        def save_snap() -> None:  # as TrajectoryWriter.add: np.save then sha256
             local = Path(tempfile.mkdtemp(dir=spool)) / "epoch_0001.npy"
             np.save(local, theta.numpy().astype(np.float32, copy=False), allow_pickle=False)
             sha256_file(local)
@@ -116,8 +117,8 @@ def main() -> None:
     print(C.row("step", "thread", "median ms", "min ms", "max ms", "bytes"))
     print(C.row(*["---"] * 6))
     for r in results:
-        print(C.row(r["step"], r["thread"], f"{r['median_ms']:.2f}", f"{r['min_ms']:.2f}", f"{r['max_ms']:.2f}",
-                    f"{r['bytes']:,}"))
+        print(C.row(r["step"], r["thread"], f"{r['median_ms']:.2f}", f"{r['min_ms']:.2f}",
+                    f"{r['max_ms']:.2f}", f"{r['bytes']:,}"))
 
     by = {r["step"][:2]: r["median_ms"] for r in results}
     ck_ms = by["2."] + by["3."]

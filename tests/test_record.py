@@ -17,7 +17,8 @@ from torch import nn
 
 import weightspace
 from conftest import REPO, end_active_runs, use_store
-from weightspace.tracking.runs import TrajectoryError, trajectory, verify
+from weightspace.tracking.runs import TrajectoryError, trajectory
+from weightspace.tracking.trajectory_artifact import verify
 
 
 @pytest.fixture
@@ -57,7 +58,8 @@ def test_a_recorded_run_has_the_entry_points_names(env, tmp_path):
     run, c = only_run(env), env.client()
     assert run.info.status == "FINISHED"
     t = run.data.tags
-    assert (t["weightspace.experiment"], t["weightspace.group"], t["weightspace.seed"]) == ("recorded", "study", "3")
+    assert (t["weightspace.experiment"], t["weightspace.group"], t["weightspace.seed"]) == \
+        ("recorded", "study", "3")
     assert t["weightspace.init_seed"] == "3" and run.info.run_name == "study-seed3"
     assert run.data.params["n_params"] == str(sum(p.numel() for p in model.parameters()))
     rid = run.info.run_id
@@ -70,8 +72,8 @@ def test_a_recorded_run_has_the_entry_points_names(env, tmp_path):
     assert manifest["complete"] and manifest["epochs"] == [0, 1, 2, 3]
     verify(rid, d / "trajectory", manifest)         # sha256 and sizes
     last = np.load(d / "trajectory" / "epoch_0003.npy")
-    assert last.dtype == np.float32 and np.array_equal(last, torch.cat([p.detach().reshape(-1)
-                                                                         for p in model.parameters()]).numpy())
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
+    assert last.dtype == np.float32 and np.array_equal(last, flat)
     assert json.loads((d / "trajectory" / "layout.json").read_text())["selection"]["kind"] == "all"
     assert got
     for name in ("weight_norm", "distance_from_init", "train_loss", "test_accuracy", "epoch_seconds"):
@@ -257,16 +259,16 @@ def test_flat_model_over_any_module_and_part_of_its_parameters():
 def _analysis_of(store, group):
     (a,) = store.runs(f"tags.`weightspace.analysed_group` = '{group}'")
     c = store.client()
-    names = {f.path for f in c.list_artifacts(a.info.run_id)} | {f.path for f in c.list_artifacts(a.info.run_id,
-                                                                                                     "figures")}
+    rid = a.info.run_id
+    names = {f.path for f in c.list_artifacts(rid)} | {f.path for f in c.list_artifacts(rid, "figures")}
     return a, names, c
 
 
 @pytest.mark.e2e
 def test_mlp_digits_example_records_three_seeds_and_the_analysis_finishes(store, tmp_path):
     p = subprocess.run([sys.executable, str(REPO / "examples" / "record_mlp_digits.py"), "--epochs", "4",
-                        "--group", "mlp-test"], cwd=store.workdir, env=store.env, capture_output=True, text=True,
-                       timeout=600)
+                        "--group", "mlp-test"], cwd=store.workdir, env=store.env, capture_output=True,
+                       text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-4000:]
     assert "mlflow ui --backend-store-uri" in p.stdout
     runs = store.runs("tags.`weightspace.group` = 'mlp-test'", status="FINISHED")
@@ -303,16 +305,18 @@ def test_the_papers_future_work_examples_finish_with_every_probe(store, tmp_path
     """MLP and LSTM (sequential MNIST), 3 seeds at CI size, then `mlflow run -e analysis` with the default
     probes: a Hessian number (the LSTM's by the double backward on a CPU with oneDNN) and aligned pairs."""
     group = example.replace("_", "-")
-    p = subprocess.run([sys.executable, str(REPO / "examples" / f"{example}.py"), "--epochs", "2", "--train_subset",
-                        "300", "--hidden", "16", "--group", group], cwd=store.workdir, env=store.env,
-                       capture_output=True, text=True, timeout=900)
+    p = subprocess.run([sys.executable, str(REPO / "examples" / f"{example}.py"), "--epochs", "2",
+                        "--train_subset", "300", "--hidden", "16", "--group", group], cwd=store.workdir,
+                       env=store.env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-4000:]
     runs = store.runs(f"tags.`weightspace.group` = '{group}'", status="FINISHED")
     assert len(runs) == 3 and {r.data.params["probe"] for r in runs} == {f"examples.{example}:probe"}
     a, names, c = _analysis_of(store, group)
-    assert a.info.status == "FINISHED" and not [t for t in a.data.tags if t.startswith("weightspace.probe_error")]
+    assert a.info.status == "FINISHED"
+    assert not [t for t in a.data.tags if t.startswith("weightspace.probe_error")]
     m = a.data.metrics
-    assert np.isfinite(m["hessian_top_eig_epoch0_run0"]) and np.isfinite(m["pair_barrier_aligned_frankle_mean"])
+    assert np.isfinite(m["hessian_top_eig_epoch0_run0"])
+    assert np.isfinite(m["pair_barrier_aligned_frankle_mean"])
     assert m["aligned_final_pairwise_dist_mean"] <= m["final_pairwise_dist_mean"] * (1 + 1e-9)
     if example == "record_mlp" or not torch.backends.mkldnn.is_available():
         hvp_mode = "forward-over-reverse"

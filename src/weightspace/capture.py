@@ -38,7 +38,8 @@ def check(step_capture: int, device: torch.device) -> None:
                          f"CUDA device, but this run trains on {device.type}; use 0")
 
 
-Recorder = Callable[[Callable[[], None], Sequence[torch.Generator], torch.device], Callable[[], None]]
+# Records a step as a CUDA graph without running it, and returns the graph's replay.
+GraphRecorder = Callable[[Callable[[], None], Sequence[torch.Generator], torch.device], Callable[[], None]]
 
 
 def cuda_graph(step: Callable[[], None], generators: Sequence[torch.Generator],
@@ -68,7 +69,7 @@ class StepGraph:
     """
 
     def __init__(self, step: Callable[[], None], index: torch.Tensor, generators: Sequence[torch.Generator],
-                 device: torch.device, *, warmup: int = WARMUP, recorder: Recorder = cuda_graph):
+                 device: torch.device, *, warmup: int = WARMUP, recorder: GraphRecorder = cuda_graph):
         self.step, self.index, self.generators, self.device = step, index, list(generators), device
         self.warmup, self.recorder = warmup, recorder
         self.replay: Callable[[], None] | None = None

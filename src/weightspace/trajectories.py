@@ -12,6 +12,12 @@ from pathlib import Path
 import numpy as np
 
 
+def snapshot_name(epoch: int) -> str:
+    """A snapshot's file name. Defined here, below tracking, so that ``from_arrays`` names its files as
+    the writer (``tracking.trajectory_artifact``) does, and the reader requires."""
+    return f"epoch_{epoch:04d}.npy"
+
+
 @dataclass
 class Trajectory:
     run_id: str
@@ -34,7 +40,8 @@ class Trajectory:
         return int(np.load(self.files[0], mmap_mode="r", allow_pickle=False).shape[0])
 
     def load(self, i: int, mmap: bool = True) -> np.ndarray:
-        """Snapshot i as a (P,) array as stored (memory-mapped by default): float32, or float16 when recorded so."""
+        """Snapshot i as a (P,) array as stored (memory-mapped by default): float32, or float16 when
+        recorded so."""
         return np.load(self.files[i], mmap_mode="r" if mmap else None, allow_pickle=False)
 
     def stack(self) -> np.ndarray:
@@ -47,13 +54,14 @@ class Trajectory:
 
     @classmethod
     def from_arrays(cls, X: np.ndarray, epochs, directory: Path, name: str = "run", run_id: str = "",
-                    experiment: str = "single", init_seed: int = 0, shuffle_seed: int = 0, **kw) -> "Trajectory":
+                    experiment: str = "single", init_seed: int = 0, shuffle_seed: int = 0,
+                    **kw) -> "Trajectory":
         """Write a (T, P) array as snapshot files under ``directory`` (for tests and synthetic data)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         files = []
         for e, row in zip(epochs, X):
-            p = directory / f"epoch_{int(e):04d}.npy"
+            p = directory / snapshot_name(int(e))
             np.save(p, np.asarray(row, dtype=np.float32), allow_pickle=False)
             files.append(p)
         return cls(run_id or name, name, experiment, init_seed, shuffle_seed,

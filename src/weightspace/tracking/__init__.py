@@ -2,8 +2,12 @@
 
 * ``tags``: the tag names weightspace writes on its runs;
 * ``uploader``: the ordered background uploader (retries, never loses a job);
-* ``session``: the logging side of one training run (params, metrics, snapshots, checkpoint);
+* ``trajectory_artifact``: a run's ``trajectory/`` files, the manifest schema, writer and reader;
+* ``recorder``: one run's trajectory and weight statistics as it trains, for both of:
+* ``record``: ``weightspace.record`` for any training loop;
+* ``session``: the entry points' runs (params, the recorder, checkpoint and resume, final model);
 * ``runs``: the query API (find sibling runs, load their trajectories);
+* ``progress``: whether to draw progress bars;
 * ``store``: creating a store's schema; ``export``: a run's results as plain files.
 """
 
@@ -21,5 +25,6 @@ from .tags import (
 )
 from .uploader import Uploader, retry, sha256_file, upload_timeout
 
-__all__ = ["TAG_ERROR", "TAG_ERROR_HISTORY", "TAG_EXPERIMENT", "TAG_GROUP", "TAG_MACHINE", "TAG_PARENT", "TAG_PRETRAIN",
-           "TAG_RUN_KEY", "TAG_SOURCES", "Uploader", "machine", "retry", "sha256_file", "upload_timeout"]
+__all__ = ["TAG_ERROR", "TAG_ERROR_HISTORY", "TAG_EXPERIMENT", "TAG_GROUP", "TAG_MACHINE", "TAG_PARENT",
+           "TAG_PRETRAIN", "TAG_RUN_KEY", "TAG_SOURCES", "Uploader", "machine", "retry", "sha256_file",
+           "upload_timeout"]

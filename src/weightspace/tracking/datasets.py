@@ -25,8 +25,8 @@ def digest(x: torch.Tensor, y: torch.Tensor) -> str:
 
 def dataset_inputs(cfg: TrainConfig, data: Data) -> list[DatasetInput]:
     """``<dataset>-train`` (context training) and ``<dataset>-test`` (context evaluation)."""
-    source = cfg.data_dir or {"mnist": "weightspace (shipped MNIST)", "digits": "sklearn.datasets.load_digits"}.get(
-        cfg.dataset, cfg.dataset)
+    shipped = {"mnist": "weightspace (shipped MNIST)", "digits": "sklearn.datasets.load_digits"}
+    source = cfg.data_dir or shipped.get(cfg.dataset, cfg.dataset)
     out = []
     for split, x, y, context in (("train", data.x_train, data.y_train, "training"),
                                  ("test", data.x_test, data.y_test, "evaluation")):

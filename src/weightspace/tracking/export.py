@@ -23,7 +23,8 @@ from mlflow.tracking import MlflowClient
 
 from .. import tracking as T
 from ..config import config_from_params, read_params
-from .runs import TrajectoryError, _download, complete_manifest, metric_histories
+from .runs import metric_histories
+from .trajectory_artifact import TrajectoryError, complete_manifest, download
 
 # The epochs at which the paper states its loss and distance figures, and a finer grid for the
 # loss table of docs/paper-scale.md; only those a run reaches are written, plus its last epoch.
@@ -44,7 +45,8 @@ class ExportError(RuntimeError):
 def find_analysis_run(client: MlflowClient, run) -> str:
     rid = run.info.run_id
     flt = f"tags.`{T.TAG_SOURCES}` = '{rid}' and tags.`{T.TAG_EXPERIMENT}` = 'analysis'"
-    found = [r for r in client.search_runs([run.info.experiment_id], flt, order_by=["attributes.start_time DESC"])
+    found = [r for r in client.search_runs([run.info.experiment_id], flt,
+                                           order_by=["attributes.start_time DESC"])
              if r.info.status == "FINISHED"]
     if not found:
         raise ExportError(f"run {rid}: no FINISHED analysis of it alone; run "
@@ -132,7 +134,7 @@ def export_suite(client: MlflowClient, parent_id: str, out_dir: Path) -> list[Pa
 def _write(client: MlflowClient, analysis_id: str, out_dir: Path, metrics: dict) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        got = _download(client, analysis_id, "", Path(tmp), bar=True)
+        got = download(client, analysis_id, "", Path(tmp), bar=True)
         if not (got / "report.md").is_file():
             raise ExportError(f"analysis run {analysis_id} has no report.md")
         shutil.copy2(got / "report.md", out_dir / "report.md")
@@ -150,8 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m weightspace export", description=__doc__.splitlines()[0])
     ap.add_argument("run_id", help="the FINISHED training run (with --suite: the paper run)")
     ap.add_argument("out_dir", type=Path, help="directory to write metrics.json, report.md, figures/")
-    ap.add_argument("--analysis-run-id", default=None, help="the analysis run (default: the newest of this run alone)")
-    ap.add_argument("--suite", action="store_true", help="export every analysis of a paper run, one folder each")
+    ap.add_argument("--analysis-run-id", default=None,
+                    help="the analysis run (default: the newest of this run alone)")
+    ap.add_argument("--suite", action="store_true",
+                    help="export every analysis of a paper run, one folder each")
     a = ap.parse_args(argv)
     try:
         client = MlflowClient()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .runs import mlflow_bar
+from .progress import mlflow_bar
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 
@@ -22,7 +22,8 @@ def save_mlflow_model(weights: Path, out_dir: Path) -> Path:
                                outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 10))]))
     example = np.zeros((2, 1, 28, 28), dtype=np.float32)
     with mlflow_bar(False):  # MLflow "downloads" the local weights file into the model, with a bar
-        mlflow.pyfunc.save_model(str(out_dir), python_model=str(PYFUNC_CODE), artifacts={"weights": str(weights)},
+        mlflow.pyfunc.save_model(str(out_dir), python_model=str(PYFUNC_CODE),
+                                 artifacts={"weights": str(weights)},
                                  signature=signature, input_example=example,
                                  # explicit: inferring them would load the model in a subprocess
                                  pip_requirements=["mlflow", "torch", "safetensors", "numpy", "weightspace"])

@@ -6,12 +6,13 @@
             train_one_epoch(model, ...)
             rec.epoch_end(epoch, {"train_loss": ..., "test_accuracy": ...})
 
-The run gets what the entry points' runs get: ``trajectory/epoch_NNNN.npy`` (epoch 0 on
-entry), ``trajectory/layout.json``, ``trajectory/manifest.json`` (sha256 per file and
-``complete``), the metrics ``weight_norm``, ``distance_from_init``, ``step_length`` and
-``epoch_seconds`` beside the user's (step=epoch), and the tags ``weightspace.experiment=recorded``,
-``weightspace.group`` and the seed. The training thread only copies the flat vector; the
-statistics, serialising, hashing and uploads run on the ordered background uploader.
+The run gets what the entry points' runs get, written by the same ``TrajectoryRecorder``:
+``trajectory/epoch_NNNN.npy`` (epoch 0 on entry), ``trajectory/layout.json``,
+``trajectory/manifest.json`` (sha256 per file and ``complete``), the metrics ``weight_norm``,
+``distance_from_init``, ``step_length`` and ``epoch_seconds`` beside the user's (step=epoch), and
+the tags ``weightspace.experiment=recorded``, ``weightspace.group`` and the seed. The training
+thread only copies the flat vector and computes the weight statistics; serialising, hashing
+and uploads run on the ordered background uploader.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ from torch import nn
 from .. import tracking as T
 from ..model import Layout, flat_params
 from ..params import one_line
-from ..train import weight_stats
 from .experiment import default_experiment_id, get_or_create
-from .manifest import SNAPSHOT_DTYPES, Manifest
+from .recorder import TrajectoryRecorder
+from .trajectory_artifact import SNAPSHOT_DTYPES
 
 EXPERIMENT = "recorded"
 DEFAULT_MAX_BYTES = 8 << 30     # the most one run's trajectory may hold unless told otherwise
@@ -49,7 +50,8 @@ def select(model: nn.Module, parameters: Selection) -> tuple[list[tuple[str, nn.
     """
     named = list(model.named_parameters())
     if not named:
-        raise ValueError(f"weightspace.record: the model ({type(model).__name__}) has no parameters to record")
+        raise ValueError(f"weightspace.record: the model ({type(model).__name__}) has no parameters "
+                         "to record")
     if parameters is None:
         return named, {"kind": "all"}
     if callable(parameters):
@@ -59,8 +61,9 @@ def select(model: nn.Module, parameters: Selection) -> tuple[list[tuple[str, nn.
         names = [parameters] if isinstance(parameters, str) else list(parameters)
         unknown = [w for w in names if not any(n == w or n.startswith(w + ".") for n, _ in named)]
         if unknown:
+            shown = ", ".join(n for n, _ in named[:8]) + (", ..." if len(named) > 8 else "")
             raise ValueError(f"weightspace.record: parameters {unknown} match no parameter of the model "
-                             f"(it has {', '.join(n for n, _ in named[:8])}{', ...' if len(named) > 8 else ''})")
+                             f"(it has {shown})")
         kept = [(n, p) for n, p in named if any(n == w or n.startswith(w + ".") for w in names)]
         how = {"kind": "names", "names": names}
     if not kept:
@@ -82,8 +85,9 @@ def layout_of(kept: list[tuple[str, nn.Parameter]], dtype: str, how: dict, total
     return layout, json.dumps(doc, indent=1)
 
 
-class Recorder:
-    """One run's recording; made by ``record`` and used as a context manager."""
+class Recording:
+    """One run recorded by ``record``, used as a context manager: the MLflow run it starts or joins,
+    the checks of the user's calls and the size budget, around a ``TrajectoryRecorder``."""
 
     def __init__(self, model: nn.Module, *, group: str, seed: int = 0, snapshot_every: int = 1,
                  epochs: int | None = None, parameters: Selection = None, dtype: str = "float32",
@@ -93,9 +97,11 @@ class Recorder:
         if not isinstance(group, str) or not group.strip():
             raise ValueError("weightspace.record: group must be a non-empty string (the siblings' group)")
         if not isinstance(snapshot_every, int) or snapshot_every < 1:
-            raise ValueError(f"weightspace.record: snapshot_every must be an integer >= 1, got {snapshot_every!r}")
+            raise ValueError(f"weightspace.record: snapshot_every must be an integer >= 1, "
+                             f"got {snapshot_every!r}")
         if dtype not in SNAPSHOT_DTYPES:
-            raise ValueError(f"weightspace.record: dtype must be one of {', '.join(SNAPSHOT_DTYPES)}, got {dtype!r}")
+            raise ValueError(f"weightspace.record: dtype must be one of {', '.join(SNAPSHOT_DTYPES)}, "
+                             f"got {dtype!r}")
         if probe is not None and (not isinstance(probe, str) or ":" not in probe):
             raise ValueError(f"weightspace.record: probe must be 'package.module:function', got {probe!r}")
         self.model, self.group, self.seed, self.every = model, group, int(seed), snapshot_every
@@ -107,9 +113,11 @@ class Recorder:
         meta = [n for n, p in self.kept if p.is_meta]
         if meta:  # checked here, before any run exists: copying a meta tensor fails only later
             raise ValueError(f"weightspace.record: the model's parameters ({', '.join(meta[:3])}"
-                             f"{', ...' if len(meta) > 3 else ''}) are on the meta device and hold no values; "
-                             "materialise the model first (model.to_empty(device=...), then initialise it)")
-        self.layout, self.layout_json = layout_of(self.kept, dtype, how, sum(p.numel() for p in model.parameters()))
+                             f"{', ...' if len(meta) > 3 else ''}) are on the meta device and hold no "
+                             "values; materialise the model first (model.to_empty(device=...), then "
+                             "initialise it)")
+        total = sum(p.numel() for p in model.parameters())
+        self.layout, self.layout_json = layout_of(self.kept, dtype, how, total)
         self.snapshot_bytes = self.layout.size * SNAPSHOT_DTYPES[dtype]().itemsize
         self.max_bytes = max_bytes
         self._check_size(self._planned(epochs) if epochs else 1)
@@ -125,25 +133,23 @@ class Recorder:
             return
         need = math.ceil(snapshots * self.snapshot_bytes / self.max_bytes)
         raise ValueError(
-            f"weightspace.record: {snapshots} snapshot(s) of {self.layout.size:,} parameters as {self.dtype} "
-            f"({self.snapshot_bytes:,} bytes each) exceed max_bytes={self.max_bytes:,}; record fewer snapshots "
-            f"(snapshot_every={self.every * need} or more), fewer parameters (parameters=...), "
-            "dtype='float16', or raise max_bytes")
+            f"weightspace.record: {snapshots} snapshot(s) of {self.layout.size:,} parameters as "
+            f"{self.dtype} ({self.snapshot_bytes:,} bytes each) exceed max_bytes={self.max_bytes:,}; "
+            f"record fewer snapshots (snapshot_every={self.every * need} or more), fewer parameters "
+            "(parameters=...), dtype='float16', or raise max_bytes")
 
     # -- the training thread's part ----------------------------------------------------
     def _theta(self) -> torch.Tensor:
-        """A private float32 CPU copy of the kept parameters (the only work done on the training thread)."""
+        """A private float32 CPU copy of the kept parameters, taken on the training thread."""
         return flat_params(p for _, p in self.kept)
 
-    def __enter__(self) -> "Recorder":
+    def __enter__(self) -> "Recording":
         self._start_run()
         try:
             self.up = T.Uploader(self.client, self.run_id, asynchronous=self.asynchronous)
-            self.manifest = Manifest(self.up, None, self.dtype)
-            self.up.text(self.layout_json, "trajectory/layout.json")
-            self.theta0 = self.prev = self._theta()
-            self._log(0, {}, self.prev, None)
-            self._snapshot(0, self.prev)
+            theta0 = self._theta()
+            self.recorder = TrajectoryRecorder(self.up, self.layout_json, theta0, dtype=self.dtype)
+            self._epoch(0, {}, theta0)
             self.t_last = time.perf_counter()
         except BaseException as e:
             self._end_run(e)
@@ -153,13 +159,14 @@ class Recorder:
     def epoch_end(self, epoch: int, metrics: Mapping[str, float] | None = None) -> None:
         """Record the model as it is after ``epoch`` (1, 2, ...), with the user's metrics for that epoch."""
         if self.run_id is None:
-            raise RuntimeError("weightspace.record: call epoch_end inside the `with weightspace.record(...)` block")
+            raise RuntimeError("weightspace.record: call epoch_end inside the "
+                               "`with weightspace.record(...)` block")
         if isinstance(epoch, bool) or not isinstance(epoch, int):
             raise TypeError(f"weightspace.record: epoch must be an int, got {epoch!r}")
         if epoch <= self.last_epoch:
             what = "repeated" if epoch == self.last_epoch else "out of order"
-            raise ValueError(f"weightspace.record: epoch_end({epoch}) {what}: epoch {self.last_epoch} is already "
-                             "recorded (epoch 0 is the model on entry); epochs must increase")
+            raise ValueError(f"weightspace.record: epoch_end({epoch}) {what}: epoch {self.last_epoch} is "
+                             "already recorded (epoch 0 is the model on entry); epochs must increase")
         if self.epochs is not None and epoch > self.epochs:
             raise ValueError(f"weightspace.record: epoch_end({epoch}) after the stated epochs={self.epochs}")
         user = {}
@@ -169,43 +176,38 @@ class Recorder:
             except (TypeError, ValueError):
                 raise TypeError(f"weightspace.record: metric {k!r} is not a number ({v!r})") from None
         seconds = time.perf_counter() - self.t_last
-        theta = self._theta()
-        self._log(epoch, {**user, "epoch_seconds": seconds}, theta, self.prev)
-        if epoch % self.every == 0 or epoch == self.epochs:
-            self._snapshot(epoch, theta)
-        self.prev, self.last_epoch = theta, epoch
+        self._epoch(epoch, {**user, "epoch_seconds": seconds}, self._theta())
+        self.last_epoch = epoch
         self.t_last = time.perf_counter()
 
-    def _snapshot(self, epoch: int, theta: torch.Tensor) -> None:
+    def _epoch(self, epoch: int, metrics: dict[str, float] | None, theta: torch.Tensor) -> None:
+        """Epoch 0, each multiple of ``snapshot_every`` and the stated last epoch are stored."""
+        snapshot = epoch % self.every == 0 or epoch == self.epochs
+        if snapshot:
+            self._reserve(epoch)
+        self.recorder.epoch(epoch, theta, metrics, snapshot)
+
+    def _reserve(self, epoch: int) -> None:
+        """Count the epoch's snapshot against ``max_bytes``, before anything of the epoch is logged."""
         if self.max_bytes is not None and self.stored + self.snapshot_bytes > self.max_bytes:
             self._check_size(len(self.snapped) + 1)
         self.stored += self.snapshot_bytes
         self.snapped.add(epoch)
-        self.manifest.add(epoch, theta)
-
-    def _log(self, epoch: int, user: dict[str, float], theta: torch.Tensor, prev: torch.Tensor | None) -> None:
-        """The epoch's metrics in one batch.
-
-        The weight statistics are computed here, on the training thread (a few milliseconds): a torch
-        op on the uploader's thread would start a second OpenMP thread team, whose spinning workers
-        slowed the user's training by 15-19% on 2 cores.
-        """
-        m = {**user, **weight_stats(theta, self.theta0, prev)}
-        self.up.metrics(m, step=epoch)
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
             if exc is None:
                 if self.last_epoch not in self.snapped:   # the last epoch is always stored
-                    self._snapshot(self.last_epoch, self.prev)
-                self.manifest.complete = True
-                self.manifest.publish()
+                    self._reserve(self.last_epoch)
+                    self.recorder.epoch(self.last_epoch, self.recorder.prev, None, snapshot=True)
+                self.recorder.finish()
                 self.up.close()
             else:
                 try:    # keep what was recorded; the manifest stays incomplete
                     self.up.close()
                 except Exception as e:  # noqa: BLE001 - the user's exception is the one to see
-                    print(f"weightspace: warning: run {self.run_id}: uploads failed too: {e}", file=sys.stderr)
+                    print(f"weightspace: warning: run {self.run_id}: uploads failed too: {e}",
+                          file=sys.stderr)
         except BaseException as e:
             self._end_run(e)
             raise
@@ -235,9 +237,10 @@ class Recorder:
 
     def _describe(self) -> None:
         device = str(self.kept[0][1].device)
-        tags = {T.TAG_EXPERIMENT: EXPERIMENT, T.TAG_GROUP: self.group, T.TAG_RUN_KEY: f"{self.group}-seed{self.seed}",
-                "weightspace.seed": str(self.seed), "weightspace.init_seed": str(self.seed),
-                "weightspace.shuffle_seed": str(self.seed), T.TAG_MACHINE: T.machine(device)}
+        tags = {T.TAG_EXPERIMENT: EXPERIMENT, T.TAG_GROUP: self.group,
+                T.TAG_RUN_KEY: f"{self.group}-seed{self.seed}", "weightspace.seed": str(self.seed),
+                "weightspace.init_seed": str(self.seed), "weightspace.shuffle_seed": str(self.seed),
+                T.TAG_MACHINE: T.machine(device)}
         if self.owned:
             tags["mlflow.runName"] = self.run_name
         params = {"seed": str(self.seed), "snapshot_every": str(self.every), "snapshot_dtype": self.dtype,
@@ -246,8 +249,8 @@ class Recorder:
                   **({"probe": self.probe} if self.probe else {}), **self.user_params}
         have = self.client.get_run(self.run_id).data.params
         new = [Param(k, v) for k, v in params.items() if k not in have]
-        T.retry(lambda: self.client.log_batch(self.run_id, params=new, tags=[RunTag(k, v) for k, v in tags.items()]),
-                "parameters and tags")
+        run_tags = [RunTag(k, v) for k, v in tags.items()]
+        T.retry(lambda: self.client.log_batch(self.run_id, params=new, tags=run_tags), "parameters and tags")
 
     def _end_run(self, exc: BaseException | None) -> None:
         if exc is not None:
@@ -256,12 +259,14 @@ class Recorder:
             except Exception:  # noqa: BLE001 - the user's exception is the one to see
                 pass
         if self.owned:
-            status = "FINISHED" if exc is None else ("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-            mlflow.end_run(status)
+            if exc is None:
+                mlflow.end_run("FINISHED")
+            else:
+                mlflow.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         self.run_id = None
 
 
-def record(model: nn.Module, *, group: str, seed: int = 0, snapshot_every: int = 1, **kw) -> Recorder:
+def record(model: nn.Module, *, group: str, seed: int = 0, snapshot_every: int = 1, **kw) -> Recording:
     """A context manager that records ``model``'s weight trajectory into MLflow (see docs/record.md).
 
     Keywords: ``epochs`` (the last epoch, stored and checked), ``parameters`` (names or a predicate;
@@ -269,4 +274,4 @@ def record(model: nn.Module, *, group: str, seed: int = 0, snapshot_every: int =
     starts; inside an active run it logs there), ``probe`` ("package.module:function" for the
     analysis' probes), ``params`` (more params to log), ``max_bytes`` (the trajectory's budget).
     """
-    return Recorder(model, group=group, seed=seed, snapshot_every=snapshot_every, **kw)
+    return Recording(model, group=group, seed=seed, snapshot_every=snapshot_every, **kw)

@@ -1,10 +1,11 @@
-"""The logging side of one training run: parameters and tags, per-epoch metrics, snapshots, checkpoint.
+"""The logging side of one training run: the trajectory recorder plus parameters, checkpoint and resume.
 
 A ``RunSession`` owns one MLflow run and its ordered uploader. It starts (or resumes) the
-run, then turns each trained epoch into, in this order: the metrics batch, the snapshot
-and manifest when due, and last the checkpoint, so a checkpoint is only ever visible
-after everything of its epoch is stored. Siblings trained together each log through
-their own session. A run that only needs metrics (an Optuna trial) sets ``record=False``.
+run, then turns each trained epoch into, in this order: the metrics batch and the snapshot
+when due (through the ``TrajectoryRecorder`` that ``weightspace.record`` uses too), and last
+the checkpoint, so a checkpoint is only ever visible after everything of its epoch is stored.
+Siblings trained together each log through their own session. A run that only needs metrics
+(an Optuna trial) sets ``record=False``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -24,12 +24,12 @@ from tqdm.auto import tqdm
 from .. import tracking as T
 from ..config import TRAIN_DECLS, ParamError, TrainConfig, checkpoint_period, unquote_param
 from ..model import Layout, n_params
-from ..train import Trainer, is_finite, weight_stats
+from ..train import Trainer, is_finite
 from .datasets import log_datasets
-from .manifest import Manifest as _Manifest
-from .manifest import existing_manifest as _existing_manifest
 from .model_export import register_model, save_mlflow_model
-from .runs import mlflow_bar
+from .progress import mlflow_bar
+from .recorder import TrajectoryRecorder
+from .trajectory_artifact import first_snapshot, stored_manifest
 
 CHECKPOINT = "checkpoint/state.safetensors"
 MODEL = "model/model.safetensors"
@@ -57,8 +57,8 @@ def log_params_and_tags(client: MlflowClient, run_id: str, cfg: TrainConfig, ext
     tags = {T.TAG_MACHINE: T.machine(extra.get("resolved_device", "cpu"))}
     if identity:
         tags.update({T.TAG_EXPERIMENT: cfg.experiment, T.TAG_GROUP: cfg.group, T.TAG_RUN_KEY: cfg.run_key,
-                     "weightspace.init_seed": str(cfg.init_seed), "weightspace.shuffle_seed": str(cfg.shuffle_seed),
-                     "mlflow.runName": cfg.run_name})
+                     "weightspace.init_seed": str(cfg.init_seed),
+                     "weightspace.shuffle_seed": str(cfg.shuffle_seed), "mlflow.runName": cfg.run_name})
     T.retry(lambda: client.log_batch(run_id, params=new, tags=[RunTag(k, v) for k, v in tags.items()]),
             "parameters and tags")
 
@@ -96,7 +96,8 @@ def save_checkpoint(state: dict[str, torch.Tensor], cfg: TrainConfig, path: Path
     return path
 
 
-def download_checkpoint(client: MlflowClient, run_id: str, dst: Path) -> tuple[dict[str, torch.Tensor], dict] | None:
+def download_checkpoint(client: MlflowClient, run_id: str,
+                        dst: Path) -> tuple[dict[str, torch.Tensor], dict] | None:
     """The run's checkpoint tensors and config, or None when it has none yet."""
     names = [f.path for f in client.list_artifacts(run_id, "checkpoint")]
     if CHECKPOINT not in names:
@@ -108,20 +109,6 @@ def download_checkpoint(client: MlflowClient, run_id: str, dst: Path) -> tuple[d
     with safe_open(local, "pt") as f:
         meta = f.metadata() or {}
     return load_file(local), json.loads(meta.get("config", "{}"))
-
-
-def _first_snapshot(client: MlflowClient, run_id: str, dst: Path) -> torch.Tensor:
-    """θ0 of a run being resumed: its first stored snapshot, checked against the manifest."""
-    manifest = _existing_manifest(client, run_id) or {}
-    files = sorted(manifest.get("files", {}).items(), key=lambda kv: kv[1]["epoch"])
-    if not files:
-        raise RuntimeError(f"run {run_id}: cannot resume, trajectory/manifest.json lists no snapshot")
-    name, info = files[0]
-    with mlflow_bar(False):
-        local = client.download_artifacts(run_id, f"trajectory/{name}", str(dst))
-    if T.sha256_file(local) != info["sha256"]:
-        raise RuntimeError(f"run {run_id}: cannot resume, snapshot trajectory/{name} is corrupted")
-    return torch.from_numpy(np.load(local, allow_pickle=False))
 
 
 def logged_steps(client: MlflowClient, run_id: str) -> set[int]:
@@ -140,15 +127,17 @@ class RunSession:
     """
 
     def __init__(self, client: MlflowClient, run_id: str, cfg: TrainConfig, trainer: Trainer, *,
-                 raw: dict[str, str] | None = None, start_from: str | None = None, asynchronous: bool = True,
-                 record: bool = True, state: dict[str, torch.Tensor] | None = None, own_checkpoint: bool = True):
+                 raw: dict[str, str] | None = None, start_from: str | None = None,
+                 asynchronous: bool = True, record: bool = True, state: dict[str, torch.Tensor] | None = None,
+                 own_checkpoint: bool = True):
         self.client, self.run_id, self.cfg, self.trainer, self.record = client, run_id, cfg, trainer, record
         self.layout = Layout.of(trainer.model)
         data = trainer.data
         self.every = checkpoint_period(cfg.checkpoint_every, trainer.device.type)
         extra = {"n_params": str(n_params(trainer.model)), "resolved_device": str(trainer.device),
                  "resolved_checkpoint_every": str(self.every),
-                 "n_train": str(len(data.y_train)), "n_test": str(len(data.y_test)), **trainer.numerics.as_params()}
+                 "n_train": str(len(data.y_train)), "n_test": str(len(data.y_test)),
+                 **trainer.numerics.as_params()}
         log_params_and_tags(client, run_id, cfg, extra, raw, identity=record)
         if start_from:
             T.retry(lambda: client.set_tag(run_id, T.TAG_PRETRAIN, start_from), "pretrain tag")
@@ -162,9 +151,10 @@ class RunSession:
             raise
 
     def _start_unrecorded(self) -> None:
-        self.first, self.done, self.snap_epochs, self.theta0 = self.trainer.epoch, set(), set(), None
+        self.first, self.done, self.snap_epochs, self.recorder = self.trainer.epoch, set(), set(), None
 
-    def _start(self, start_from: str | None, state: dict[str, torch.Tensor] | None, own_checkpoint: bool) -> None:
+    def _start(self, start_from: str | None, state: dict[str, torch.Tensor] | None,
+               own_checkpoint: bool) -> None:
         client, run_id, cfg, trainer = self.client, self.run_id, self.cfg, self.trainer
         with tempfile.TemporaryDirectory() as tmp:
             if state is not None:
@@ -176,9 +166,10 @@ class RunSession:
                 state, stored = ck
                 _refuse_changed(run_id, stored, cfg)
                 trainer.load_state_tensors(state)
-                self.theta0 = state["theta0"] if "theta0" in state else _first_snapshot(client, run_id, Path(tmp))
-                tqdm.write(f"[{cfg.run_name}] resuming run {run_id} from its checkpoint at epoch {trainer.epoch}",
-                           file=sys.stderr)
+                theta0 = state["theta0"] if "theta0" in state else \
+                    torch.from_numpy(first_snapshot(client, run_id, Path(tmp)))
+                tqdm.write(f"[{cfg.run_name}] resuming run {run_id} from its checkpoint at epoch "
+                           f"{trainer.epoch}", file=sys.stderr)
             else:
                 if start_from:
                     pre = download_checkpoint(client, start_from, Path(tmp))
@@ -187,45 +178,54 @@ class RunSession:
                     # A clone keeps weights and momentum, but draws its own data order and masks.
                     trainer.load_state_tensors(pre[0], rng=False)
                     trainer.reseed(cfg.shuffle_seed)
-                self.theta0 = trainer.theta()
+                theta0 = trainer.theta()
             self.done = logged_steps(client, run_id)
-            if ck is None and self.done and own_checkpoint:  # killed after logging epochs, before a checkpoint
-                tqdm.write(f"[{cfg.run_name}] run {run_id} has no checkpoint yet: training it again from epoch "
-                           f"{trainer.epoch}; the metrics it stored for {len(self.done)} epochs are kept, "
-                           "not logged again", file=sys.stderr)
+            # Killed after logging epochs, before their checkpoint.
+            if ck is None and self.done and own_checkpoint:
+                tqdm.write(f"[{cfg.run_name}] run {run_id} has no checkpoint yet: training it again from "
+                           f"epoch {trainer.epoch}; the metrics it stored for {len(self.done)} epochs are "
+                           "kept, not logged again", file=sys.stderr)
         self.first = trainer.epoch
-        self.up.text(self.layout.to_json(), "trajectory/layout.json")
-        self.manifest = _Manifest(self.up, _existing_manifest(client, run_id))
+        self.recorder = TrajectoryRecorder(self.up, self.layout.to_json(), theta0,
+                                           existing=stored_manifest(client, run_id))
         # A fresh run's first epoch (the init, or a clone's fork) is always a snapshot; a resumed
         # run's is one only when the schedule says so, as in an uninterrupted run.
         self.snap_epochs = set(cfg.snapshot_epochs()) | (set() if resumed else {self.first})
-        self.prev = trainer.theta()
-        if self.first not in self.done:
-            _log_epoch(self.up, trainer, cfg, self.first, self.prev, self.theta0, None, None)
-        if self.first in self.snap_epochs:
-            self.manifest.add(self.first, self.prev)
+        self._record(self.first, None)
 
     def end_epoch(self, seconds: float) -> dict[str, float] | None:
         """Measure and log the epoch the trainer just finished; checkpoint after everything else."""
         trainer, epoch = self.trainer, self.trainer.epoch
         if not self.record:
-            return _log_epoch(self.up, trainer, self.cfg, epoch, None, None, None, seconds)
-        theta = trainer.theta()
-        m = None
-        if epoch not in self.done:
-            m = _log_epoch(self.up, trainer, self.cfg, epoch, theta, self.theta0, self.prev, seconds)
-        if epoch in self.snap_epochs:
-            self.manifest.add(epoch, theta)
+            m = self._metrics(epoch, seconds)
+            self.up.metrics(m, step=epoch)
+            return m
+        m = self._record(epoch, seconds)
         if epoch % self.every == 0 or epoch == self.cfg.epochs:
             self._checkpoint(trainer.state_tensors())  # copies taken now, written off the training thread
-        self.prev = theta
+        return m
+
+    def _record(self, epoch: int, seconds: float | None) -> dict[str, float] | None:
+        """The epoch's metrics, unless an earlier attempt of the run logged them; its snapshot when due."""
+        theta = self.trainer.theta()
+        metrics = None if epoch in self.done else self._metrics(epoch, seconds)
+        return self.recorder.epoch(epoch, theta, metrics, snapshot=epoch in self.snap_epochs)
+
+    def _metrics(self, epoch: int, seconds: float | None) -> dict[str, float]:
+        m = self.trainer.epoch_metrics()
+        if not is_finite(m):
+            raise FloatingPointError(f"training diverged at epoch {epoch} (train_loss={m['train_loss']}); "
+                                     f"lower parameter 'lr' (now {self.cfg.lr})")
+        if seconds is not None:
+            m["epoch_seconds"] = seconds
         return m
 
     def _checkpoint(self, state: dict[str, torch.Tensor]) -> None:
         # Overwritten in place each time: MLflow stages an upload and renames it over the old file
         # (and the server drops a request cut short), so a kill mid-upload keeps the previous one.
         def job() -> None:
-            path = save_checkpoint(state, self.cfg, Path(tempfile.mkdtemp(dir=self.up.spool)) / "state.safetensors")
+            local = Path(tempfile.mkdtemp(dir=self.up.spool)) / "state.safetensors"
+            path = save_checkpoint(state, self.cfg, local)
             self.client.log_artifact(self.run_id, str(path), "checkpoint")
             path.unlink(missing_ok=True)
         self.up.call(job, CHECKPOINT)
@@ -233,41 +233,27 @@ class RunSession:
     def finish(self) -> None:
         """Mark the trajectory complete, store the final model, and wait until everything is stored."""
         if self.record:
-            self.manifest.complete = True
-            self.manifest.publish()
+            self.recorder.finish()
             state = {k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
                      for k, v in self.trainer.model.state_dict().items()}
             self.up.call(lambda: self._store_model(state), "model")
         self.up.flush()
         if self.record and self.cfg.register_model:
-            version = T.retry(lambda: register_model(self.run_id, self.cfg.register_model), "model registration")
-            tqdm.write(f"[{self.cfg.run_name}] registered model {self.cfg.register_model} version {version}",
-                       file=sys.stderr)
+            name = self.cfg.register_model
+            version = T.retry(lambda: register_model(self.run_id, name), "model registration")
+            tqdm.write(f"[{self.cfg.run_name}] registered model {name} version {version}", file=sys.stderr)
 
     def _store_model(self, state: dict[str, torch.Tensor]) -> None:
         """``model/model.safetensors``, and beside it the same weights as a loadable MLflow Model."""
         d = Path(tempfile.mkdtemp(dir=self.up.spool))
         weights = d / "model.safetensors"
-        save_file(state, str(weights), metadata={"config": _config_json(self.cfg), "layout": self.layout.to_json()})
+        save_file(state, str(weights),
+                  metadata={"config": _config_json(self.cfg), "layout": self.layout.to_json()})
         self.client.log_artifact(self.run_id, str(weights), "model")
         self.client.log_artifacts(self.run_id, str(save_mlflow_model(weights, d / "mlflow_model")), "model")
 
     def close(self) -> None:
         self.up.close()
-
-
-def _log_epoch(up: T.Uploader, trainer: Trainer, cfg: TrainConfig, epoch: int, theta: torch.Tensor | None,
-               theta0: torch.Tensor | None, prev: torch.Tensor | None, seconds: float | None) -> dict[str, float]:
-    m = trainer.epoch_metrics()
-    if not is_finite(m):
-        raise FloatingPointError(f"training diverged at epoch {epoch} (train_loss={m['train_loss']}); "
-                                 f"lower parameter 'lr' (now {cfg.lr})")
-    if theta is not None:
-        m.update(weight_stats(theta, theta0, prev))
-    if seconds is not None:
-        m["epoch_seconds"] = seconds
-    up.metrics(m, step=epoch)
-    return m
 
 
 def _refuse_changed(run_id: str, stored: dict, cfg: TrainConfig) -> None:

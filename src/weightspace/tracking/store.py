@@ -35,7 +35,8 @@ def launch(entry: str, seed_name: str, seeds: list[str], extra: list[str], proje
     mlflow_bin = str(Path(sys.executable).parent / "mlflow")
     procs = []
     for s in seeds:
-        cmd = [mlflow_bin, "run", project, "--env-manager", "local", "-e", entry, "-P", f"{seed_name}={s}", *extra]
+        cmd = [mlflow_bin, "run", project, "--env-manager", "local", "-e", entry,
+               "-P", f"{seed_name}={s}", *extra]
         procs.append((s, subprocess.Popen(cmd)))
     failed = 0
     for s, p in procs:
@@ -65,7 +66,8 @@ def main(argv: list[str]) -> int:
     name, values = argv[2].split("=", 1)
     t0 = time.time()
     failed = launch(argv[1], name, [v for v in values.split(",") if v], rest, project)
-    print(f"weightspace: {len(values.split(','))} runs, {failed} failed, {time.time() - t0:.0f} s", file=sys.stderr)
+    print(f"weightspace: {len(values.split(','))} runs, {failed} failed, {time.time() - t0:.0f} s",
+          file=sys.stderr)
     return 1 if failed else 0
 
 

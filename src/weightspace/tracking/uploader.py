@@ -60,7 +60,8 @@ def retry(fn: Callable[[], Any], what: str, timeout: float | None = None) -> Any
 class Uploader:
     """A FIFO of upload jobs, run by one daemon thread (or inline when ``asynchronous=False``)."""
 
-    def __init__(self, client: MlflowClient, run_id: str, asynchronous: bool = True, max_pending: int | None = None):
+    def __init__(self, client: MlflowClient, run_id: str, asynchronous: bool = True,
+                 max_pending: int | None = None):
         self.client, self.run_id = client, run_id
         self.spool = Path(tempfile.mkdtemp(prefix=f"weightspace-{run_id[:8]}-"))
         self.asynchronous = asynchronous
