@@ -184,8 +184,8 @@ def _within(f: FamilyDistances) -> Claim:
                     f"CV {num(f.start_cv)}; random same-norm vectors: mean {num(f.random.mean())}, "
                     f"CV {num(f.random_cv)} (final/random {f.final.mean() / f.random.mean():.3g})")
     return Claim(f"final solutions roughly equidistant, within {f.family}", "roughly equal", measured,
-                 f"start CV {num(f.start_cv)}, random CV {num(f.random_cv)}", within_verdict(f.cv, baselines,
-                                                                                           f.n_pairs))
+                 f"start CV {num(f.start_cv)}, random CV {num(f.random_cv)}",
+                 within_verdict(f.cv, baselines, f.n_pairs))
 
 
 def families_claims(r: FamiliesResult) -> list[Claim]:

@@ -51,7 +51,7 @@ class FamilyKind:
 
     pca_figure: str                     # file name of its 2D PCA figure
     pca_title: str                      # title; {s} is the plural s of "path", {family} the family
-    panels: bool = False                # one PCA panel per PANEL_SIZES (the paper's Figures 1 and 2)
+    panels: bool = False                # a PCA panel per fit on the first 1, 2, 5 runs (Figures 1 and 2)
     panel_label: str = "PCA fit on {n} run(s)"
     stem: bool = False                  # draw the shared pretraining path, when given
     divergence_figure: str = "pairwise_distance_over_epochs.png"
@@ -62,15 +62,13 @@ class FamilyKind:
 FAMILY_KINDS = {
     "single": FamilyKind("pca_paths.png", "2D PCA of the path{s} ({family})"),
     "different_init": FamilyKind("fig1_pca_different_init.png",
-                                 "2D PCA of paths from different initialisations",
-                             panels=True),
+                                 "2D PCA of paths from different initialisations", panels=True),
     "same_init": FamilyKind("fig2_pca_same_init.png", "2D PCA of paths from one shared initialisation",
-                            panels=True,
-                        diverging="same-init runs (different data order)"),
+                            panels=True, diverging="same-init runs (different data order)"),
     "clone": FamilyKind("fig3b_pca_clones.png", "2D PCA of clone paths after the shared pretraining",
-                    panel_label="PCA fit on all clones", stem=True,
-                    divergence_figure="fig3c_clone_divergence.png",
-                    diverging="clones of one pretrained model"),
+                        panel_label="PCA fit on all clones", stem=True,
+                        divergence_figure="fig3c_clone_divergence.png",
+                        diverging="clones of one pretrained model"),
     "mixed": FamilyKind("pca_paths.png", "2D PCA of the path{s} ({family})"),
     "recorded": FamilyKind("pca_paths.png", "2D PCA of the path{s} ({family} with weightspace.record)"),
 }
@@ -169,6 +167,7 @@ class Family:
 
     @property
     def how(self) -> FamilyKind:
+        """How this kind of family is drawn, and which claims apply to it beyond the common ones."""
         return FAMILY_KINDS[self.kind]
 
     @property

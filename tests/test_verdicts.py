@@ -201,19 +201,19 @@ def test_walk_rule(t, want):
     assert diffusion.diffusion_rule(t) == {walk_verdicts.EXCEEDS: diffusion.TRAVEL,
                                            walk_verdicts.CONSISTENT: diffusion.DIFFUSION,
                                            walk_verdicts.BELOW: diffusion.CONFINED,
-                                    "n/a": "n/a"}[want]
+                                           "n/a": "n/a"}[want]
 
 
 def test_claim_pca_against_the_walks():
-    c = low_dimension.claim_pca(low_dimension.TopK(2, "joint PCA", 0.7722, {"diffusion": 0.7433},
-                                                   "diffusion", 200, 0.11,
-                             walk=WalkTest(0.7722, 0.73, 0.79, 0.21)), rank=300)
+    row = low_dimension.TopK(2, "joint PCA", 0.7722, {"diffusion": 0.7433}, "diffusion", 200, 0.11,
+                             walk=WalkTest(0.7722, 0.73, 0.79, 0.21))
+    c = low_dimension.claim_pca(row, rank=300)
     assert c.verdict.startswith("close to the paper; consistent with a random walk of rank 300 (p = 0.21)")
     assert "walks' 95% range 73.00% to 79.00%" in c.verdict and "simulated 73.00% to 79.00%" in c.null
     assert "[threshold p ≤ 0.05 for 'exceeds'" in c.verdict and "25%" not in c.verdict
-    c = low_dimension.claim_pca(low_dimension.TopK(2, "joint PCA", 0.80, {"diffusion": 0.74}, "diffusion",
-                                                   200, 0.23,
-                             walk=WalkTest(0.80, 0.73, 0.79, 0.004)), rank=300)
+    row = low_dimension.TopK(2, "joint PCA", 0.80, {"diffusion": 0.74}, "diffusion", 200, 0.23,
+                             walk=WalkTest(0.80, 0.73, 0.79, 0.004))
+    c = low_dimension.claim_pca(row, rank=300)
     assert "exceeds a random walk of rank 300 (p = 0.004)" in c.verdict
     c = low_dimension.claim_pca(_row(measured=0.80))             # no walks: the share rule
     assert "survives the null in part" in c.verdict
