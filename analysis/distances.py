@@ -106,7 +106,8 @@ class FinalDistances:
     norm: np.ndarray             # (R,) ‖θ_final‖
 
 
-def final_distances(trajs: Sequence[Trajectory], progress: bool = False, first: bool = False) -> FinalDistances:
+def final_distances(trajs: Sequence[Trajectory], progress: bool = False,
+                    first: bool = False) -> FinalDistances:
     """Distances and cosine similarities between the runs' final snapshots (R vectors in memory).
 
     ``first``: between their first snapshots instead (the inits; for clones, the fork).
@@ -147,7 +148,8 @@ class PairwiseOverEpochs:
         return self.dist[:, iu[0], iu[1]].mean(axis=1)
 
 
-def pairwise_over_epochs(trajs: Sequence[Trajectory], epochs=None, progress: bool = False) -> PairwiseOverEpochs:
+def pairwise_over_epochs(trajs: Sequence[Trajectory], epochs=None,
+                         progress: bool = False) -> PairwiseOverEpochs:
     """Pairwise distances and cosines between runs at each common snapshot epoch."""
     trajs = as_list(trajs)
     epochs = common_epochs(trajs) if epochs is None else np.asarray(epochs, np.int64)
