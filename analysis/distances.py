@@ -114,8 +114,8 @@ def final_distances(trajs: Sequence[Trajectory], progress: bool = False,
     """
     trajs = as_list(trajs)
     pick = [0 if first else t.T - 1 for t in trajs]
-    X = np.stack([_vec(t, i) for t, i in tqdm(list(zip(trajs, pick)), desc="snapshots", disable=not progress,
-                                              leave=False)])
+    X = np.stack([_vec(t, i) for t, i in tqdm(list(zip(trajs, pick)), desc="snapshots",
+                                              disable=not progress, leave=False)])
     return FinalDistances([t.name for t in trajs], np.array([int(t.epochs[i]) for t, i in zip(trajs, pick)]),
                           pairwise_distances(X), cosine_similarity(X), np.linalg.norm(X, axis=1))
 

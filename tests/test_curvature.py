@@ -65,9 +65,8 @@ FAMILIES = {
     "lstm": (lambda: Last(nn.LSTM(4, 5, batch_first=True), 5), SEQ),
     "gru": (lambda: Last(nn.GRU(4, 5, batch_first=True), 5), SEQ),
     "multihead_attention": (Attention, SEQ),
-    "transformer_encoder_layer": (lambda: Last(nn.TransformerEncoderLayer(4, 2, 8, dropout=0.0,
-                                                                          batch_first=True), 4),
-                                  SEQ),
+    "transformer_encoder_layer": (
+        lambda: Last(nn.TransformerEncoderLayer(4, 2, 8, dropout=0.0, batch_first=True), 4), SEQ),
     "layernorm": (lambda: nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.Tanh(), nn.Linear(6, 3)),
                   lambda: torch.randn(5, 4)),
     "batchnorm_eval": (_batchnorm, lambda: torch.randn(5, 4)),

@@ -67,8 +67,8 @@ def test_metrics_report_and_figure(suite, tmp_path):
         assert m[f"families_final_pairwise_dist_mean_{f}"] == pytest.approx(means[f], rel=1e-12)
         assert m[f"families_final_pairwise_dist_min_{f}"] == pytest.approx(pdist(finals(t)).min(), rel=1e-12)
         x0 = np.stack([s.load(0) for s in t]).astype(np.float64)
-        assert m[f"families_init_pairwise_dist_mean_{f}"] == pytest.approx(pdist(x0).mean(), rel=1e-12,
-                                                                           abs=1e-12)
+        init = m[f"families_init_pairwise_dist_mean_{f}"]
+        assert init == pytest.approx(pdist(x0).mean(), rel=1e-12, abs=1e-12)
     assert m["families_final_pairwise_dist_ratio"] == pytest.approx(max(means.values()) / min(means.values()))
     assert m["families_init_pairwise_dist_mean_same_init"] == 0
     assert all(np.isfinite(v) for v in m.values())

@@ -82,9 +82,8 @@ def _check_common(res, out, n, arrays, figures):
     # the increments' rank, from the snapshots themselves: 1 / E[cos²] over all pairs of increments
     u = np.vstack([np.diff(A, axis=0) for A in arrays])
     u = u / np.linalg.norm(u, axis=1, keepdims=True)
-    assert res.metrics["noise_eff_rank"] == pytest.approx(1 / np.mean((u @ u.T)[np.triu_indices(len(u),
-                                                                                                1)] ** 2),
-                                                          rel=1e-6)
+    cos2 = (u @ u.T)[np.triu_indices(len(u), 1)] ** 2
+    assert res.metrics["noise_eff_rank"] == pytest.approx(1 / np.mean(cos2), rel=1e-6)
     for k in (1, 2, 10):    # tested where the PCA has more than k components (N − 1 of them)
         if k < sum(len(A) for A in arrays) - 1:
             lo, hi = res.metrics[f"null_sim_evr_top{k}_q025"], res.metrics[f"null_sim_evr_top{k}_q975"]
@@ -147,8 +146,8 @@ def test_different_init_with_extras(tmp_path):
     assert any("equidistant from each other" in c.claim for c in res.claims)
     assert any("equidistant from the origin" in c.claim for c in res.claims)
     sk1 = PCA(svd_solver="full").fit(arrays[3])
-    assert res.metrics["pca_evr_top2_run3"] == pytest.approx(sk1.explained_variance_ratio_[:2].sum(),
-                                                             rel=1e-6)
+    top2 = sk1.explained_variance_ratio_[:2].sum()
+    assert res.metrics["pca_evr_top2_run3"] == pytest.approx(top2, rel=1e-6)
     # the null: independent walks from the measured starts, on the epochs clock and on the diffusion clock
     # τ = Σ step_length², the start Gram in the null's units (‖θ‖² per epoch of diffusion on the epochs clock)
     e = np.arange(0, 101, 10)
@@ -158,10 +157,10 @@ def test_different_init_with_extras(tmp_path):
     rate = sum(tau[-1] for tau in taus) / (5 * 100)
     m = res.metrics
     for k in (2, 10):
-        assert m[f"null_evr_top{k}"] == pytest.approx(null_evr_runs([e] * 5, start_gram=S / rate)[:k].sum(),
-                                                      rel=1e-5)
-        assert m[f"null_diffusion_evr_top{k}"] == pytest.approx(null_evr_runs(taus, start_gram=S)[:k].sum(),
-                                                                rel=1e-5)
+        epochs_null = null_evr_runs([e] * 5, start_gram=S / rate)[:k].sum()
+        assert m[f"null_evr_top{k}"] == pytest.approx(epochs_null, rel=1e-5)
+        diffusion_null = null_evr_runs(taus, start_gram=S)[:k].sum()
+        assert m[f"null_diffusion_evr_top{k}"] == pytest.approx(diffusion_null, rel=1e-5)
     assert m["null_evr_top2"] > null_evr_runs([e] * 5)[:2].sum() + 0.05       # the starts matter here
     assert m["null_start_var_epochs"] == pytest.approx(np.trace(S) / 5 / rate, rel=1e-5)
     assert m["null_uncentred_evr_top2"] == pytest.approx(null_evr_runs([e] * 5, False)[:2].sum(), rel=1e-9)

@@ -59,9 +59,9 @@ def runs(tmp_path, data, n_runs: int = 2, epochs: int = 3, make=regressor) -> li
                 mse(model(data.x_train[idx]), data.y_train[idx]).backward()
                 opt.step()
             snaps.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
-        trajs.append(Trajectory.from_arrays(torch.stack(snaps).numpy(), range(epochs + 1),
-                                            tmp_path / f"run{s}",
-                                            name=f"reg-seed{s}", experiment="recorded", init_seed=s))
+        X = torch.stack(snaps).numpy()
+        trajs.append(Trajectory.from_arrays(X, range(epochs + 1), tmp_path / f"run{s}", name=f"reg-seed{s}",
+                                            experiment="recorded", init_seed=s))
     return trajs
 
 
@@ -75,8 +75,8 @@ def test_the_loss_and_the_error_metric_are_the_models():
     assert loss == pytest.approx(float(F.mse_loss(out.squeeze(1), data.y_test)), rel=1e-5)
     assert err == pytest.approx(float(((out.squeeze(1) - data.y_test).abs() > TOL).float().mean()), abs=1e-6)
     # no metric and targets that are not class labels: the loss, and no error (never an argmax of one output)
-    loss2, err2 = FlatModel(module=regressor(), loss=mse, batch_size=16).evaluate(theta, data.x_test,
-                                                                                  data.y_test)
+    regression = FlatModel(module=regressor(), loss=mse, batch_size=16)
+    loss2, err2 = regression.evaluate(theta, data.x_test, data.y_test)
     assert loss2 == pytest.approx(loss, rel=1e-6) and np.isnan(err2)
 
 
@@ -108,8 +108,8 @@ def test_the_probes_of_a_regressor_finish_with_its_loss_and_metric(metric, tmp_p
         return
     # the error barrier is the metric's, along the line between the final weights
     finals = [fm.theta(t.load(3, mmap=False)) for t in trajs]
-    errs = [FlatModel(module=regressor(), loss=mse, error=off_by_more).evaluate(th, data.x_test,
-                                                                                data.y_test)[1]
+    fm_off = FlatModel(module=regressor(), loss=mse, error=off_by_more)
+    errs = [fm_off.evaluate(th, data.x_test, data.y_test)[1]
             for th in line(finals[0], finals[1], alphas(5))]
     assert m["pair_barrier_frankle_run0_run1"] == pytest.approx(barrier_frankle(np.array(errs)), abs=1e-12)
     assert "[threshold" in basins

@@ -459,11 +459,11 @@ def test_basins_verdict_on_both_sides():
 
     assert basins_verdict(0.5 * T, None).startswith("not supported: linearly connected")
     assert basins_verdict(0.5 * T, 0.1 * T).startswith("not supported")
-    assert basins_verdict(2 * T, None).startswith("supported") and "not aligned" in basins_verdict(2 * T,
-                                                                                                   None)
+    assert basins_verdict(2 * T, None).startswith("supported")
+    assert "not aligned" in basins_verdict(2 * T, None)
     assert basins_verdict(2 * T, 0.5 * T).startswith("different basins only up to a permutation")
-    assert basins_verdict(2 * T, 2 * T).startswith("supported") and "even after" in basins_verdict(2 * T,
-                                                                                                   2 * T)
+    assert basins_verdict(2 * T, 2 * T).startswith("supported")
+    assert "even after" in basins_verdict(2 * T, 2 * T)
     assert all(f"[threshold {T}]" in basins_verdict(r, a) for r, a in ((0, 0), (1, None), (1, 0), (1, 1)))
 
 

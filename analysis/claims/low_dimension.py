@@ -298,8 +298,8 @@ def files(fam: Family, out_dir: Path) -> list[Path]:
                                                                     for c, v in sp.boot.items()}},
                  "simulated": sp.dynamics.summary(sp.centred.explained_variance_ratio,
                                                   sp.uncentred.explained_variance_ratio)},
-        "scores": {"run_index": sp.centred.run_index, "epoch": sp.centred.epochs, "pc": sp.centred.scores[:,
-                                                                                                          :2]},
+        "scores": {"run_index": sp.centred.run_index, "epoch": sp.centred.epochs,
+                   "pc": sp.centred.scores[:, :2]},
     }
     path = out_dir / "pca_spectrum.json"
     path.write_text(json.dumps(jsonable(spectrum), indent=1))

@@ -168,8 +168,7 @@ class Probe:
     # result -> per-epoch values {name: (epochs, values)}, logged with step = epoch
     series: Callable[[Any], dict[str, tuple[np.ndarray, np.ndarray]]] = lambda r: {}
     params: Callable[[Any], dict[str, str]] = lambda r: {}    # result -> how it computed, logged as params
-    needs: tuple[str,
-                 ...] = ()                     # earlier probes whose results ``run`` reuses (None if off)
+    needs: tuple[str, ...] = ()                     # earlier probes whose results ``run`` reuses (None: off)
     classes: bool = False                           # compares predicted classes: n/a for other targets
 
 

@@ -80,8 +80,8 @@ class Curve:
 def interpolate(theta_a: torch.Tensor, theta_b: torch.Tensor, evaluate: Evaluate, n: int = 25,
                 name: str = "") -> Curve:
     a = alphas(n)
-    return Curve(name, a, {k: np.asarray(v, dtype=np.float64) for k, v in evaluate(line(theta_a, theta_b,
-                                                                                        a)).items()})
+    return Curve(name, a, {k: np.asarray(v, dtype=np.float64)
+                           for k, v in evaluate(line(theta_a, theta_b, a)).items()})
 
 
 @dataclass

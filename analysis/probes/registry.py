@@ -2,8 +2,8 @@
 
 A probe is one module of this package: its computation ``run(inputs, *earlier results) -> result``,
 and from the result its metrics, report rows and figures, declared as ``PROBE = Probe(...)``
-(``probes.base``). Adding one is that module and one line in ``PROBES``. ``run_probes`` runs the
-enabled ones and gathers claims, metrics, per-epoch series and figures.
+(``probes.base``). Adding one is that module, its name in the import below and one line in
+``PROBES``. ``run_probes`` runs the enabled ones and gathers claims, metrics, per-epoch series and figures.
 
 No probe can fail an analysis: a probe whose run, figures or verdicts raise is reported in
 its own row as "n/a: <probe> failed: <reason>", with the reason in ``ProbeResult.errors`` for

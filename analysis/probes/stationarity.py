@@ -88,8 +88,8 @@ class RunGradients:
         (floor removed) alone would cause in that epoch over the observed step. None without both."""
         if self.drift_factor is None or not len(self.step_epochs):
             return None
-        step = dict(zip(np.asarray(self.step_epochs).tolist(), np.asarray(self.step_length,
-                                                                          dtype=np.float64)))
+        step = dict(zip(np.asarray(self.step_epochs).tolist(),
+                        np.asarray(self.step_length, dtype=np.float64)))
         g = debiased(self.grad_norm, self.floor)
         vals = [self.drift_factor * gi / max(step[e], 1e-30)
                 for e, gi, late in zip(self.epochs.tolist(), g, self.late_mask) if late and e in step]
@@ -163,8 +163,7 @@ def stationarity(inp: ProbeInputs) -> StationarityResult:
         for i, t in tqdm(todo, desc="Hessian top eigenvalue", disable=not inp.progress):
             e = int(inp.trajs[i].epochs[t])
             eigs[(i, e)] = top_hessian_eig(list(ce) + [wdp], inp.theta(i, t), opt.hessian_iters,
-                                           opt.hessian_tol,
-                                           seed=opt.seed + 1000 * i + e, mode=mode)
+                                           opt.hessian_tol, seed=opt.seed + 1000 * i + e, mode=mode)
             mode = eigs[(i, e)].mode
     on = bool(opt.hessian_epochs)
     return StationarityResult(inp.names, len(inp.y_train), inp.train_size, runs, eigs,
