@@ -78,7 +78,8 @@ def permutation_spec(layout: Layout) -> PermutationSpec:
                 continue
             n, length, block = sizes[perm], shapes[name][axis], CNN_BLOCKS.get((name, axis), 1)
             if length != n * block:
-                raise ValueError(f"axis {axis} of {name} has {length} entries, expected {n} {perm} units x {block}")
+                raise ValueError(f"axis {axis} of {name} has {length} entries, "
+                                 f"expected {n} {perm} units x {block}")
             axes[perm].append((name, axis, block, 1))
     return PermutationSpec(sizes, {p: tuple(a) for p, a in axes.items()})
 
@@ -87,13 +88,16 @@ def _split(theta: np.ndarray, layout: Layout) -> dict[str, np.ndarray]:
     theta = np.asarray(theta)
     if theta.shape != (layout.size,):
         raise ValueError(f"parameter vector has shape {theta.shape}, the layout needs ({layout.size},)")
-    return {n: theta[o:o + int(np.prod(s))].reshape(s) for n, s, o in zip(layout.names, layout.shapes, layout.offsets)}
+    return {n: theta[o:o + int(np.prod(s))].reshape(s)
+            for n, s, o in zip(layout.names, layout.shapes, layout.offsets)}
 
 
 def _take(w: np.ndarray, axis: int, perm: np.ndarray, block: int, groups: int = 1) -> np.ndarray:
-    """w reordered along axis by perm in each of its groups, moving runs of `block` consecutive entries together."""
+    """w reordered along axis by perm in each of its groups, moving runs of `block` consecutive entries
+    together."""
     s = w.shape
-    return np.take(w.reshape(s[:axis] + (groups, len(perm), block) + s[axis + 1:]), perm, axis=axis + 1).reshape(s)
+    return np.take(w.reshape(s[:axis] + (groups, len(perm), block) + s[axis + 1:]), perm,
+                   axis=axis + 1).reshape(s)
 
 
 def _permuted(w: np.ndarray, name: str, spec: PermutationSpec, perms: dict[str, np.ndarray],
@@ -143,8 +147,9 @@ def _rows(w: np.ndarray, axis: int, n: int, block: int, groups: int = 1) -> np.n
     return np.moveaxis(w.reshape(s[:axis] + (groups, n, block) + s[axis + 1:]), axis + 1, 0).reshape(n, -1)
 
 
-def weight_matching(theta_a: np.ndarray, theta_b: np.ndarray, layout: Layout, max_iter: int = 100, seed: int = 0,
-                    history: list | None = None, spec: PermutationSpec | None = None) -> dict[str, np.ndarray]:
+def weight_matching(theta_a: np.ndarray, theta_b: np.ndarray, layout: Layout, max_iter: int = 100,
+                    seed: int = 0, history: list | None = None,
+                    spec: PermutationSpec | None = None) -> dict[str, np.ndarray]:
     """Permutations of network B that (locally) maximise <theta_A, pi(theta_B)>, by weight matching.
 
     Git Re-Basin, Algorithm 1: start from the identity; in each sweep visit the permutations
@@ -190,7 +195,9 @@ def weight_matching(theta_a: np.ndarray, theta_b: np.ndarray, layout: Layout, ma
 
 
 def align(theta_a: np.ndarray, theta_b: np.ndarray, layout: Layout, max_iter: int = 100, seed: int = 0,
-          history: list | None = None, spec: PermutationSpec | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+          history: list | None = None,
+          spec: PermutationSpec | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """theta_B permuted to match theta_A (same function as theta_B), and the permutations used."""
-    perms = weight_matching(theta_a, theta_b, layout, max_iter=max_iter, seed=seed, history=history, spec=spec)
+    perms = weight_matching(theta_a, theta_b, layout, max_iter=max_iter, seed=seed, history=history,
+                            spec=spec)
     return apply_permutation(theta_b, layout, perms, spec), perms

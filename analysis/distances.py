@@ -106,15 +106,16 @@ class FinalDistances:
     norm: np.ndarray             # (R,) ‖θ_final‖
 
 
-def final_distances(trajs: Sequence[Trajectory], progress: bool = False, first: bool = False) -> FinalDistances:
+def final_distances(trajs: Sequence[Trajectory], progress: bool = False,
+                    first: bool = False) -> FinalDistances:
     """Distances and cosine similarities between the runs' final snapshots (R vectors in memory).
 
     ``first``: between their first snapshots instead (the inits; for clones, the fork).
     """
     trajs = as_list(trajs)
     pick = [0 if first else t.T - 1 for t in trajs]
-    X = np.stack([_vec(t, i) for t, i in tqdm(list(zip(trajs, pick)), desc="snapshots", disable=not progress,
-                                              leave=False)])
+    X = np.stack([_vec(t, i) for t, i in tqdm(list(zip(trajs, pick)), desc="snapshots",
+                                              disable=not progress, leave=False)])
     return FinalDistances([t.name for t in trajs], np.array([int(t.epochs[i]) for t, i in zip(trajs, pick)]),
                           pairwise_distances(X), cosine_similarity(X), np.linalg.norm(X, axis=1))
 
@@ -147,7 +148,8 @@ class PairwiseOverEpochs:
         return self.dist[:, iu[0], iu[1]].mean(axis=1)
 
 
-def pairwise_over_epochs(trajs: Sequence[Trajectory], epochs=None, progress: bool = False) -> PairwiseOverEpochs:
+def pairwise_over_epochs(trajs: Sequence[Trajectory], epochs=None,
+                         progress: bool = False) -> PairwiseOverEpochs:
     """Pairwise distances and cosines between runs at each common snapshot epoch."""
     trajs = as_list(trajs)
     epochs = common_epochs(trajs) if epochs is None else np.asarray(epochs, np.int64)

@@ -19,7 +19,16 @@ from weightspace.analysis.increments import (
     run_increments,
     window_rows,
 )
-from weightspace.analysis.walknull import N_PC, N_WALKS, WalkSims, WalkTest, band, simulate_walks, topk_test, walk_test
+from weightspace.analysis.walknull import (
+    N_PC,
+    N_WALKS,
+    WalkSims,
+    WalkTest,
+    band,
+    simulate_walks,
+    topk_test,
+    walk_test,
+)
 
 TOP_KS = (1, 2, 10)
 
@@ -57,8 +66,10 @@ class Dynamics:
     def summary(self, centred_ratios: np.ndarray, uncentred_ratios: np.ndarray) -> dict:
         """The JSON record of the simulated null: rank, each top-k test, per-PC ranges and excess."""
         return {"rank": self.rank, "n_walks": 0 if self.sims is None else len(self.sims.centred),
-                "tests": {f"{'centred' if c else 'uncentred'}_top{k}": vars(t) for (c, k), t in self.top.items()},
-                "per_pc": {"centred": self.per_pc(centred_ratios), "uncentred": self.per_pc(uncentred_ratios, False)},
+                "tests": {f"{'centred' if c else 'uncentred'}_top{k}": vars(t)
+                          for (c, k), t in self.top.items()},
+                "per_pc": {"centred": self.per_pc(centred_ratios),
+                           "uncentred": self.per_pc(uncentred_ratios, False)},
                 "late_drift_fraction": None if self.late is None else vars(self.late),
                 "path_ratio": None if self.path is None else vars(self.path)}
 
@@ -94,8 +105,8 @@ def family_dynamics(G: np.ndarray, run_index: np.ndarray, epochs: Sequence[np.nd
     d.sims = simulate_walks(v, run_index, rank, start_gram, extras, n_walks)
     # top-k of N − 1 (centred) or N − R (each run from its end) components is 100% by construction
     n_pc = {True: len(run_index) - 1, False: len(run_index) - len(rows)}
-    d.top = {(c, k): topk_test(d.sims, ratios, k, c) for c, ratios in ((True, centred_ratios),
-                                                                     (False, uncentred_ratios))
+    d.top = {(c, k): topk_test(d.sims, ratios, k, c)
+             for c, ratios in ((True, centred_ratios), (False, uncentred_ratios))
              for k in TOP_KS if k < n_pc[c]}
     late = [r.windows[w] for r, w in zip(runs, late_windows) if w]
     if late and np.all(np.isfinite(late)) and np.all(np.isfinite(d.sims.extras["late"])):
@@ -115,7 +126,8 @@ def _path_ratio(cos: np.ndarray, steps: np.ndarray) -> float:
 
 
 def _path_extra(inc_run: np.ndarray, steps: np.ndarray):
-    """Walk on the same steps: each run's measured step lengths along the simulated directions; median over runs."""
+    """Walk on the same steps: each run's measured step lengths along the simulated directions; median
+    over runs."""
     def f(d, X):
         out = []
         for r in np.unique(inc_run):

@@ -46,7 +46,8 @@ def null_gram(epochs, centred: bool = True) -> np.ndarray:
     return e[-1] - np.maximum.outer(e, e)
 
 
-def joint_null_cov(clocks: Sequence, centred: bool = True, start_gram: np.ndarray | None = None) -> np.ndarray:
+def joint_null_cov(clocks: Sequence, centred: bool = True,
+                   start_gram: np.ndarray | None = None) -> np.ndarray:
     """Expected Gram (per dimension) of independent walks, one per run, before any centring.
 
     Centred: S[run_i, run_j] + δ_run min(τ_i − τ_0, τ_j − τ_0), with S the (R, R) Gram of the runs'
@@ -252,7 +253,8 @@ def bootstrap_beyond(K: np.ndarray, M: np.ndarray, run_index: np.ndarray, ks: Se
 
 
 def simulate_random_walk(epochs, P: int, seed: int = 0, start: np.ndarray | None = None) -> np.ndarray:
-    """(T, P) isotropic Gaussian random walk from ``start`` (default 0), increment variance Δclock per dimension.
+    """(T, P) isotropic Gaussian random walk from ``start`` (default 0), increment variance Δclock per
+    dimension.
 
     ``epochs`` may be any clock (epochs, diffusion time): a non-uniform clock is a walk whose
     per-epoch variance changes.

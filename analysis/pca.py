@@ -121,7 +121,8 @@ class Gram:
         last = {r: np.flatnonzero(self.run_index == r)[-1] for r in np.unique(self.run_index[idx])}
         return np.array([last[r] for r in self.run_index[idx]])
 
-    def kernel(self, runs: Sequence[int] | None = None, centred: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def kernel(self, runs: Sequence[int] | None = None,
+               centred: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(Gram of the analysed vectors, row indices) for a subset of runs."""
         idx = self.rows(runs)
         K = self.G[np.ix_(idx, idx)]
@@ -143,7 +144,8 @@ class Gram:
         m = min(n, self.P)
         w, V = np.clip(w[:m], 0.0, None), V[:, :m]
         total = float(np.trace(K))
-        # sklearn: explained_variance_ = S^2 / (n - 1); the same scale is used uncentred (ratios are what matter).
+        # sklearn: explained_variance_ = S^2 / (n - 1); the same scale is used uncentred (ratios are what
+        # matter).
         variance = w / max(n - 1, 1)
         ratio = w / total if total > 0 else np.zeros_like(w)
         k = min(n_scores, m)
@@ -153,7 +155,8 @@ class Gram:
         V = V.copy()
         V[:, :k] *= signs
         scores = V[:, :k] * np.sqrt(w[:k])
-        return PCAResult(variance, ratio, scores, centred, self.run_index[idx].copy(), self.epochs[idx].copy(),
+        return PCAResult(variance, ratio, scores, centred, self.run_index[idx].copy(),
+                         self.epochs[idx].copy(),
                          [self.trajs[r].name for r in np.unique(self.run_index[idx])],
                          self, idx, V[:, :k].copy(), w[:k].copy())
 

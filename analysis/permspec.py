@@ -123,7 +123,8 @@ def check(module: nn.Module, layout: Layout, spec: PermutationSpec, theta: torch
         y = functional_call(module, layout.unflatten(theta), (x,))
         y2 = functional_call(module, layout.unflatten(permuted), (x,))
     if not torch.allclose(y, y2, rtol=1e-4, atol=1e-5 * float(y.abs().max()) + 1e-6):
-        raise NoSpec(f"no permutation spec for {type(module).__name__}: permuting its units changes its outputs")
+        raise NoSpec(f"no permutation spec for {type(module).__name__}: permuting its units changes its "
+                     "outputs")
 
 
 def spec_for(module: nn.Module, layout: Layout, theta: torch.Tensor, x: torch.Tensor) -> PermutationSpec:

@@ -57,7 +57,8 @@ def positions(d: np.ndarray, run_index: np.ndarray) -> np.ndarray:
 
 
 def _centre(K: np.ndarray) -> np.ndarray:
-    return K - K.mean(axis=-1, keepdims=True) - K.mean(axis=-2, keepdims=True) + K.mean(axis=(-1, -2), keepdims=True)
+    return (K - K.mean(axis=-1, keepdims=True) - K.mean(axis=-2, keepdims=True)
+            + K.mean(axis=(-1, -2), keepdims=True))
 
 
 def final_rows(run_index: np.ndarray) -> np.ndarray:
@@ -112,7 +113,8 @@ class WalkSims:
 
 
 def simulate_walks(v: np.ndarray, run_index: np.ndarray, rank: float, start_gram: np.ndarray | None = None,
-                   extras: dict[str, Extra] | None = None, n_walks: int = N_WALKS, seed: int = SEED) -> WalkSims:
+                   extras: dict[str, Extra] | None = None, n_walks: int = N_WALKS,
+                   seed: int = SEED) -> WalkSims:
     """``n_walks`` seeded walks of rank ``rank`` on the runs' snapshots (rows ``run_index``, runs
     contiguous), increment m with E‖d_m‖² = v[m] (in the units of ``start_gram``, the (R, R) Gram of
     the runs' centred starts; None: one shared start). Runs draw independent increments from the
@@ -122,7 +124,8 @@ def simulate_walks(v: np.ndarray, run_index: np.ndarray, rank: float, start_gram
     if not np.isfinite(rank) or rank <= 0:
         raise ValueError(f"rank must be positive, got {rank}")
     N, M = len(run_index), len(v)
-    Sc = 0.0 if start_gram is None else _centre(np.asarray(start_gram, np.float64)[np.ix_(run_index, run_index)])
+    Sc = 0.0 if start_gram is None else _centre(
+        np.asarray(start_gram, np.float64)[np.ix_(run_index, run_index)])
     F = final_rows(run_index)
     rng = np.random.default_rng(seed)
     batch = max(1, min(n_walks, BATCH_FLOATS // max(N, M, 1) ** 2))

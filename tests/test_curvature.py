@@ -12,7 +12,7 @@ from torch.func import functional_call, grad, jvp
 from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from weightspace.analysis.stationarity import FORWARD, HVP_MODES, REVERSE, hvp, hvp_and_mode, top_hessian_eig
+from weightspace.analysis.derivatives import FORWARD, HVP_MODES, REVERSE, hvp, hvp_and_mode, top_hessian_eig
 from weightspace.model import Layout
 
 torch.set_num_threads(1)
@@ -65,8 +65,8 @@ FAMILIES = {
     "lstm": (lambda: Last(nn.LSTM(4, 5, batch_first=True), 5), SEQ),
     "gru": (lambda: Last(nn.GRU(4, 5, batch_first=True), 5), SEQ),
     "multihead_attention": (Attention, SEQ),
-    "transformer_encoder_layer": (lambda: Last(nn.TransformerEncoderLayer(4, 2, 8, dropout=0.0, batch_first=True), 4),
-                                  SEQ),
+    "transformer_encoder_layer": (
+        lambda: Last(nn.TransformerEncoderLayer(4, 2, 8, dropout=0.0, batch_first=True), 4), SEQ),
     "layernorm": (lambda: nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.Tanh(), nn.Linear(6, 3)),
                   lambda: torch.randn(5, 4)),
     "batchnorm_eval": (_batchnorm, lambda: torch.randn(5, 4)),
@@ -203,7 +203,8 @@ class RowLSTM(nn.Module):
 
 
 def row_images(n_train: int = 96, n_test: int = 48):
-    """(x_train, y_train, x_test, y_test): 6x6 random images, labelled by which third of the rows is brightest."""
+    """(x_train, y_train, x_test, y_test): 6x6 random images, labelled by which third of the rows is
+    brightest."""
     x = torch.rand(n_train + n_test, 6, 6, generator=torch.Generator().manual_seed(0))
     y = x.reshape(-1, 3, 12).sum(2).argmax(1)
     return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
@@ -225,7 +226,8 @@ def record_lstm_group(group: str, seeds=(1, 2, 3), epochs: int = 3) -> None:
         with weightspace.record(model, group=group, seed=seed, epochs=epochs,
                                 probe=f"{__name__}:lstm_probe") as rec:
             for e in range(1, epochs + 1):
-                for idx in torch.randperm(len(y), generator=torch.Generator().manual_seed(seed + e)).split(16):
+                for idx in torch.randperm(len(y),
+                                          generator=torch.Generator().manual_seed(seed + e)).split(16):
                     opt.zero_grad()
                     F.cross_entropy(model(x[idx]), y[idx]).backward()
                     opt.step()

@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import pdist
 
-from weightspace.analysis.families import analyse_families, family_distances, spread_ratio
-from weightspace.analysis.report.families import ACROSS_RATIO, across_verdict, within_verdict
-from weightspace.analysis.report.paper import EQUAL_CV
+from weightspace.analysis.claims.equidistance import EQUAL_CV
+from weightspace.analysis.cross_family import (
+    ACROSS_RATIO,
+    across_verdict,
+    analyse_families,
+    family_distances,
+    spread_ratio,
+    within_verdict,
+)
 from weightspace.trajectories import Trajectory
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -41,7 +47,8 @@ def finals(trajs):
 
 def test_distances_against_scipy(suite):
     f = family_distances("different_init", suite["different_init"])
-    X, X0 = finals(suite["different_init"]), np.stack([t.load(0) for t in suite["different_init"]]).astype(float)
+    X = finals(suite["different_init"])
+    X0 = np.stack([t.load(0) for t in suite["different_init"]]).astype(float)
     np.testing.assert_allclose(f.final, pdist(X), rtol=1e-12)
     np.testing.assert_allclose(f.start, pdist(X0), rtol=1e-12)
     n = np.linalg.norm(X, axis=1)
@@ -60,7 +67,8 @@ def test_metrics_report_and_figure(suite, tmp_path):
         assert m[f"families_final_pairwise_dist_mean_{f}"] == pytest.approx(means[f], rel=1e-12)
         assert m[f"families_final_pairwise_dist_min_{f}"] == pytest.approx(pdist(finals(t)).min(), rel=1e-12)
         x0 = np.stack([s.load(0) for s in t]).astype(np.float64)
-        assert m[f"families_init_pairwise_dist_mean_{f}"] == pytest.approx(pdist(x0).mean(), rel=1e-12, abs=1e-12)
+        init = m[f"families_init_pairwise_dist_mean_{f}"]
+        assert init == pytest.approx(pdist(x0).mean(), rel=1e-12, abs=1e-12)
     assert m["families_final_pairwise_dist_ratio"] == pytest.approx(max(means.values()) / min(means.values()))
     assert m["families_init_pairwise_dist_mean_same_init"] == 0
     assert all(np.isfinite(v) for v in m.values())

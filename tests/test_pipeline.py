@@ -10,7 +10,7 @@ from sklearn.decomposition import PCA
 
 from weightspace.analysis.nullmodel import null_evr, null_evr_runs
 from weightspace.analysis.pipeline import analyse_family
-from weightspace.analysis.report.table import Claim
+from weightspace.analysis.report import Claim
 from weightspace.trajectories import Trajectory
 
 P = 2000
@@ -33,10 +33,12 @@ def _family(tmp, kind, n, epochs, seed=0, start=None, experiment=None):
         drift = rng.standard_normal(P) * 0.3
         steps = rng.standard_normal((len(epochs), P)) * 0.05
         steps[0] = 0
-        X = (s + np.cumsum(steps, axis=0) + np.linspace(0, 1, len(epochs))[:, None] * drift).astype(np.float32)
+        X = (s + np.cumsum(steps, axis=0) + np.linspace(0, 1, len(epochs))[:,
+                                                                           None] * drift).astype(np.float32)
         name = f"{kind}-seed{r}"
         trajs.append(Trajectory.from_arrays(X, epochs, tmp / name, name=name, run_id=f"id{kind}{r}",
-                                            experiment=experiment or kind, init_seed=0 if start is not None else r,
+                                            experiment=experiment or kind,
+                                            init_seed=0 if start is not None else r,
                                             shuffle_seed=r, metrics=_metrics(rng, int(epochs[-1]))))
         arrays.append(X.astype(np.float64))
     return trajs, arrays
@@ -47,7 +49,8 @@ BASE_KEYS = ["pca_evr_top2", "pca_evr_top10", "pca_uncentred_evr_top2", "pca_unc
              "null_diffusion_evr_top2", "null_diffusion_uncentred_evr_top10", "final_origin_dist_mean",
              "start_origin_dist_mean"]
 # spreads: only where there are at least two values (a spread of one value is 0 by construction)
-RUN_KEYS = ["final_origin_dist_std", "final_origin_dist_cv", "start_origin_dist_cv", "final_pairwise_dist_mean"]
+RUN_KEYS = ["final_origin_dist_std", "final_origin_dist_cv", "start_origin_dist_cv",
+            "final_pairwise_dist_mean"]
 PAIR_KEYS = ["final_pairwise_dist_std", "final_pairwise_dist_cv", "final_pairwise_dist_same_norm_cv"]
 
 
@@ -79,8 +82,8 @@ def _check_common(res, out, n, arrays, figures):
     # the increments' rank, from the snapshots themselves: 1 / E[cos²] over all pairs of increments
     u = np.vstack([np.diff(A, axis=0) for A in arrays])
     u = u / np.linalg.norm(u, axis=1, keepdims=True)
-    assert res.metrics["noise_eff_rank"] == pytest.approx(1 / np.mean((u @ u.T)[np.triu_indices(len(u), 1)] ** 2),
-                                                          rel=1e-6)
+    cos2 = (u @ u.T)[np.triu_indices(len(u), 1)] ** 2
+    assert res.metrics["noise_eff_rank"] == pytest.approx(1 / np.mean(cos2), rel=1e-6)
     for k in (1, 2, 10):    # tested where the PCA has more than k components (N − 1 of them)
         if k < sum(len(A) for A in arrays) - 1:
             lo, hi = res.metrics[f"null_sim_evr_top{k}_q025"], res.metrics[f"null_sim_evr_top{k}_q975"]
@@ -89,8 +92,10 @@ def _check_common(res, out, n, arrays, figures):
             assert f"pca_evr_top{k}_pvalue" not in res.metrics
     lag1 = [np.sum(a * b) / np.linalg.norm(a) / np.linalg.norm(b)
             for A in arrays for a, b in zip(np.diff(A, axis=0)[:-1], np.diff(A, axis=0)[1:])]
-    assert res.metrics["incr_cos_mean_lag1"] == pytest.approx(np.mean(lag1), abs=1e-4)   # Gram in float32 blocks
-    assert ("incr_cos_mean_lag5" in res.metrics) == (max(len(A) for A in arrays) > 6) and "drift_fraction" in res.metrics
+    assert res.metrics["incr_cos_mean_lag1"] == pytest.approx(np.mean(lag1),
+                                                              abs=1e-4)   # Gram in float32 blocks
+    assert ("incr_cos_mean_lag5" in res.metrics) == (max(len(A) for A in arrays) > 6)
+    assert "drift_fraction" in res.metrics
     # files
     names = sorted(p.name for p in res.figures)
     assert names == sorted(figures)
@@ -113,7 +118,8 @@ def test_single_run(tmp_path):
     trajs, arrays = _family(tmp_path, "single", 1, np.arange(0, 121, 4))
     res = analyse_family(trajs, "single", tmp_path / "out", progress=False)
     _check_common(res, tmp_path / "out", 1, arrays,
-                  ["pca_paths.png", "fig3a_distance_from_origin.png", "scree.png", "increment_cosine.png", "loss_curves.png",
+                  ["pca_paths.png", "fig3a_distance_from_origin.png", "scree.png", "increment_cosine.png",
+                   "loss_curves.png",
                    "step_length.png"])
     # for one run the null is the closed form at its epochs
     assert res.metrics["null_evr_top2"] == pytest.approx(null_evr(np.arange(0, 121, 4))[:2].sum(), rel=1e-9)
@@ -132,14 +138,16 @@ def test_different_init_with_extras(tmp_path):
     res = analyse_family(trajs, "different_init", tmp_path / "out", extra_claims=[extra],
                          extra_metrics={"probe_metric": 1.5}, progress=False)
     md = _check_common(res, tmp_path / "out", 5, arrays,
-                       ["fig1_pca_different_init.png", "fig3a_distance_from_origin.png", "scree.png", "increment_cosine.png",
+                       ["fig1_pca_different_init.png", "fig3a_distance_from_origin.png", "scree.png",
+                        "increment_cosine.png",
                         "loss_curves.png", "step_length.png", "pairwise_distance_heatmap.png",
                         "pairwise_distance_over_epochs.png"])
     assert "flat minima (probe)" in md and res.metrics["probe_metric"] == 1.5
     assert any("equidistant from each other" in c.claim for c in res.claims)
     assert any("equidistant from the origin" in c.claim for c in res.claims)
     sk1 = PCA(svd_solver="full").fit(arrays[3])
-    assert res.metrics["pca_evr_top2_run3"] == pytest.approx(sk1.explained_variance_ratio_[:2].sum(), rel=1e-6)
+    top2 = sk1.explained_variance_ratio_[:2].sum()
+    assert res.metrics["pca_evr_top2_run3"] == pytest.approx(top2, rel=1e-6)
     # the null: independent walks from the measured starts, on the epochs clock and on the diffusion clock
     # τ = Σ step_length², the start Gram in the null's units (‖θ‖² per epoch of diffusion on the epochs clock)
     e = np.arange(0, 101, 10)
@@ -149,8 +157,10 @@ def test_different_init_with_extras(tmp_path):
     rate = sum(tau[-1] for tau in taus) / (5 * 100)
     m = res.metrics
     for k in (2, 10):
-        assert m[f"null_evr_top{k}"] == pytest.approx(null_evr_runs([e] * 5, start_gram=S / rate)[:k].sum(), rel=1e-5)
-        assert m[f"null_diffusion_evr_top{k}"] == pytest.approx(null_evr_runs(taus, start_gram=S)[:k].sum(), rel=1e-5)
+        epochs_null = null_evr_runs([e] * 5, start_gram=S / rate)[:k].sum()
+        assert m[f"null_evr_top{k}"] == pytest.approx(epochs_null, rel=1e-5)
+        diffusion_null = null_evr_runs(taus, start_gram=S)[:k].sum()
+        assert m[f"null_diffusion_evr_top{k}"] == pytest.approx(diffusion_null, rel=1e-5)
     assert m["null_evr_top2"] > null_evr_runs([e] * 5)[:2].sum() + 0.05       # the starts matter here
     assert m["null_start_var_epochs"] == pytest.approx(np.trace(S) / 5 / rate, rel=1e-5)
     assert m["null_uncentred_evr_top2"] == pytest.approx(null_evr_runs([e] * 5, False)[:2].sum(), rel=1e-9)
@@ -176,12 +186,14 @@ def test_different_init_with_extras(tmp_path):
 def test_clone_with_pretrain_stem(tmp_path):
     rng = np.random.default_rng(9)
     stem_X = np.cumsum(rng.standard_normal((11, P)) * 0.05, axis=0).astype(np.float32)
-    pre = Trajectory.from_arrays(stem_X, np.arange(11), tmp_path / "pre", name="pretrain", experiment="pretrain")
+    pre = Trajectory.from_arrays(stem_X, np.arange(11), tmp_path / "pre", name="pretrain",
+                                 experiment="pretrain")
     trajs, arrays = _family(tmp_path, "clone", 3, np.arange(10, 61, 10), start=stem_X[-1])
     res = analyse_family(trajs, "clone", tmp_path / "out", pretrain=pre, progress=False)
     _check_common(res, tmp_path / "out", 3, arrays,
                   ["fig3b_pca_clones.png", "fig3c_clone_divergence.png", "fig3a_distance_from_origin.png",
-                   "scree.png", "increment_cosine.png", "loss_curves.png", "step_length.png", "pairwise_distance_heatmap.png"])
+                   "scree.png", "increment_cosine.png", "loss_curves.png", "step_length.png",
+                   "pairwise_distance_heatmap.png"])
     div = next(c for c in res.claims if "diverge" in c.claim)
     assert div.verdict.startswith("reproduced")          # clones start at one point and drift apart
     m = res.metrics
@@ -206,7 +218,8 @@ def test_mixed_epochs_and_bad_input(tmp_path):
     b[0].name = "other"
     res = analyse_family(a + b, "mixed", tmp_path / "out", progress=False)
     _check_common(res, tmp_path / "out", 2, xa + xb,
-                  ["pca_paths.png", "fig3a_distance_from_origin.png", "scree.png", "increment_cosine.png", "loss_curves.png",
+                  ["pca_paths.png", "fig3a_distance_from_origin.png", "scree.png", "increment_cosine.png",
+                   "loss_curves.png",
                    "step_length.png", "pairwise_distance_heatmap.png", "pairwise_distance_over_epochs.png"])
     dist = json.loads((tmp_path / "out" / "distances.json").read_text())
     assert dist["over_epochs"]["epochs"] == [0, 10, 20, 30]
@@ -228,7 +241,8 @@ def test_a_recorded_family_is_not_compared_with_the_papers_cnn(tmp_path):
     paper_trajs, _ = _family(tmp_path / "p", "different_init", 3, epochs)
     rec_trajs, _ = _family(tmp_path / "r", "different_init", 3, epochs, experiment="recorded")
     extra = Claim("flat minima (probe)", "flat (Keskar et al.)", "0.1", "-", "made up for the test")
-    paper = analyse_family(paper_trajs, "different_init", tmp_path / "po", extra_claims=[extra], progress=False)
+    paper = analyse_family(paper_trajs, "different_init", tmp_path / "po", extra_claims=[extra],
+                           progress=False)
     rec = analyse_family(rec_trajs, "recorded", tmp_path / "ro", extra_claims=[extra], progress=False)
     top2 = lambda res: next(c for c in res.claims if c.claim.startswith("top-2") and "joint" in c.claim)  # noqa: E731
     assert top2(paper).paper == "81.39%" and "the paper" in top2(paper).verdict

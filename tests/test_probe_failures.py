@@ -10,8 +10,8 @@ from test_curvature import record_lstm_group
 from test_probes import _tiny_runs
 from test_record import env  # noqa: F401 - the fixture: the recorder and the analysis log into the test's store
 
-from weightspace.analysis import probes as P
-from weightspace.analysis.probes import PROBES, ProbeOptions, guarded_probes, run_probes
+from weightspace.analysis.probes.base import ProbeOptions
+from weightspace.analysis.probes.registry import PROBES, guarded_probes, run_probes
 from weightspace.data import load_dataset
 
 OPTS = ProbeOptions(interp_points=3, probe_subset=60, hessian_epochs=(2,), hessian_iters=2, surface_grid=3,
@@ -37,14 +37,14 @@ def probe_run(runs, tmp_path):
 
 def own_metrics(res, name: str) -> dict[str, float]:
     """The metrics a probe's result gives (its timing aside)."""
-    return P.metrics_of(res.results[name]) if name in res.results else {}
+    return PROBES[name].metrics(res.results[name]) if name in res.results else {}
 
 
 @pytest.mark.parametrize("name", list(PROBES))
 def test_a_probe_that_raises_is_a_row_and_the_others_are_unchanged(name, runs, tmp_path, monkeypatch):
     base = probe_run(runs, tmp_path / "base")
     assert base.errors == {} and set(base.results) == set(PROBES)
-    its_figures = {p.name for p in PROBES[name].draw(base.results[name], tmp_path / "redraw")}
+    its_figures = {p.name for p in PROBES[name].figures(base.results[name], tmp_path / "redraw")}
     monkeypatch.setitem(PROBES, name, dataclasses.replace(PROBES[name], run=boom))
     res = probe_run(runs, tmp_path / "failed")
     assert res.errors == {name: WHY}
@@ -57,20 +57,20 @@ def test_a_probe_that_raises_is_a_row_and_the_others_are_unchanged(name, runs, t
     assert {p.name for p in res.figures} == {p.name for p in base.figures} - its_figures
 
 
-@pytest.mark.parametrize("step", ["draw", "judge"])
+@pytest.mark.parametrize("step", ["figures", "claims"])
 def test_a_failing_figure_or_verdict_loses_only_itself(step, runs, tmp_path, monkeypatch):
     base = probe_run(runs, tmp_path / "base")
     monkeypatch.setitem(PROBES, "stationarity", dataclasses.replace(PROBES["stationarity"], **{step: boom}))
     res = probe_run(runs, tmp_path / "failed")
-    what = {"draw": "figures", "judge": "verdicts"}[step]
+    what = {"figures": "figures", "claims": "verdicts"}[step]
     assert res.errors == {"stationarity": f"{what}: {WHY}"}
     assert any(c.verdict == f"n/a: stationarity failed: {what}: {WHY}" for c in res.claims)
     assert "hessian_top_eig_epoch2_run0" in res.metrics and "stationarity" in res.results
     names = {p.name for p in res.figures}
-    assert ("stationarity.png" in names) == (step == "judge") and "loss_surface.png" in names
+    assert ("stationarity.png" in names) == (step == "claims") and "loss_surface.png" in names
     rows = [c.claim for c in res.claims]
-    assert ("weights keep moving without reaching critical points" in rows) == (step == "draw")
-    assert len(res.claims) == len(base.claims) + (1 if step == "draw" else 0)
+    assert ("weights keep moving without reaching critical points" in rows) == (step == "figures")
+    assert len(res.claims) == len(base.claims) + (1 if step == "figures" else 0)
 
 
 def test_probes_that_cannot_start_are_one_row():

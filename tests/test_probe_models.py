@@ -12,8 +12,9 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from weightspace.analysis.flatmodel import FlatModel
-from weightspace.analysis.interpolation import alphas, barrier_frankle, line
-from weightspace.analysis.probes import ProbeOptions, run_probes
+from weightspace.analysis.probes.base import ProbeOptions
+from weightspace.analysis.probes.interpolation import alphas, barrier_frankle, line
+from weightspace.analysis.probes.registry import run_probes
 from weightspace.model import Layout
 from weightspace.trajectories import Trajectory
 
@@ -52,13 +53,15 @@ def runs(tmp_path, data, n_runs: int = 2, epochs: int = 3, make=regressor) -> li
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         snaps = [torch.cat([p.detach().reshape(-1) for p in model.parameters()])]
         for _ in range(epochs):
-            for idx in torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(s)).split(16):
+            for idx in torch.randperm(len(data.y_train),
+                                      generator=torch.Generator().manual_seed(s)).split(16):
                 opt.zero_grad()
                 mse(model(data.x_train[idx]), data.y_train[idx]).backward()
                 opt.step()
             snaps.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
-        trajs.append(Trajectory.from_arrays(torch.stack(snaps).numpy(), range(epochs + 1), tmp_path / f"run{s}",
-                                            name=f"reg-seed{s}", experiment="recorded", init_seed=s))
+        X = torch.stack(snaps).numpy()
+        trajs.append(Trajectory.from_arrays(X, range(epochs + 1), tmp_path / f"run{s}", name=f"reg-seed{s}",
+                                            experiment="recorded", init_seed=s))
     return trajs
 
 
@@ -72,7 +75,8 @@ def test_the_loss_and_the_error_metric_are_the_models():
     assert loss == pytest.approx(float(F.mse_loss(out.squeeze(1), data.y_test)), rel=1e-5)
     assert err == pytest.approx(float(((out.squeeze(1) - data.y_test).abs() > TOL).float().mean()), abs=1e-6)
     # no metric and targets that are not class labels: the loss, and no error (never an argmax of one output)
-    loss2, err2 = FlatModel(module=regressor(), loss=mse, batch_size=16).evaluate(theta, data.x_test, data.y_test)
+    regression = FlatModel(module=regressor(), loss=mse, batch_size=16)
+    loss2, err2 = regression.evaluate(theta, data.x_test, data.y_test)
     assert loss2 == pytest.approx(loss, rel=1e-6) and np.isnan(err2)
 
 
@@ -82,7 +86,8 @@ def test_the_probes_of_a_regressor_finish_with_its_loss_and_metric(metric, tmp_p
     trajs = runs(tmp_path, data)
     fm = FlatModel(module=regressor(), loss=mse, error=metric)
     opts = ProbeOptions(interp_points=5, probe_subset=0, hessian_epochs=(3,), hessian_iters=3, surface_grid=3)
-    res = run_probes(trajs, tmp_path / "fig", weight_decay=0.0, data=data, options=opts, progress=False, model=fm)
+    res = run_probes(trajs, tmp_path / "fig", weight_decay=0.0, data=data, options=opts, progress=False,
+                     model=fm)
     assert res.errors == {}
     m, rows = res.metrics, {c.claim: c for c in res.claims}
     assert rows["probe: disagreement"].verdict == "n/a: needs class labels; the targets are not"
@@ -103,7 +108,8 @@ def test_the_probes_of_a_regressor_finish_with_its_loss_and_metric(metric, tmp_p
         return
     # the error barrier is the metric's, along the line between the final weights
     finals = [fm.theta(t.load(3, mmap=False)) for t in trajs]
-    errs = [FlatModel(module=regressor(), loss=mse, error=off_by_more).evaluate(th, data.x_test, data.y_test)[1]
+    fm_off = FlatModel(module=regressor(), loss=mse, error=off_by_more)
+    errs = [fm_off.evaluate(th, data.x_test, data.y_test)[1]
             for th in line(finals[0], finals[1], alphas(5))]
     assert m["pair_barrier_frankle_run0_run1"] == pytest.approx(barrier_frankle(np.array(errs)), abs=1e-12)
     assert "[threshold" in basins

@@ -8,14 +8,28 @@ import torch
 from torch.nn import functional as F
 
 from weightspace.analysis.alignment import align
+from weightspace.analysis.derivatives import (
+    debiased,
+    grad_norm,
+    gradient,
+    halves,
+    hvp,
+    sampling_floor,
+    top_hessian_eig,
+)
 from weightspace.analysis.flatmodel import FlatModel, subset, weight_decay_piece
-from weightspace.analysis.interpolation import alphas, barrier_chord, barrier_frankle, interpolate, is_monotone_decreasing
 from weightspace.analysis.pca import project, trajectory_pca
-from weightspace.analysis.probes import SGD, Plane, ProbeOptions, run_probes
+from weightspace.analysis.plane import Plane, grid_loss, orthonormalize, plane_points
+from weightspace.analysis.probes.base import SGD, ProbeOptions
 from weightspace.analysis.probes.function_space import disagreement
-from weightspace.analysis.probes.stationarity import debiased, halves, sampling_floor
-from weightspace.analysis.stationarity import grad_norm, gradient, hvp, top_hessian_eig
-from weightspace.analysis.surface import grid_loss, orthonormalize, plane_points
+from weightspace.analysis.probes.interpolation import (
+    alphas,
+    barrier_chord,
+    barrier_frankle,
+    interpolate,
+    is_monotone_decreasing,
+)
+from weightspace.analysis.probes.registry import run_probes
 from weightspace.data import load_dataset
 from weightspace.model import build_model, flat_params, load_flat
 from weightspace.trajectories import Trajectory
@@ -66,7 +80,8 @@ def test_power_iteration_reports_sign_and_nonconvergence():
 
 def test_weight_decay_piece_matches_sgd_convention():
     th = torch.randn(5, dtype=torch.float64)
-    np.testing.assert_allclose(gradient(weight_decay_piece(0.1), th)[1].numpy(), (0.1 * th).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(gradient(weight_decay_piece(0.1), th)[1].numpy(), (0.1 * th).numpy(),
+                               rtol=1e-12)
 
 
 def test_cnn_gradient_and_hvp_match_autograd(digits):
@@ -154,7 +169,8 @@ def test_grid_loss_equals_pointwise_loop(digits):
     fm = FlatModel(0.125, 0.5, batch_size=64, theta_chunk=4)
     x, y = digits.x_test[:40], digits.y_test[:40]
     mean = flat_params(build_model(0.125, 0.5, 0))
-    dirs = torch.tensor(orthonormalize(np.random.default_rng(0).standard_normal((2, fm.P))), dtype=torch.float32)
+    dirs = torch.tensor(orthonormalize(np.random.default_rng(0).standard_normal((2, fm.P))),
+                        dtype=torch.float32)
     ax, ay = np.linspace(-2, 2, 4), np.linspace(-1, 3, 3)
     loss, err = grid_loss(lambda th: fm.evaluate_many(th, x, y), mean, dirs, ax, ay, chunk=5)
     assert loss.shape == (3, 4)
@@ -263,8 +279,10 @@ def test_run_probes_end_to_end(digits, tmp_path):
                      options=opts, sgd=sgd, progress=False)
     m = res.metrics
     for i in range(3):
-        for k in ("interp_barrier_frankle", "interp_barrier_chord", "interp_loss_barrier_chord", "interp_monotone",
-                  "grad_norm_final", "grad_norm_nowd_final", "hessian_top_eig_epoch0", "hessian_top_eig_epoch4",
+        for k in ("interp_barrier_frankle", "interp_barrier_chord", "interp_loss_barrier_chord",
+                  "interp_monotone",
+                  "grad_norm_final", "grad_norm_nowd_final", "hessian_top_eig_epoch0",
+                  "hessian_top_eig_epoch4",
                   "hessian_iters_epoch4"):
             assert f"{k}_run{i}" in m, k
     assert "drift_over_step_final_run1" in m and "drift_over_step_final_run2" not in m
@@ -277,8 +295,10 @@ def test_run_probes_end_to_end(digits, tmp_path):
     assert all(k.replace("_", "").replace(".", "").replace("-", "").replace("/", "").isalnum() for k in m)
     assert m["hessian_tol"] == 1e-3
     names = {p.name for p in res.figures}
-    assert names == {"interp_init_final.png", "interp_pairs.png", "interp_barrier_heatmap.png", "interp_aligned.png",
-                     "stationarity.png", "hessian_top_eig.png", "loss_surface.png", "disagreement_vs_distance.png"}
+    assert names == {"interp_init_final.png", "interp_pairs.png", "interp_barrier_heatmap.png",
+                     "interp_aligned.png",
+                     "stationarity.png", "hessian_top_eig.png", "loss_surface.png",
+                     "disagreement_vs_distance.png"}
     for p in res.figures:
         assert p.read_bytes()[:8] == PNG and p.stat().st_size > 5000
     assert len(res.claims) == 5 and all(c.measured and c.verdict for c in res.claims)
@@ -290,8 +310,8 @@ def test_run_probes_end_to_end(digits, tmp_path):
     # The pair metrics are those of the line between the right two runs' final weights.
     for i, j in ((0, 2), (1, 2), (0, 1)):
         cur = interpolate(final[i], final[j], evaluate, 5)
-        assert m[f"pair_barrier_frankle_run{i}_run{j}"] == pytest.approx(barrier_frankle(cur.values["test_error"]),
-                                                                          abs=1e-12)
+        assert m[f"pair_barrier_frankle_run{i}_run{j}"] == pytest.approx(
+            barrier_frankle(cur.values["test_error"]), abs=1e-12)
         assert m[f"pair_loss_barrier_chord_run{i}_run{j}"] == pytest.approx(
             barrier_chord(cur.alphas, cur.values["train_loss"]), rel=1e-4, abs=1e-7)
         # after permutation alignment: the line to align()'s output, run independently
@@ -327,7 +347,8 @@ def test_run_probes_end_to_end(digits, tmp_path):
         np.testing.assert_allclose(res.series[f"grad_norm_run{i}"][1][[0, -1]],
                                    [m[f"grad_norm_init_run{i}"], m[f"grad_norm_final_run{i}"]])
         assert m[f"interp_monotone_run{i}"] == float(is_monotone_decreasing(own.values["train_loss"]))
-    assert m["interp_monotone_frac"] == pytest.approx(np.mean([m[f"interp_monotone_run{i}"] for i in range(3)]))
+    assert m["interp_monotone_frac"] == pytest.approx(
+        np.mean([m[f"interp_monotone_run{i}"] for i in range(3)]))
 
 
 def test_entry_point_reads_the_runs_params(digits, tmp_path):
@@ -349,7 +370,8 @@ def test_entry_point_reads_the_runs_params(digits, tmp_path):
 
 def test_run_probes_switches_and_given_directions(digits, tmp_path):
     trajs = _tiny_runs(digits, tmp_path, n_runs=1, epochs=2)
-    off = ProbeOptions(interp_points=0, grad_norm=False, hessian_epochs=(), surface_grid=0, disagreement=False)
+    off = ProbeOptions(interp_points=0, grad_norm=False, hessian_epochs=(), surface_grid=0,
+                       disagreement=False)
     res = run_probes(trajs, tmp_path / "a", width=0.125, dropout=0.5, weight_decay=0.0, data=digits,
                      options=off, progress=False)
     assert res.metrics == {} and res.figures == [] and res.claims == []
@@ -406,7 +428,8 @@ def test_sampling_floor_matches_the_spread_of_subset_gradients():
 
 def test_gradient_on_the_whole_training_set_has_no_floor(digits, tmp_path):
     trajs = _tiny_runs(digits, tmp_path, n_runs=1, epochs=2)
-    opts = ProbeOptions(interp_points=0, probe_subset=0, hessian_epochs=(), surface_grid=0, disagreement=False)
+    opts = ProbeOptions(interp_points=0, probe_subset=0, hessian_epochs=(), surface_grid=0,
+                        disagreement=False)
     res = run_probes(trajs, tmp_path / "f", width=0.125, dropout=0.5, weight_decay=1e-4, data=digits,
                      options=opts, sgd=[SGD(LR, 0.9, BS, N_TRAIN)], progress=False)
     m = res.metrics
@@ -425,30 +448,39 @@ def test_gradient_on_the_whole_training_set_has_no_floor(digits, tmp_path):
     expected = np.median([factor * g.grad_norm[t] / steps[t] for t in (1, 2)])
     assert m["drift_over_step_late_run0"] == pytest.approx(expected, rel=1e-9)
     [claim] = res.claims
-    assert "the whole training set" in claim.measured and "measured on the whole training set" in claim.verdict
+    assert "the whole training set" in claim.measured
+    assert "measured on the whole training set" in claim.verdict
 
 
 # -- verdict rules, each on both sides of its threshold ----------------------------------------
 def test_basins_verdict_on_both_sides():
-    from weightspace.analysis.report.probes import BARRIER_THRESHOLD as T
-    from weightspace.analysis.report.probes import basins_verdict
+    from weightspace.analysis.probes.interpolation import BARRIER_THRESHOLD as T
+    from weightspace.analysis.probes.interpolation import basins_verdict
 
     assert basins_verdict(0.5 * T, None).startswith("not supported: linearly connected")
     assert basins_verdict(0.5 * T, 0.1 * T).startswith("not supported")
-    assert basins_verdict(2 * T, None).startswith("supported") and "not aligned" in basins_verdict(2 * T, None)
+    assert basins_verdict(2 * T, None).startswith("supported")
+    assert "not aligned" in basins_verdict(2 * T, None)
     assert basins_verdict(2 * T, 0.5 * T).startswith("different basins only up to a permutation")
-    assert basins_verdict(2 * T, 2 * T).startswith("supported") and "even after" in basins_verdict(2 * T, 2 * T)
+    assert basins_verdict(2 * T, 2 * T).startswith("supported")
+    assert "even after" in basins_verdict(2 * T, 2 * T)
     assert all(f"[threshold {T}]" in basins_verdict(r, a) for r, a in ((0, 0), (1, None), (1, 0), (1, 1)))
 
 
 def test_critical_verdict_on_both_sides():
-    from weightspace.analysis.report.probes import CRITICAL_RATIO, DRIFT_SHARE, FLOOR_MARGIN, critical_verdict
+    from weightspace.analysis.probes.stationarity import (
+        CRITICAL_RATIO,
+        DRIFT_SHARE,
+        FLOOR_MARGIN,
+        critical_verdict,
+    )
 
     # the floor decides first: below FLOOR_MARGIN x floor nothing else is read
     below = critical_verdict(late=0.9 * FLOOR_MARGIN, floor=1.0, drift_over_step=5.0, ratio=1.0)
     assert below.startswith("inconclusive") and f"{FLOOR_MARGIN}x floor" in below
     # above the floor, the share of the step the mean gradient explains
-    assert critical_verdict(1.1 * FLOOR_MARGIN, 1.0, 0.5 * DRIFT_SHARE, 1.0).startswith("not supported: near-critical")
+    assert critical_verdict(1.1 * FLOOR_MARGIN, 1.0, 0.5 * DRIFT_SHARE,
+                            1.0).startswith("not supported: near-critical")
     assert critical_verdict(1.1 * FLOOR_MARGIN, 1.0, 2 * DRIFT_SHARE, 1e-6).startswith("supported")
     assert f"drift/step {DRIFT_SHARE}" in critical_verdict(1.1 * FLOOR_MARGIN, 1.0, 2 * DRIFT_SHARE, 1.0)
     # a zero floor (the whole training set) never makes the verdict inconclusive
@@ -460,9 +492,9 @@ def test_critical_verdict_on_both_sides():
 
 
 def test_clone_rows_say_from_the_fork():
-    from weightspace.analysis.interpolation import Curve
-    from weightspace.analysis.probes.interpolation import InterpolationResult
-    from weightspace.analysis.report.probes import common_start, interpolation_claims
+    from weightspace.analysis.probes.base import common_start
+    from weightspace.analysis.probes.interpolation import Curve, InterpolationResult
+    from weightspace.analysis.probes.interpolation import claims as interpolation_claims
 
     a = alphas(3)
     cur = Curve("c", a, {"train_loss": np.array([2.0, 1.0, 0.5]), "test_loss": np.array([2.0, 1.0, 0.5])})

@@ -6,21 +6,31 @@ import math
 import numpy as np
 import pytest
 
+from weightspace.analysis.claims import (
+    diffusion,
+    divergence,
+    equidistance,
+    low_dimension,
+    low_loss,
+    path_shape,
+    still_moving,
+    walk_verdicts,
+)
 from weightspace.analysis.distances import RunGeometry
 from weightspace.analysis.dynamics import Dynamics
-from weightspace.analysis.report import paper as RP
-from weightspace.analysis.report import walk as RW
+from weightspace.analysis.nullmodel import beyond_null
 from weightspace.analysis.walknull import ALPHA, WalkTest
 from weightspace.trajectories import Trajectory
 
 NAN = math.nan
 
 
-def _row(k=2, measured=0.8, nulls=None, rank=20, share=None, interval=(NAN, NAN), kind="bootstrap 95% over runs"):
+def _row(k=2, measured=0.8, nulls=None, rank=20, share=None, interval=(NAN, NAN),
+         kind="bootstrap 95% over runs"):
     nulls = {"epochs": 0.7, "diffusion": 0.72} if nulls is None else nulls
     matched = "diffusion" if "diffusion" in nulls else "epochs"
-    share = RP.beyond_null(measured, nulls[matched]) if share is None else share
-    return RP.TopK(k, "joint PCA", measured, nulls, matched, rank, share, interval, kind)
+    share = beyond_null(measured, nulls[matched]) if share is None else share
+    return low_dimension.TopK(k, "joint PCA", measured, nulls, matched, rank, share, interval, kind)
 
 
 # -- the share beyond the null -------------------------------------------------------------------
@@ -28,7 +38,7 @@ def _row(k=2, measured=0.8, nulls=None, rank=20, share=None, interval=(NAN, NAN)
 @pytest.mark.parametrize("share, lo, hi, want", [
     (0.24, NAN, NAN, "mostly explained by the null"),
     (0.26, NAN, NAN, "survives the null in part"),
-    (RP.NULL_SHARE, NAN, NAN, "survives the null in part"),      # the threshold itself counts as beyond
+    (low_dimension.NULL_SHARE, NAN, NAN, "survives the null in part"),   # the threshold counts as beyond
     (0.0, NAN, NAN, "no more than the null"),
     (-0.2, NAN, NAN, "no more than the null"),
     (0.225, 0.15, 0.24, "mostly explained by the null"),        # the paper's own numbers: 0.225 and 0.243
@@ -40,13 +50,15 @@ def _row(k=2, measured=0.8, nulls=None, rank=20, share=None, interval=(NAN, NAN)
     (NAN, 0.1, 0.2, "n/a"),
 ])
 def test_null_share_rule(share, lo, hi, want):
-    assert RP.null_share_rule(share, lo, hi) == want
+    assert low_dimension.null_share_rule(share, lo, hi) == want
 
 
 def test_paper_rule():
-    assert RP.paper_rule(RP.PAPER_TOP2 + 0.049, RP.PAPER_TOP2) == "close to the paper"
-    assert RP.paper_rule(RP.PAPER_TOP2 - 0.051, RP.PAPER_TOP2) == "differs from the paper"
-    assert RP.paper_rule(0.5, NAN) == ""
+    assert low_dimension.paper_rule(low_dimension.PAPER_TOP2 + 0.049,
+                                    low_dimension.PAPER_TOP2) == "close to the paper"
+    assert low_dimension.paper_rule(low_dimension.PAPER_TOP2 - 0.051,
+                                    low_dimension.PAPER_TOP2) == "differs from the paper"
+    assert low_dimension.paper_rule(0.5, NAN) == ""
 
 
 @pytest.mark.parametrize("k, rank, null, want", [
@@ -59,24 +71,25 @@ def test_paper_rule():
     (2, 20, NAN, "no null model"),
 ])
 def test_pca_na_reason(k, rank, null, want):
-    got = RP.pca_na_reason(k, rank, null)
+    got = low_dimension.pca_na_reason(k, rank, null)
     assert got is None if want is None else want in got
 
 
 def test_claim_pca_top_texts():
-    c = RP.claim_pca_top(_row(measured=0.80))        # (0.80 − 0.72) / 0.28 = 29%
+    c = low_dimension.claim_pca_top(_row(measured=0.80))        # (0.80 − 0.72) / 0.28 = 29%
     assert c.paper == "81.39%" and c.measured == "80.00%" and c.null == "epochs 70.00%; diffusion 72.00%"
-    assert c.verdict.startswith("close to the paper; survives the null in part: +8.0 pts above the diffusion-clock")
+    assert c.verdict.startswith("close to the paper; survives the null in part: +8.0 pts above the "
+                                "diffusion-clock")
     assert "[threshold 25% of what the null leaves; paper ±5 pts]" in c.verdict and "29%" in c.verdict
-    c = RP.claim_pca_top(_row(measured=0.78, interval=(0.1, 0.3)))
+    c = low_dimension.claim_pca_top(_row(measured=0.78, interval=(0.1, 0.3)))
     assert "inconclusive" in c.verdict and "bootstrap 95% over runs 10% to 30%" in c.verdict
-    c = RP.claim_pca_top(_row(measured=0.78, interval=(NAN, NAN)))
+    c = low_dimension.claim_pca_top(_row(measured=0.78, interval=(NAN, NAN)))
     assert "bootstrap 95% over runs: n/a" in c.verdict and "mostly explained" in c.verdict
-    c = RP.claim_pca_top(_row(k=10, measured=1.0, nulls={"epochs": 1.0}, rank=5))
+    c = low_dimension.claim_pca_top(_row(k=10, measured=1.0, nulls={"epochs": 1.0}, rank=5))
     assert c.verdict.startswith("n/a: top-10 is 100% by construction") and "threshold" not in c.verdict
-    c = RP.claim_pca_top(_row(k=3, measured=0.9, nulls={"epochs": 0.8}, share=0.5, kind=""))
+    c = low_dimension.claim_pca_top(_row(k=3, measured=0.9, nulls={"epochs": 0.8}, share=0.5, kind=""))
     assert c.paper == "-" and "paper ±" not in c.verdict and "[threshold 25%" in c.verdict
-    c = RP.claim_pca_top(_row(measured=NAN))
+    c = low_dimension.claim_pca_top(_row(measured=NAN))
     assert c.verdict == "n/a: not measured"
 
 
@@ -92,33 +105,35 @@ def test_claim_pca_top_texts():
     (NAN, {"at init": 0.2}, "n/a"),
 ])
 def test_equidistance_rule(cv, baselines, want):
-    assert RP.equidistance_rule(cv, baselines) == want
+    assert equidistance.equidistance_rule(cv, baselines) == want
 
 
 def test_equidistance_claims():
     st = {"mean": 10.0, "std": 0.5, "cv": 0.05}
-    c = RP.claim_equal_pairwise(st, 3, {"at init": 0.004, "random vectors, same norms": 0.003})
+    c = equidistance.claim_equal_pairwise(st, 3, {"at init": 0.004, "random vectors, same norms": 0.003})
     assert c.verdict.startswith("holds, but so does the baseline") and "[threshold CV < 0.1" in c.verdict
     assert "at init: CV 0.004" in c.measured and "n=3 pairs" in c.measured
-    c = RP.claim_equal_pairwise(st, 3, {"at init": 0.3})
+    c = equidistance.claim_equal_pairwise(st, 3, {"at init": 0.3})
     assert c.verdict.startswith("reproduced beyond the baseline")
-    c = RP.claim_equal_pairwise(st, 2, {"at init": 0.3})           # one pair: no spread to judge
+    c = equidistance.claim_equal_pairwise(st, 2, {"at init": 0.3})           # one pair: no spread to judge
     assert c.verdict == "n/a: fewer than 3 runs (one pair has no spread)" and "CV" not in c.measured
-    assert RP.claim_equal_origin(st, 1, {}).verdict == "n/a: fewer than 2 runs"
-    assert RP.claim_equal_origin({"mean": 1.0, "cv": NAN}, 3, {}).verdict.startswith("n/a")
+    assert equidistance.claim_equal_origin(st, 1, {}).verdict == "n/a: fewer than 2 runs"
+    assert equidistance.claim_equal_origin({"mean": 1.0, "cv": NAN}, 3, {}).verdict.startswith("n/a")
 
 
 # -- divergence, loss, movement, path -------------------------------------------------------------------
 
 def test_divergence_rule():
     d1 = 10.0
-    assert RP.divergence_rule(RP.DIVERGE_START * d1, d1, RP.DIVERGE_RISING) == "reproduced"
-    assert RP.divergence_rule(RP.DIVERGE_START * d1 * 1.1, d1, 1.0) == "partly"        # does not start together
-    assert RP.divergence_rule(0.0, d1, RP.DIVERGE_RISING - 0.01) == "partly"           # rises too rarely
-    assert RP.divergence_rule(5.0, 4.0, 1.0) == "not reproduced"
-    c = RP.claim_divergence(np.array([5, 10, 15]), np.array([0.0, 1.0, 2.0]), "clones")
+    start, rising = divergence.DIVERGE_START, divergence.DIVERGE_RISING
+    assert divergence.divergence_rule(start * d1, d1, rising) == "reproduced"
+    assert divergence.divergence_rule(start * d1 * 1.1, d1, 1.0) == "partly"     # does not start together
+    assert divergence.divergence_rule(0.0, d1, rising - 0.01) == "partly"         # rises too rarely
+    assert divergence.divergence_rule(5.0, 4.0, 1.0) == "not reproduced"
+    c = divergence.claim_divergence(np.array([5, 10, 15]), np.array([0.0, 1.0, 2.0]), "clones")
     assert c.verdict.startswith("reproduced") and "[thresholds: start ≤ 5%" in c.verdict
-    assert RP.claim_divergence(np.zeros(0), np.zeros(0), "clones").verdict.startswith("n/a: fewer than 2")
+    assert divergence.claim_divergence(np.zeros(0), np.zeros(0),
+                                       "clones").verdict.startswith("n/a: fewer than 2")
 
 
 def _traj(tmp_path, loss_epochs, loss, steps=None, name="r"):
@@ -130,24 +145,24 @@ def _traj(tmp_path, loss_epochs, loss, steps=None, name="r"):
 
 
 def test_low_loss(tmp_path):
-    assert RP.low_loss_rule(0.9 * RP.LOW_LOSS) == "reproduced"
-    assert RP.low_loss_rule(1.1 * RP.LOW_LOSS) == "not reproduced"
+    assert low_loss.low_loss_rule(0.9 * low_loss.LOW_LOSS) == "reproduced"
+    assert low_loss.low_loss_rule(1.1 * low_loss.LOW_LOSS) == "not reproduced"
     ok = _traj(tmp_path, [50, 100], [1e-2, 5e-4], name="a")
-    c = RP.claim_low_loss([ok], 100)
+    c = low_loss.claim_low_loss([ok], 100)
     assert c.verdict.startswith("reproduced") and "[threshold 0.001" in c.verdict
     short = _traj(tmp_path, [30, 60], [1e-2, 5e-4], name="b")
-    assert RP.claim_low_loss([ok, short], 100).verdict == "n/a: runs stop before epoch 100"
-    assert RP.claim_low_loss([_traj(tmp_path, [1], [np.nan], name="c")], 1).verdict.startswith("n/a")
+    assert low_loss.claim_low_loss([ok, short], 100).verdict == "n/a: runs stop before epoch 100"
+    assert low_loss.claim_low_loss([_traj(tmp_path, [1], [np.nan], name="c")], 1).verdict.startswith("n/a")
 
 
 def test_still_moving(tmp_path):
-    assert RP.still_moving_rule(1.01 * RP.STILL_MOVING) == "reproduced"
-    assert RP.still_moving_rule(0.99 * RP.STILL_MOVING) == "not reproduced"
+    assert still_moving.still_moving_rule(1.01 * still_moving.STILL_MOVING) == "reproduced"
+    assert still_moving.still_moving_rule(0.99 * still_moving.STILL_MOVING) == "not reproduced"
     t = _traj(tmp_path, [1, 4], [1.0, 0.5], steps=[1.0, 1.0, 0.05, 0.05], name="a")
-    c = RP.claim_still_moving([t], 2)
+    c = still_moving.claim_still_moving([t], 2)
     assert c.verdict.startswith("not reproduced") and "[threshold 0.1; no null" in c.verdict
     assert "no test of a critical point" in c.verdict
-    assert RP.claim_still_moving([t], 10).verdict.startswith("n/a: needs step_length")
+    assert still_moving.claim_still_moving([t], 10).verdict.startswith("n/a: needs step_length")
 
 
 def _geom(path, disp):
@@ -157,14 +172,15 @@ def _geom(path, disp):
 
 
 def test_path_rule():
-    assert RP.path_rule(RP.PATH_RATIO * 1.01) == "reproduced"
-    assert RP.path_rule(RP.PATH_RATIO * 0.99) == "not reproduced"
-    c = RW.claim_path([_geom(3.2, 2.0)], "the fork (epoch 5)")
-    assert c.verdict.startswith("reproduced") and "[threshold 1.5x: the paper's 'far' has no null" in c.verdict
+    assert path_shape.path_rule(path_shape.PATH_RATIO * 1.01) == "reproduced"
+    assert path_shape.path_rule(path_shape.PATH_RATIO * 0.99) == "not reproduced"
+    c = path_shape.claim_path([_geom(3.2, 2.0)], "the fork (epoch 5)")
+    assert c.verdict.startswith("reproduced")
+    assert "[threshold 1.5x: the paper's 'far' has no null" in c.verdict
     assert "no walk null" in c.verdict and "from the fork (epoch 5) = 1.6" in c.measured
-    c = RW.claim_path([_geom(2.8, 2.0)])
+    c = path_shape.claim_path([_geom(2.8, 2.0)])
     assert c.verdict.startswith("not reproduced") and "from init" in c.measured
-    assert RW.claim_path([_geom(0.0, 0.0)]).verdict.startswith("n/a")
+    assert path_shape.claim_path([_geom(0.0, 0.0)]).verdict.startswith("n/a")
 
 
 # -- tests against the simulated walks ---------------------------------------------------------------
@@ -174,28 +190,32 @@ def _test(p, measured=0.5, q025=0.4):
 
 
 @pytest.mark.parametrize("t, want", [
-    (_test(ALPHA), RW.EXCEEDS),                     # the level itself rejects
-    (_test(1.01 * ALPHA), RW.CONSISTENT),
-    (_test(0.99, measured=0.39), RW.BELOW),         # under the walks' 2.5th percentile
-    (_test(0.97, measured=0.40), RW.CONSISTENT),    # at it: not below
+    (_test(ALPHA), walk_verdicts.EXCEEDS),                     # the level itself rejects
+    (_test(1.01 * ALPHA), walk_verdicts.CONSISTENT),
+    (_test(0.99, measured=0.39), walk_verdicts.BELOW),         # under the walks' 2.5th percentile
+    (_test(0.97, measured=0.40), walk_verdicts.CONSISTENT),    # at it: not below
     (_test(NAN), "n/a"),
 ])
 def test_walk_rule(t, want):
-    assert RW.walk_rule(t) == want
-    assert RW.diffusion_rule(t) == {RW.EXCEEDS: RW.TRAVEL, RW.CONSISTENT: RW.DIFFUSION, RW.BELOW: RW.CONFINED,
-                                    "n/a": "n/a"}[want]
+    assert walk_verdicts.walk_rule(t) == want
+    assert diffusion.diffusion_rule(t) == {walk_verdicts.EXCEEDS: diffusion.TRAVEL,
+                                           walk_verdicts.CONSISTENT: diffusion.DIFFUSION,
+                                           walk_verdicts.BELOW: diffusion.CONFINED,
+                                           "n/a": "n/a"}[want]
 
 
 def test_claim_pca_against_the_walks():
-    c = RW.claim_pca(RP.TopK(2, "joint PCA", 0.7722, {"diffusion": 0.7433}, "diffusion", 200, 0.11,
-                             walk=WalkTest(0.7722, 0.73, 0.79, 0.21)), rank=300)
+    row = low_dimension.TopK(2, "joint PCA", 0.7722, {"diffusion": 0.7433}, "diffusion", 200, 0.11,
+                             walk=WalkTest(0.7722, 0.73, 0.79, 0.21))
+    c = low_dimension.claim_pca(row, rank=300)
     assert c.verdict.startswith("close to the paper; consistent with a random walk of rank 300 (p = 0.21)")
     assert "walks' 95% range 73.00% to 79.00%" in c.verdict and "simulated 73.00% to 79.00%" in c.null
     assert "[threshold p ≤ 0.05 for 'exceeds'" in c.verdict and "25%" not in c.verdict
-    c = RW.claim_pca(RP.TopK(2, "joint PCA", 0.80, {"diffusion": 0.74}, "diffusion", 200, 0.23,
-                             walk=WalkTest(0.80, 0.73, 0.79, 0.004)), rank=300)
+    row = low_dimension.TopK(2, "joint PCA", 0.80, {"diffusion": 0.74}, "diffusion", 200, 0.23,
+                             walk=WalkTest(0.80, 0.73, 0.79, 0.004))
+    c = low_dimension.claim_pca(row, rank=300)
     assert "exceeds a random walk of rank 300 (p = 0.004)" in c.verdict
-    c = RW.claim_pca(_row(measured=0.80))             # no walks: the share rule
+    c = low_dimension.claim_pca(_row(measured=0.80))             # no walks: the share rule
     assert "survives the null in part" in c.verdict
 
 
@@ -204,19 +224,23 @@ def _dynamics(late):
 
 
 def test_claim_diffusion():
-    c = RW.claim_diffusion(_dynamics(WalkTest(0.1, -0.5, 0.6, 0.3)), "diffusion")
+    c = diffusion.claim_diffusion(_dynamics(WalkTest(0.1, -0.5, 0.6, 0.3)), "diffusion")
     assert c.claim == "the late trajectory is diffusion, not travel (epochs 100–200)"
-    assert c.verdict.startswith("reproduced: the displacement is what a walk on the same steps gives (p = 0.3)")
-    c = RW.claim_diffusion(_dynamics(WalkTest(0.9, -0.5, 0.6, 0.002)), "diffusion")
+    assert c.verdict.startswith("reproduced: the displacement is what a walk on the same steps gives (p = "
+                                "0.3)")
+    c = diffusion.claim_diffusion(_dynamics(WalkTest(0.9, -0.5, 0.6, 0.002)), "diffusion")
     assert c.verdict.startswith("not reproduced, travel")
-    c = RW.claim_diffusion(_dynamics(WalkTest(-2.0, -0.5, 0.6, 0.999)), "epochs")
+    c = diffusion.claim_diffusion(_dynamics(WalkTest(-2.0, -0.5, 0.6, 0.999)), "epochs")
     assert c.verdict.startswith("reproduced, confined") and "on the epochs clock" in c.verdict
-    assert RW.claim_diffusion(_dynamics(None), "diffusion").verdict.startswith("n/a: no rank-matched walk null")
+    assert diffusion.claim_diffusion(_dynamics(None),
+                                     "diffusion").verdict.startswith("n/a: no rank-matched walk null")
 
 
 def test_claim_path_against_the_walk_on_the_same_steps():
     g = [_geom(11.1, 1.0)]
-    c = RW.claim_path(g, walk=WalkTest(11.1, 12.0, 15.0, 0.999))
+    c = path_shape.claim_path(g, walk=WalkTest(11.1, 12.0, 15.0, 0.999))
     assert c.verdict.startswith("far from straight, but straighter than a walk on the same steps")
-    assert RW.claim_path(g, walk=WalkTest(11.1, 10.0, 15.0, 0.5)).verdict.startswith("reproduced: as winding")
-    assert RW.claim_path(g, walk=WalkTest(11.1, 5.0, 9.0, 0.01)).verdict.startswith("reproduced: more winding")
+    assert path_shape.claim_path(g, walk=WalkTest(11.1, 10.0, 15.0,
+                                                  0.5)).verdict.startswith("reproduced: as winding")
+    assert path_shape.claim_path(g, walk=WalkTest(11.1, 5.0, 9.0,
+                                                  0.01)).verdict.startswith("reproduced: more winding")

@@ -1,4 +1,5 @@
-"""What every probe reads: the options, the runs, the model as a function of θ and the probe data.
+"""What every probe shares: its options, its inputs (the runs, the model as a function of θ, the
+probe data), and the shape of a probe as the registry runs it.
 
 Everything is measured in eval mode (no dropout) on a fixed seeded subset of
 ``probe_subset`` train and test samples; the same subset for every θ, so values along
@@ -8,13 +9,17 @@ a path or across runs are comparable even where the subset adds sampling noise.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from weightspace.analysis.flatmodel import FlatModel, subset
-from weightspace.analysis.surface import Plane
+from weightspace.analysis.plane import Plane
+from weightspace.analysis.report import Claim
 from weightspace.model import CNN
 from weightspace.params import one_line
 from weightspace.trajectories import Trajectory
@@ -29,7 +34,8 @@ class ProbeOptions:
     align: bool = True                  # also interpolate between permutation-aligned sibling pairs
     probe_subset: int = 10000           # train and test samples used by every probe; 0 = all
     grad_norm: bool = True              # full-batch gradient norm at every snapshot
-    hessian_epochs: tuple[int, ...] = (0, 10, 50, 100, 200)   # intersected with each run's epochs; () disables
+    hessian_epochs: tuple[int, ...] = (0, 10, 50, 100,
+                                       200)   # intersected with each run's epochs; () disables
     hessian_iters: int = 20             # max Hessian-vector products per eigenvalue
     hessian_tol: float = 1e-3           # stop when the eigenvalue changes by less than this (relative)
     hessian_runs: int = 0               # how many runs get Hessians (first N); 0 = all
@@ -81,7 +87,8 @@ class ProbeInputs:
 
     @classmethod
     def prepare(cls, trajs, data, *, width: float = 1.0, dropout: float = 0.5, weight_decay: float,
-                options: ProbeOptions, sgd=None, plane: Plane | None = None, device="cpu", progress: bool = True,
+                options: ProbeOptions, sgd=None, plane: Plane | None = None, device="cpu",
+                progress: bool = True,
                 model: FlatModel | None = None) -> "ProbeInputs":
         """Build the model (the CNN of ``width``, unless ``model`` is given) and the probe subsets;
         ValueError when a run does not fit the model."""
@@ -93,14 +100,16 @@ class ProbeInputs:
         for tr in trajs:
             if tr.P != fm.P:
                 what = f"a width={width} model" if model is None else "the probe's model"
-                raise ValueError(f"run {tr.name}: snapshot {tr.files[0]} has {tr.P} parameters, {what} has {fm.P}")
+                raise ValueError(f"run {tr.name}: snapshot {tr.files[0]} has {tr.P} parameters, "
+                                 f"{what} has {fm.P}")
         sgd = list(sgd) if sgd is not None else [None] * len(trajs)
         if len(sgd) != len(trajs):
             raise ValueError(f"run_probes: {len(sgd)} SGD settings for {len(trajs)} runs")
         n, seed = options.probe_subset, options.seed
         x_tr, y_tr = (t.to(fm.device) for t in subset(data.x_train, data.y_train, n, seed))
         x_te, y_te = (t.to(fm.device) for t in subset(data.x_test, data.y_test, n, seed + 1))
-        return cls(list(trajs), fm, options, weight_decay, sgd, plane, x_tr, y_tr, x_te, y_te, len(data.y_train),
+        return cls(list(trajs), fm, options, weight_decay, sgd, plane, x_tr, y_tr, x_te, y_te,
+                   len(data.y_train),
                    progress)
 
     def permutations(self):
@@ -144,3 +153,32 @@ class ProbeInputs:
         trl, tre = self.model.evaluate_many(thetas, self.x_train, self.y_train)
         tel, tee = self.model.evaluate_many(thetas, self.x_test, self.y_test)
         return {"train_loss": trl, "train_error": tre, "test_loss": tel, "test_error": tee}
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One probe as the registry runs it: when, its computation, and what it gives back from its result."""
+
+    name: str                                       # its report rows, error tag and probe_seconds_ metric
+    enabled: Callable[[ProbeOptions, int], bool]    # (options, number of runs) -> run it?
+    run: Callable                                   # (inputs, *results of ``needs``) -> result
+    metrics: Callable[[Any], dict[str, float]]      # result -> {name: value}, logged at step 0
+    figures: Callable[[Any, Path], list[Path]]      # (result, figure directory) -> PNGs written
+    claims: Callable[[Any], list[Claim]]            # result -> report rows
+    # result -> per-epoch values {name: (epochs, values)}, logged with step = epoch
+    series: Callable[[Any], dict[str, tuple[np.ndarray, np.ndarray]]] = lambda r: {}
+    params: Callable[[Any], dict[str, str]] = lambda r: {}    # result -> how it computed, logged as params
+    needs: tuple[str, ...] = ()                     # earlier probes whose results ``run`` reuses (None: off)
+    classes: bool = False                           # compares predicted classes: n/a for other targets
+
+
+def start_label(epoch0: int) -> str:
+    """A run whose first snapshot is at epoch 0 starts at its init; one that starts later (a clone)
+    starts at the fork, and everything "from init" is measured from there."""
+    return "init" if epoch0 == 0 else f"the fork (epoch {epoch0})"
+
+
+def common_start(epochs0) -> str:
+    """The start label of several runs: theirs when they share it, else "init or fork"."""
+    labels = {start_label(int(e)) for e in epochs0}
+    return labels.pop() if len(labels) == 1 else "init or fork"

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 from scipy.spatial.distance import pdist
 
-from weightspace.analysis.probes.base import ProbeInputs
+from weightspace.analysis.plotting import legend, new_figure, save_to
+from weightspace.analysis.probes.base import Probe, ProbeInputs
+from weightspace.analysis.report import Claim
 
 
 def disagreement(preds: np.ndarray) -> np.ndarray:
@@ -40,3 +43,46 @@ def function_space(inp: ProbeInputs) -> FunctionSpaceResult:
     weights = np.stack([th.cpu().numpy() for th in finals]).astype(np.float64)
     return FunctionSpaceResult(inp.names, list(combinations(range(len(finals)), 2)), disagreement(preds),
                                pdist(weights), err)
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+def metrics(r: FunctionSpaceResult) -> dict[str, float]:
+    d = r.disagreement
+    m = {"disagreement_mean": float(d.mean()), "disagreement_min": float(d.min()),
+         "disagreement_max": float(d.max()),
+         "disagreement_over_error_mean": float(np.mean(r.disagreement_over_error)),
+         "fs_test_error_mean": float(r.test_error.mean()),
+         "fs_weight_distance_mean": float(r.distance.mean())}
+    for (i, j), di in zip(r.pairs, d):
+        m[f"disagreement_run{i}_run{j}"] = float(di)
+    return m
+
+
+# -- claims ----------------------------------------------------------------------------------------
+def claims(r: FunctionSpaceResult) -> list[Claim]:
+    """Fort et al. 2019: distant solutions disagree more than their own error rate explains."""
+    d, err = r.disagreement.mean(), r.test_error.mean()
+    return [Claim(
+        "distant solutions compute different functions (Fort et al. 2019)", "-",
+        f"test disagreement mean {d:.4f} (={np.mean(r.disagreement_over_error):.2f}x the mean test "
+        f"error {err:.4f}) at weight distance {r.distance.mean():.3g}", "-",
+        "different functions" if d > err else "similar functions (disagreement below the error rate)")]
+
+
+# -- figures ---------------------------------------------------------------------------------------
+def figures(r: FunctionSpaceResult, out: Path) -> list[Path]:
+    fig, (ax,) = new_figure(w=6, h=4.5)
+    err = r.test_error.mean()
+    ax.scatter(r.distance, r.disagreement, c="C0", label="sibling pairs")
+    for (i, j), w, d in zip(r.pairs, r.distance, r.disagreement):
+        ax.annotate(f"{r.names[i]} / {r.names[j]}", (w, d), fontsize=6, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.axhline(err, color="C3", ls="--", label=f"mean test error {err:.4f}")
+    ax.set(xlabel="‖θ_i − θ_j‖ (final weights)", ylabel="test prediction disagreement",
+           title="Function space vs weight space")
+    legend(ax, fontsize=7)
+    return [save_to(fig, out, "disagreement_vs_distance.png")]
+
+
+PROBE = Probe("disagreement", lambda o, n: o.disagreement and n >= 2, function_space, metrics, figures,
+              claims, classes=True)

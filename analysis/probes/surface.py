@@ -9,14 +9,17 @@ at its projection.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from weightspace.analysis.pca import project, trajectory_pca
-from weightspace.analysis.probes.base import ProbeInputs
+from weightspace.analysis.plane import Plane, grid_axes, grid_loss, plane_points
+from weightspace.analysis.plotting import colour, legend, new_figure, save_to
+from weightspace.analysis.probes.base import Probe, ProbeInputs
 from weightspace.analysis.probes.stationarity import StationarityResult
-from weightspace.analysis.surface import Plane, grid_axes, grid_loss, plane_points
+from weightspace.analysis.report import Claim
 
 
 @dataclass
@@ -72,3 +75,71 @@ def surface(inp: ProbeInputs, stationarity: StationarityResult | None = None) ->
                           chunk=max(fm.theta_chunk, 16), progress=inp.progress)
     return SurfaceResult(inp.names, [np.asarray(t.epochs) for t in inp.trajs], ax, ay, loss, err, plane.evr,
                          list(coords), list(dist), true_loss, plane_loss)
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+def metrics(r: SurfaceResult) -> dict[str, float]:
+    dist, rel, gap = r.off_plane, r.rel_off_plane, r.loss_gap
+    m = {"surface_grid": float(len(r.ax)),
+         "surface_loss_min": float(r.loss.min()), "surface_loss_max": float(r.loss.max()),
+         "surface_dist_from_plane_median": float(np.median(dist)),
+         "surface_dist_from_plane_max": float(dist.max()),
+         "surface_rel_dist_from_plane_median": float(np.median(rel)),
+         "surface_loss_gap_log10_median": float(np.median(gap)),
+         "surface_loss_gap_log10_max": float(gap.max())}
+    if r.evr is not None:
+        m["surface_evr_pc1"], m["surface_evr_pc2"] = float(r.evr[0]), float(r.evr[1])
+    return m
+
+
+# -- claims ----------------------------------------------------------------------------------------
+# The PCA picture is faithful when snapshots lie near the plane (median off-plane distance
+# below this fraction of their distance from the centre) ...
+FAITHFUL_REL_DIST = 0.3
+# ... and the contour under each drawn point is its loss within this many decades (median).
+FAITHFUL_LOSS_GAP = 0.5
+
+
+def claims(r: SurfaceResult) -> list[Claim]:
+    """Does the 2D PCA picture show where the path goes, or only its shadow?"""
+    dist, rel, gap = np.median(r.off_plane), np.median(r.rel_off_plane), np.median(r.loss_gap)
+    faithful = rel < FAITHFUL_REL_DIST and gap < FAITHFUL_LOSS_GAP
+    return [Claim(
+        "the 2D PCA picture shows where the path goes", "2D PCA figures",
+        f"median distance from the plane {dist:.3g} ({rel:.0%} of distance from centre); "
+        f"median |log10 true loss − log10 loss under the drawn point| {gap:.2f}", "-",
+        "holds: snapshots lie near the plane" if faithful else
+        "caveat: snapshots lie off the plane; the contour under a drawn point is not its loss")]
+
+
+# -- figures ---------------------------------------------------------------------------------------
+def figures(s: SurfaceResult, out: Path) -> list[Path]:
+    fig, (axc, axl, axd) = new_figure(3, w=16 / 3, h=4.8, gridspec_kw={"width_ratios": [1.3, 1, 1]})
+    X, Y = np.meshgrid(s.ax, s.ay)
+    cs = axc.contourf(X, Y, np.log10(np.maximum(s.loss, 1e-12)), levels=30, cmap="viridis")
+    fig.colorbar(cs, ax=axc, label="log10 train loss on the plane")
+    cols = [colour(i, len(s.names)) for i in range(len(s.names))]
+    for name, cd, col in zip(s.names, s.coords, cols):
+        axc.plot(cd[:, 0], cd[:, 1], "-", color=col, lw=1.2, label=name)
+        axc.plot(cd[0, 0], cd[0, 1], "o", color=col, mec="k")
+        axc.plot(cd[-1, 0], cd[-1, 1], "*", color=col, mec="k", ms=10)
+    ev = s.evr if s.evr is not None else (None, None)
+    axc.set(xlabel="PC1" + (f" ({ev[0]:.0%} var)" if ev[0] is not None else ""),
+            ylabel="PC2" + (f" ({ev[1]:.0%} var)" if ev[1] is not None else ""),
+            title="Loss on the PCA plane (o init, * final)")
+    legend(axc, fontsize=6)
+    for name, ep, tl, pl, d, col in zip(s.names, s.epochs, s.true_loss, s.plane_loss, s.dist, cols):
+        axl.plot(ep, tl, "-", color=col, label=f"{name}: true loss")
+        axl.plot(ep, pl, "--", color=col, label=f"{name}: loss at projection")
+        axd.plot(ep, d, "-", color=col, label=name)
+    axl.set_yscale("log")
+    axl.set(xlabel="epoch", ylabel="train loss (probe subset)", title="Snapshot vs the contour under it")
+    legend(axl, fontsize=6)
+    axd.set(xlabel="epoch", ylabel="‖θ_t − projection onto plane‖", title="Distance from the PCA plane")
+    legend(axd, fontsize=6)
+    return [save_to(fig, out, "loss_surface.png")]
+
+
+# the snapshots' own losses come with the gradient norms
+PROBE = Probe("surface", lambda o, n: o.surface_grid > 0, surface, metrics, figures, claims,
+              needs=("stationarity",))

@@ -165,7 +165,7 @@ def analyse_runs(client: MlflowClient, run_id: str, runs: list, opts: AnalysisOp
                  progress: bool = True) -> dict[str, float]:
     """Analyse ``runs`` (siblings) and log everything into the analysis run ``run_id``."""
     from ..analysis.pipeline import analyse_family
-    from ..analysis.probes import guarded_probes
+    from ..analysis.probes.registry import guarded_probes
 
     if not runs:
         raise ParamError(f"analysis {label}: no FINISHED runs to analyse")
@@ -194,13 +194,14 @@ def analyse_runs(client: MlflowClient, run_id: str, runs: list, opts: AnalysisOp
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        extra_claims, extra_metrics, series = [], {}, {}
+        extra_claims, extra_metrics, extra_figures, series = [], {}, [], {}
         if opts.probes:
             probe = guarded_probes(lambda: run_probes(trajs, out / "figures", opts, progress))
             extra_claims, extra_metrics, series = probe.claims, probe.metrics, probe.series
+            extra_figures = probe.figures
             log_probe_record(client, run_id, probe)
         res = analyse_family(trajs, family, out, pretrain=pretrain, extra_claims=extra_claims,
-                             extra_metrics=extra_metrics, progress=progress)
+                             extra_metrics=extra_metrics, extra_figures=extra_figures, progress=progress)
         metrics = {k: float(v) for k, v in res.metrics.items() if np.isfinite(v)}
         batch = [Metric(k, v, 0, 0) for k, v in metrics.items()]
         # per-epoch probe values (gradient norms, ...) keep their epochs as steps
@@ -231,8 +232,8 @@ def run_probes(trajs, out: Path, opts: AnalysisOptions, progress: bool):
     function that gives the model, loss and data (``probe_hook``); a run's own is only a hint.
     When neither the option nor the params say, the probes are skipped, and the report says why.
     """
-    from ..analysis.probes import SGD
-    from ..analysis.probes import run_probes as probes
+    from ..analysis.probes.base import SGD
+    from ..analysis.probes.registry import run_probes as probes
     from ..data import load_dataset
     from ..train import resolve_device
     from .probe_hook import probe_data, probe_options, recorded_hint, recorded_probes, said, skipped
@@ -307,8 +308,8 @@ def analyse_families_run(client: MlflowClient, run_id: str, fams: dict[str, list
     """The paper's cross-experiment claim ({family: runs}), logged into the analysis run ``run_id``
     (a run of its own, named ``run_name``, that records the runs it read; None: a selection's run, whose
     tags stay): families_* metrics, figures/families_distances.png, report.md."""
-    from ..analysis.families import analyse_families
-    from ..analysis.report.table import render_text
+    from ..analysis.cross_family import analyse_families
+    from ..analysis.report import render_text
 
     tags = {T.TAG_EXPERIMENT: "analysis", "weightspace.family": "families"}
     if run_name:

@@ -36,7 +36,7 @@ PROBE_SPEC = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za
 
 def probe_options(opts, device: torch.device):
     """The probes' costs from the analysis options; auto ones depend on the device."""
-    from ..analysis.probes import ProbeOptions
+    from ..analysis.probes.base import ProbeOptions
 
     # Auto costs: the full paper-scale analysis takes minutes on a GPU. On a CPU the probes'
     # forward passes are most of a family's analysis: 13 points per line still hold α = 0.5,
@@ -52,8 +52,8 @@ def probe_options(opts, device: torch.device):
 
 def skipped(run_id: str, reason: str):
     """No probes: a warning, and one report row that says so and why."""
-    from ..analysis.probes import ProbeResult
-    from ..analysis.report.table import Claim
+    from ..analysis.probes.registry import ProbeResult
+    from ..analysis.report import Claim
 
     print(f"weightspace: warning: run {run_id}: {reason}; probes skipped", file=sys.stderr)
     row = Claim("probes (interpolation, stationarity, loss surface, function space)", "-", "-", "-",
@@ -92,7 +92,7 @@ def probe_data(dataset: str, run_dir: str, given: str) -> tuple[str | None, str]
 
 def said(res, source: str):
     """The probes' result with a report row that says which data they evaluated on."""
-    from ..analysis.report.table import Claim
+    from ..analysis.report import Claim
 
     print(f"weightspace: probes on {source}", file=sys.stderr)
     res.claims.append(Claim("probe data", "-", source, "-", "n/a: what the probes evaluated on"))
@@ -143,7 +143,7 @@ def recorded_probes(trajs, out: Path, po, device: torch.device, progress: bool, 
                     data_dir: str = ""):
     """The probes through the analyst's ``probe`` function; skipped (and said) if it fails."""
     from ..analysis.flatmodel import FlatModel
-    from ..analysis.probes import run_probes
+    from ..analysis.probes.registry import run_probes
 
     tr = trajs[0]
     params = {**tr.params, **({"data_dir": data_dir} if data_dir else {})}

@@ -1,4 +1,5 @@
-"""Are the weights at critical points? Full-batch gradient norms and top Hessian eigenvalues.
+"""Derivatives of a loss in θ: full-batch gradients and their sampling floor on a subset,
+Hessian-vector products and the top Hessian eigenvalue.
 
 A loss is a function of θ, or a list of functions whose sum is the objective
 (per-batch pieces of the data term, plus a weight-decay term), so that gradients
@@ -11,6 +12,17 @@ does not (PyTorch's recurrent kernels, for one): H is symmetric, so vjp(grad f)(
 Attention runs in PyTorch's math kernel there: its fused kernels (flash, memory-efficient) have
 neither forward-mode nor second derivatives, the math kernel computes the same attention from
 differentiable ops.
+
+The sampling floor. On a probe subset of n of the N training samples the gradient ĝ is a
+mean of n per-sample gradients, so E‖ĝ‖² = ‖g‖² + (1 − n/N)·tr(Σ)/n, with g the gradient on
+the whole training set and Σ the per-sample gradients' covariance: a subset gradient never
+reads below sqrt((1 − n/N)·tr(Σ)/n), the floor, even at an exact critical point. The floor
+is estimated from two disjoint random halves A and B of the same subset (n_A + n_B = n),
+chosen over a re-draw of the subset because it costs nothing (ĝ is their weighted mean, so
+the same per-sample gradients are computed once) and needs no second subset: for a random
+split E‖ĝ_A − ĝ_B‖² = tr(Σ)·n/(n_A·n_B), hence floor = ‖ĝ_A − ĝ_B‖·sqrt(n_A·n_B)/n·sqrt(1 − n/N).
+The weight-decay term is the same on both halves and cancels. With ``probe_subset=0`` the
+gradient is the one on the whole training set and its floor is 0.
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.func import grad, grad_and_value, jvp, vjp
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -126,3 +139,25 @@ def top_hessian_eig(loss: Loss, theta: torch.Tensor, iters: int = 20, tol: float
             return EigResult(lam, res, rel, k, True, mode)
         lam_prev = lam
     return EigResult(lam, res, rel, iters, False, mode or FORWARD)
+
+
+# -- the sampling floor of a gradient on a subset (module docstring) ----------------------------
+def halves(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two disjoint random halves of range(n) (sizes ⌊n/2⌋ and ⌈n/2⌉), sorted, seeded."""
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return idx[:n // 2].sort().values, idx[n // 2:].sort().values
+
+
+def sampling_floor(diff_norm: float, n_a: int, n_b: int, population: int) -> float:
+    """The floor sqrt((1 − n/N)·tr(Σ)/n) of a gradient on n = n_a + n_b of N samples, from the
+    norm of the difference between the gradients of its two disjoint halves (module docstring)."""
+    n = n_a + n_b
+    if n_a < 1 or n_b < 1:
+        return float("nan")
+    fpc = max(0.0, 1.0 - n / population) if population else 1.0
+    return float(diff_norm * np.sqrt(n_a * n_b) / n * np.sqrt(fpc))
+
+
+def debiased(norm: np.ndarray, floor: np.ndarray) -> np.ndarray:
+    """sqrt(max(‖ĝ‖² − floor², 0)): the gradient norm on the whole training set, noise removed."""
+    return np.sqrt(np.maximum(np.square(norm) - np.square(np.nan_to_num(floor)), 0.0))

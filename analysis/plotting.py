@@ -45,3 +45,8 @@ def legend(ax, **kw) -> None:
     """A legend, unless the panel has nothing labelled (no empty legend box)."""
     if ax.get_legend_handles_labels()[0]:
         ax.legend(**kw)
+
+
+def save_to(fig: Figure, directory: Path, name: str) -> Path:
+    """``save`` as ``directory/name``, cropped to what is drawn."""
+    return save(fig, Path(directory) / name, bbox_inches="tight")

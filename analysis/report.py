@@ -13,6 +13,8 @@ import numpy as np
 from weightspace.trajectories import Trajectory
 
 COLUMNS = ("Claim", "Paper", "Measured", "Null model", "Verdict")
+NA = "n/a"              # a claim that cannot be judged here: na(reason) says why
+NO_PAPER = "–"          # the Paper column of a model the paper did not train (its numbers are its CNN's)
 
 
 @dataclass
@@ -22,6 +24,10 @@ class Claim:
     measured: str       # our number, formatted
     null: str           # the null model's number where one applies, else "-"
     verdict: str        # the rule's verdict and its threshold, or "n/a: <reason>"
+
+
+def na(reason: str) -> str:
+    return f"{NA}: {reason}"
 
 
 def pct(x: float) -> str:
@@ -61,16 +67,17 @@ def render_text(claims: Sequence[Claim], widths: Sequence[int] = (34, 14, 22, 16
 
 def render_report(title: str, trajs: Sequence[Trajectory], claims: Sequence[Claim], figures: Sequence[Path],
                   null_note: str = "") -> str:
-    """report.md: the runs, the claims table (each verdict with its threshold), the null model, the figures."""
+    """report.md: the runs, the claims table (each verdict with its threshold), the null model, the
+    figures."""
     runs_md = "\n".join(f"- `{t.name}` (run {t.run_id}, init {t.init_seed}, shuffle {t.shuffle_seed}, "
                         f"{t.T} snapshots, epochs {int(t.epochs[0])}–{int(t.epochs[-1])})" for t in trajs)
     figs_md = "\n".join(f"![{p.stem}](figures/{p.name})" for p in figures)
-    note = null_note or ("The null model: independent isotropic random walks (variance ∝ epochs) sampled at the "
-                         "runs' epochs, from a shared start; for θ−θ_final each run is relative to its own final "
-                         "snapshot.")
+    note = null_note or ("The null model: independent isotropic random walks (variance ∝ epochs) sampled at "
+                         "the runs' epochs, from a shared start; for θ−θ_final each run is relative to its "
+                         "own final snapshot.")
     return (f"# {title}\n\n## Runs\n{runs_md}\n\n## Claims\n{render_markdown(claims)}\n"
-            f"\"n/a\" marks a claim that cannot be judged here, with the reason; thresholds are in brackets.\n\n"
-            f"{note}\n\n## Figures\n{figs_md}\n")
+            f"\"n/a\" marks a claim that cannot be judged here, with the reason; thresholds are in "
+            f"brackets.\n\n{note}\n\n## Figures\n{figs_md}\n")
 
 
 def jsonable(x):
