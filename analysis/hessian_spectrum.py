@@ -138,7 +138,10 @@ def verdict(lambda_mins: Sequence[float], lambda_max: float, critical: bool | No
             why += "; the gradient verdict is inconclusive, so whether it is a critical point is open"
         return Verdict("saddle", rule, why)
     if critical:
-        return Verdict("minimum", rule, "λmin is not significantly negative and the gradient is at its floor")
+        flat = ("; λmin is also within error of zero, a degenerate (flat) minimum that second order "
+                "cannot tell from a higher-order saddle" if est <= c * err else "")
+        return Verdict("minimum", rule, "λmin is not significantly negative and the gradient is at its "
+                                        f"floor{flat}")
     return Verdict("n/a", rule, "λmin is not significantly negative but the gradient verdict is "
                                 "inconclusive: a minimum cannot be told from a flat slope")
 
@@ -217,6 +220,7 @@ def metrics(s: Spectrum) -> dict[str, float]:
         "hessian_trace": s.trace,
         "hessian_lambda_min_spread": max(lm) - min(lm) if len(lm) > 1 else math.nan,
         "hessian_neg_mass_se": s.density.neg_mass_se,
+        "hessian_neg_mass_ritz": s.density.neg_mass_ritz,
         "hessian_trace_se": s.trace_se,
         "hessian_hvp_count": float(s.n_hvp),
     }

@@ -79,7 +79,7 @@ def test_positive_definite_quadratic_is_a_minimum():
     s = spectrum(lambda v: H @ v, 60, k=5, critical=True, probes=4, steps=30)
     assert s.extremes.lambda_min == pytest.approx(0.1, rel=1e-4)
     assert s.extremes.lambda_max == pytest.approx(10.0, rel=1e-6)
-    assert s.verdict.word == "minimum"
+    assert s.verdict.word == "minimum" and "flat" not in s.verdict.reason
     assert s.density.neg_mass < 1e-6
     assert spectrum(lambda v: H @ v, 60, k=5, critical=None, probes=2, steps=10).verdict.word == "n/a"
 
@@ -196,6 +196,8 @@ def test_verdict_threshold_both_sides(critical):
         return verdict([x - spread / 2, x, x + spread / 2], 100.0, critical, c=3.0, rel_tol=1e-4)
     assert v(-0.061).word == "saddle"
     assert v(-0.059).word == ("minimum" if critical else "n/a")
+    if critical:   # within error of zero: a flat minimum; beyond it on the positive side: not flat
+        assert "flat" in v(-0.059).reason and "flat" not in v(0.061).reason
     assert v(-0.061, spread=0.02).word != "saddle"   # the same λmin, twice the estimator's spread
     assert "threshold −3·err = -0.06" in v(-0.061).rule
 
@@ -231,3 +233,27 @@ def test_density_figure(tmp_path, bulk):
     ds = {e: slq(lambda v, a=a: a * (H @ v), len(eigs), steps=20, probes=2) for e, a in ((1, 1.0), (5, 0.3))}
     path = density_figure(ds, tmp_path / "fig" / "hessian_density.png")
     assert path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def _float32_agrees(H64: torch.Tensor, device: str) -> None:
+    """Both ends and the density from float32 products on ``device`` against float64 eigvalsh: within
+    1e-5 of λmax (float32 rounding of 500-term sums, ARPACK's tolerance 1e-5)."""
+    exact = np.linalg.eigvalsh(H64.numpy())
+    H = H64.float().to(device)
+    e = extremes(lambda v: H @ v, H.shape[0], k=5, dtype=torch.float32, device=device, maxiter=200)
+    assert e.converged
+    np.testing.assert_allclose(e.top, exact[::-1][:5], atol=1e-5 * exact[-1])
+    np.testing.assert_allclose(e.bottom, exact[:5], atol=1e-5 * exact[-1])
+    d = slq(lambda v: H @ v, H.shape[0], steps=40, probes=4, dtype=torch.float32, device=device)
+    assert d.neg_mass == pytest.approx((exact < 0).mean(), abs=0.04)
+
+
+def test_float32_operator(bulk):
+    _float32_agrees(bulk[1], "cpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")
+def test_cuda_operator(bulk):
+    """The vectors travel to the device and back for ARPACK; SLQ's Lanczos basis stays on the device."""
+    _float32_agrees(bulk[1], "cuda")
