@@ -1,7 +1,7 @@
 """The Hessian's bulk: spectral density by stochastic Lanczos quadrature, and the trace by Hutchinson.
 
 Everything takes a Hessian-vector product ``hvp(v) -> H·v`` over 1-D vectors of length n, so the same
-code runs on a closed-form quadratic and on a network (``weightspace.analysis.stationarity.hvp``).
+code runs on a closed-form quadratic and on a network (``weightspace.analysis.derivatives.hvp``).
 Vectors are kept in float64 on the operator's device; each product is computed in the operator's dtype.
 
 Stochastic Lanczos quadrature (Ghorbani et al. 2019, after Golub and Meurant): m Lanczos steps from a

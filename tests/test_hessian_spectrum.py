@@ -28,7 +28,7 @@ from weightspace.analysis.spectral_density import (
     rademacher,
     slq,
 )
-from weightspace.analysis.stationarity import hvp
+from weightspace.analysis.derivatives import hvp
 
 torch.set_num_threads(1)
 

@@ -95,3 +95,101 @@ def test_no_code_cites_issue_numbers():
             for p in (REPO / root).rglob("*.py") for i, line in enumerate(p.read_text().splitlines(), 1)
             if pat.search(line)]
     assert not hits, hits
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Each module's direct imports of other weightspace modules, TYPE_CHECKING and lazy ones too.
+
+    ``from pkg import name`` points at ``pkg.name`` when that is a module, else at ``pkg``.
+    """
+    mods = {name: path for _, name, path in modules()}
+    known = {n.removesuffix(".__init__") for n in mods}
+    graph = {}
+    for name, path in mods.items():
+        node = name.removesuffix(".__init__")
+        targets = set()
+        for mod in imported(name, path):
+            while mod and mod not in known:
+                mod = mod.rpartition(".")[0]
+            if mod and mod != node and mod != "weightspace":
+                targets.add(mod)
+        graph[node] = targets
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles_not_even_for_type_checking():
+    found = cycles(module_graph())
+    assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_the_cycle_check_finds_a_cycle_and_passes_a_chain():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+ENTRY_POINTS = {p.stem for p in (REPO / "entrypoints").glob("*.py") if p.stem != "__init__"}
+
+
+def shared_names(paths: list[Path], roots: list[Path]) -> dict[str, list[str]]:
+    """Module or package names used more than once, and names of entry points reused by the library."""
+    seen: dict[str, list[str]] = {}
+    for root in roots:
+        for p in paths:
+            if p.is_relative_to(root):
+                rel = p.relative_to(root)
+                if p.stem != "__init__":
+                    seen.setdefault(p.stem, []).append(str(rel))
+                for package in rel.parts[:-1]:
+                    label = str(Path(*rel.parts[:rel.parts.index(package) + 1])) + "/"
+                    if label not in seen.setdefault(package, []):
+                        seen[package].append(label)
+    return {n: where for n, where in seen.items() if len(where) > 1 or n in ENTRY_POINTS}
+
+
+def test_no_two_modules_share_a_name():
+    """A name means one module: no stem twice, no module named like a package or an entry point."""
+    roots = [PKG, REPO / "analysis"]
+    paths = [p for root in roots for p in root.rglob("*.py")]
+    shared = shared_names(paths, roots)
+    shared.pop("analysis", None)  # the package of analysis/ itself is named like its entry point
+    assert not shared, shared
+
+
+def test_the_name_check_finds_a_shared_name(tmp_path):
+    for rel in ("a/x.py", "a/b/x.py", "a/c/y.py", "a/y/__init__.py", "a/single.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("")
+    root = tmp_path / "a"
+    got = shared_names(list(root.rglob("*.py")), [root])
+    assert set(got) == {"x", "y", "single"} | ({"single"} & ENTRY_POINTS)

@@ -67,7 +67,7 @@ class Trainer:
                                    weight_decay=cfg.weight_decay)
         capture.check(cfg.step_capture, device)
         # step_capture=1: full batches replay one recorded CUDA graph (capture.py).
-        self.recorder: capture.Recorder | None = capture.cuda_graph if cfg.step_capture else None
+        self.recorder: capture.GraphRecorder | None = capture.cuda_graph if cfg.step_capture else None
         self.graph: capture.StepGraph | None = None
         self.total = torch.zeros((), device=device)  # the epoch's summed loss, a tensor the graph keeps
         self.reseed(cfg.shuffle_seed)

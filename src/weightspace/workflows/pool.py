@@ -297,7 +297,7 @@ def _wait_or_kill(proc, timeout: float) -> None:
 # database connection), its environment and threads set before the command starts.
 
 PRELOAD = ["weightspace.cli", "weightspace.workflows.training", "weightspace.workflows.analysis_runs",
-           "weightspace.analysis.pipeline", "weightspace.analysis.probes",
+           "weightspace.analysis.pipeline", "weightspace.analysis.probes.registry",
            "mlflow.store.tracking.sqlalchemy_store"]
 _CTX = None
 CAN_FORK = "forkserver" in multiprocessing.get_all_start_methods()   # not on Windows
@@ -335,6 +335,9 @@ def _run_cli(args: list[str], env: dict[str, str], threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    from weightspace.__main__ import main
+    import runpy
 
-    sys.exit(main(list(args)))
+    # Exactly what a new interpreter's `python -m weightspace <args>` runs; executed, not imported,
+    # as the command line itself depends on the workflows that use this pool.
+    sys.argv = ["weightspace", *args]
+    runpy.run_module("weightspace", run_name="__main__", alter_sys=True)
