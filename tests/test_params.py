@@ -93,10 +93,10 @@ def test_each_entry_point_differs_only_by_its_table():
 
 def test_each_parameter_is_declared_once():
     """A parameter's declaration (``name: type = DECL(default)``) appears in one place in the package."""
-    pkg = REPO / "src" / "weightspace"
-    text = "\n".join(p.read_text() for p in pkg.rglob("*.py"))
+    text = "\n".join(p.read_text() for root in (REPO / "src" / "weightspace", REPO / "analysis")
+                     for p in root.rglob("*.py"))
     for name in {n for e in ENTRIES.values() for n in e.order} - {"device", "data_dir"}:
-        hits = [line for line in text.splitlines() if re.match(rf"\s*{name}: \w+ = ", line)]
+        hits = [line for line in text.splitlines() if re.match(rf"\s*{name}: \w+ = (Decl|int_range|one_of|[A-Z_]+)\(", line)]
         assert len(hits) == 1, (name, hits)
 
 

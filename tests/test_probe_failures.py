@@ -14,7 +14,7 @@ from weightspace.analysis.probes.base import ProbeOptions
 from weightspace.analysis.probes.registry import PROBES, guarded_probes, run_probes
 from weightspace.data import load_dataset
 
-OPTS = ProbeOptions(interp_points=3, probe_subset=60, hessian_epochs=(2,), hessian_iters=2, surface_grid=3,
+OPTS = ProbeOptions(interp_points=3, probe_subset=60, hessian_epochs="2", hessian_iters=2, surface_grid=3,
                     batch_size=256)
 WHY = "RuntimeError: out of cheese"
 

@@ -85,7 +85,7 @@ def test_the_probes_of_a_regressor_finish_with_its_loss_and_metric(metric, tmp_p
     data = regression_data()
     trajs = runs(tmp_path, data)
     fm = FlatModel(module=regressor(), loss=mse, error=metric)
-    opts = ProbeOptions(interp_points=5, probe_subset=0, hessian_epochs=(3,), hessian_iters=3, surface_grid=3)
+    opts = ProbeOptions(interp_points=5, probe_subset=0, hessian_epochs="3", hessian_iters=3, surface_grid=3)
     res = run_probes(trajs, tmp_path / "fig", weight_decay=0.0, data=data, options=opts, progress=False,
                      model=fm)
     assert res.errors == {}
@@ -118,7 +118,7 @@ def test_the_probes_of_a_regressor_finish_with_its_loss_and_metric(metric, tmp_p
 def test_a_model_without_a_permutation_spec_is_not_aligned_and_says_why(tmp_path):
     data = regression_data()
     trajs = runs(tmp_path, data, make=normed_regressor)
-    opts = ProbeOptions(interp_points=3, probe_subset=0, grad_norm=False, hessian_epochs=(), surface_grid=0)
+    opts = ProbeOptions(interp_points=3, probe_subset=0, grad_norm=False, hessian_epochs="", surface_grid=0)
     res = run_probes(trajs, tmp_path / "fig", weight_decay=0.0, data=data, options=opts, progress=False,
                      model=FlatModel(module=normed_regressor(), loss=mse, error=off_by_more))
     assert res.errors == {} and not any("aligned" in k for k in res.metrics)

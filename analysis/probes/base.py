@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,30 +21,62 @@ from weightspace.analysis.flatmodel import FlatModel, subset
 from weightspace.analysis.plane import Plane
 from weightspace.analysis.report import Claim
 from weightspace.model import CNN
-from weightspace.params import one_line
+from weightspace.params import Decl, int_range, one_line
 from weightspace.trajectories import Trajectory
 
 
-@dataclass(frozen=True)
-class ProbeOptions:
-    """Cost parameters of the probes, already validated by the caller; each probe is disabled by
-    its zero/empty/False value."""
+def _epoch_list(v: str) -> bool:
+    return all(p.strip().isdigit() for p in v.split(",")) if v.strip() else True
 
-    interp_points: int = 25             # α values per line (endpoints included); 0 disables
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeOptions:
+    """The probes' settings. The declared ones are the analysis entry point's parameters, each declared
+    here once; auto (-1) costs depend on the device (``resolved``). A probe is off at its zero or empty
+    value. The rest are fixed costs and switches for library callers."""
+
+    probes: int = int_range(0, 1, "1: interpolation, stationarity, loss surface, function space",
+                            "0 or 1")(1)
+    interp_points: int = Decl(int, "0 (off), -1 (auto) or an integer from 3 to 1000",
+                              "points on each interpolation line; auto: 25 on a GPU, 13 on a CPU",
+                              lambda v: v in (0, -1) or 3 <= v, most=1000)(-1)
+    probe_subset: int = Decl(int, "an integer >= 0 (0 = the whole dataset) or -1 (auto)",
+                             "samples the probes evaluate on; auto: 10000 on a GPU, 1000 on a CPU",
+                             lambda v: -1 <= v, most=10**7)(-1)
+    hessian_epochs: str = Decl(str, "comma-separated epochs such as 0,10,50, or empty (off)",
+                               "epochs at which the top Hessian eigenvalue is measured",
+                               _epoch_list)("0,10,50,100,200")
+    hessian_iters: int = int_range(1, 1000, "power-iteration steps per eigenvalue")(20)
+    hessian_runs: int = Decl(int, "an integer >= 0 (0 = every run)", "runs whose Hessian is probed",
+                             lambda v: 0 <= v, most=1000)(1)
+    surface_grid: int = Decl(int, "0 (off), -1 (auto) or an integer from 3 to 201",
+                             "loss-surface grid side on the PCA plane; auto: 31 on a GPU, 11 on a CPU",
+                             lambda v: v in (0, -1) or 3 <= v, most=201)(-1)
     align: bool = True                  # also interpolate between permutation-aligned sibling pairs
-    probe_subset: int = 10000           # train and test samples used by every probe; 0 = all
     grad_norm: bool = True              # full-batch gradient norm at every snapshot
-    hessian_epochs: tuple[int, ...] = (0, 10, 50, 100,
-                                       200)   # intersected with each run's epochs; () disables
-    hessian_iters: int = 20             # max Hessian-vector products per eigenvalue
     hessian_tol: float = 1e-3           # stop when the eigenvalue changes by less than this (relative)
-    hessian_runs: int = 0               # how many runs get Hessians (first N); 0 = all
-    surface_grid: int = 31              # n×n grid on the PCA plane; 0 disables
     surface_margin: float = 0.25        # grid extends this fraction of the path's extent beyond it
     disagreement: bool = True           # prediction disagreement between sibling final models
     batch_size: int = 0                 # samples per forward call; 0 = auto (4096 cuda, 256 cpu)
     theta_chunk: int = 0                # θ per vmap call; 0 = auto (8 cuda, 1 = plain loop on cpu)
     seed: int = 0                       # probe subset and power-iteration start vectors
+
+    @property
+    def hessian_epoch_set(self) -> tuple[int, ...]:
+        return tuple(sorted({int(e) for e in self.hessian_epochs.split(",") if e.strip()}))
+
+    def resolved(self, device_type: str) -> "ProbeOptions":
+        """The auto costs made concrete. On a CPU the probes' forward passes are most of an analysis:
+        13 points per line still hold α = 0.5, where barriers peak, and an 11 x 11 grid still resolves
+        the basin on the PCA plane."""
+        gpu = device_type == "cuda"
+
+        def auto(v: int, on_gpu: int, on_cpu: int) -> int:
+            return v if v >= 0 else on_gpu if gpu else on_cpu
+
+        return replace(self, interp_points=auto(self.interp_points, 25, 13),
+                       probe_subset=auto(self.probe_subset, 10000, 1000),
+                       surface_grid=auto(self.surface_grid, 31, 11))
 
 
 @dataclass(frozen=True)

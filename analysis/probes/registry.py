@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from weightspace.analysis.plane import Plane
 from weightspace.analysis.probes import function_space, interpolation, stationarity, surface
@@ -82,7 +83,7 @@ def run_probes(trajs: Sequence[Trajectory], out_dir, *, width: float = 1.0, drop
     ``plane``: the loss surface's plane, by default the runs' joint PCA plane; ``model``: a
     ``FlatModel`` of any classifier instead of the CNN of ``width`` and ``dropout``.
     """
-    opt = options or ProbeOptions()
+    opt = (options or ProbeOptions()).resolved(torch.device(device).type)
     inp = ProbeInputs.prepare(trajs, data, width=width, dropout=dropout, weight_decay=weight_decay,
                               options=opt,
                               sgd=sgd, plane=plane, device=device, progress=progress, model=model)

@@ -156,16 +156,16 @@ def stationarity(inp: ProbeInputs) -> StationarityResult:
         for i in tqdm(range(len(inp.trajs)), desc="gradient norms", disable=not inp.progress):
             runs.append(_run_gradients(inp, i, pieces, wdp))
     eigs = {}
-    if opt.hessian_epochs:
+    if opt.hessian_epoch_set:
         todo = [(i, t) for i, tr in enumerate(inp.trajs[:opt.hessian_runs or len(inp.trajs)])
-                for t, e in enumerate(tr.epochs) if int(e) in opt.hessian_epochs]
+                for t, e in enumerate(tr.epochs) if int(e) in opt.hessian_epoch_set]
         mode = None     # chosen on the first product (forward-mode derivatives or not), then kept
         for i, t in tqdm(todo, desc="Hessian top eigenvalue", disable=not inp.progress):
             e = int(inp.trajs[i].epochs[t])
             eigs[(i, e)] = top_hessian_eig(list(ce) + [wdp], inp.theta(i, t), opt.hessian_iters,
                                            opt.hessian_tol, seed=opt.seed + 1000 * i + e, mode=mode)
             mode = eigs[(i, e)].mode
-    on = bool(opt.hessian_epochs)
+    on = bool(opt.hessian_epoch_set)
     return StationarityResult(inp.names, len(inp.y_train), inp.train_size, runs, eigs,
                               opt.hessian_tol if on else None,
                               opt.hessian_iters if on else None)
@@ -334,5 +334,5 @@ def _hessian(r: StationarityResult, out: Path) -> Path:
     return save_to(fig, out, "hessian_top_eig.png")
 
 
-PROBE = Probe("stationarity", lambda o, n: o.grad_norm or bool(o.hessian_epochs), stationarity, metrics,
+PROBE = Probe("stationarity", lambda o, n: o.grad_norm or bool(o.hessian_epoch_set), stationarity, metrics,
               figures, claims, series=series, params=params)

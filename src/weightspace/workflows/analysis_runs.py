@@ -21,8 +21,9 @@ from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
 from .. import tracking as T
+from ..analysis.probes.base import ProbeOptions
 from ..config import DEVICE, ParamError, config_from_params
-from ..params import Decl, Entry, as_strings, int_range, names, parse
+from ..params import Decl, Entry, as_strings, parse
 from ..tracking.runs import TrajectoryError, find_runs, find_siblings, trajectory, wants_bars
 from .entry_run import entry_run, in_child_run
 from .probe_hook import PROBE_SPEC
@@ -33,12 +34,8 @@ PAPER_FAMILIES = TRAINING_EXPERIMENTS[1:]   # the experiments the paper's cross-
 PROBE_ERROR_TAG = "weightspace.probe_error."   # + the probe's name: why it failed (the analysis goes on)
 
 
-def _epoch_list(v: str) -> bool:
-    return all(p.strip().isdigit() for p in v.split(",")) if v.strip() else True
-
-
 @dataclass(frozen=True, kw_only=True)
-class AnalysisOptions:
+class AnalysisOptions(ProbeOptions):
     """analysis: which runs (exactly one of group, run_ids, parent_run_id) and what to compute."""
 
     group: str = Decl(str, "a weightspace.group tag value", "analyse the FINISHED runs of this group")("")
@@ -46,7 +43,6 @@ class AnalysisOptions:
     parent_run_id: str = Decl(str, "the run id of a paper run", "analyse each family of this paper run")("")
     cache_dir: str = Decl(str, "a directory path, or empty for ~/.cache/weightspace",
                           "where downloaded trajectories are kept (checked by sha256)")("")
-    probes: int = int_range(0, 1, "1: interpolation, stationarity, loss surface, function space", "0 or 1")(1)
     # Named by the analyst, never taken from a run: the store is data, not code (docs/trust-model.md).
     probe: str = Decl(str, "empty or package.module:function",
                       "the function that gives the probes a recorded run's model, loss and data "
@@ -54,21 +50,6 @@ class AnalysisOptions:
                       lambda v: not v or PROBE_SPEC.fullmatch(v) is not None)("")
     data_dir: str = Decl(str, "a directory path, or empty (a run's own data_dir, if it is a directory here)",
                          "where the probes read the dataset's IDX files")("")
-    interp_points: int = Decl(int, "0 (off), -1 (auto) or an integer from 3 to 1000",
-                              "points on each interpolation line; auto: 25 on a GPU, 13 on a CPU",
-                              lambda v: v in (0, -1) or 3 <= v, most=1000)(-1)
-    probe_subset: int = Decl(int, "an integer >= 0 (0 = the whole dataset) or -1 (auto)",
-                             "samples the probes evaluate on; auto: 10000 on a GPU, 1000 on a CPU",
-                             lambda v: -1 <= v, most=10**7)(-1)
-    hessian_epochs: str = Decl(str, "comma-separated epochs such as 0,10,50, or empty (off)",
-                               "epochs at which the top Hessian eigenvalue is measured",
-                               _epoch_list)("0,10,50,100,200")
-    hessian_iters: int = int_range(1, 1000, "power-iteration steps per eigenvalue")(20)
-    hessian_runs: int = Decl(int, "an integer >= 0 (0 = every run)", "runs whose Hessian is probed",
-                             lambda v: 0 <= v, most=1000)(1)
-    surface_grid: int = Decl(int, "0 (off), -1 (auto) or an integer from 3 to 201",
-                             "loss-surface grid side on the PCA plane; auto: 31 on a GPU, 11 on a CPU",
-                             lambda v: v in (0, -1) or 3 <= v, most=201)(-1)
     device: str = DEVICE("auto")
 
     @property
@@ -78,7 +59,9 @@ class AnalysisOptions:
 
 SELECTORS = ("group", "run_ids", "parent_run_id")
 ANALYSIS = Entry("analysis", (AnalysisOptions.__doc__ or "").strip().splitlines()[0], (AnalysisOptions,),
-                 names(AnalysisOptions))
+                 ("group", "run_ids", "parent_run_id", "cache_dir", "probes", "probe", "data_dir",
+                  "interp_points", "probe_subset", "hessian_epochs", "hessian_iters", "hessian_runs",
+                  "surface_grid", "device"))
 
 
 def check_options(opts: AnalysisOptions) -> AnalysisOptions:
@@ -236,10 +219,10 @@ def run_probes(trajs, out: Path, opts: AnalysisOptions, progress: bool):
     from ..analysis.probes.registry import run_probes as probes
     from ..data import load_dataset
     from ..train import resolve_device
-    from .probe_hook import probe_data, probe_options, recorded_hint, recorded_probes, said, skipped
+    from .probe_hook import probe_data, recorded_hint, recorded_probes, said, skipped
 
     device = resolve_device(opts.device)
-    po = probe_options(opts, device)
+    po = opts.resolved(device.type)
     if opts.probe:
         return recorded_probes(trajs, out, po, device, progress, opts.probe, opts.data_dir)
     hint = recorded_hint(trajs[0].params)

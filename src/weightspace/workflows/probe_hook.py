@@ -34,22 +34,6 @@ PROBE_PARAM = "probe"
 PROBE_SPEC = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 
 
-def probe_options(opts, device: torch.device):
-    """The probes' costs from the analysis options; auto ones depend on the device."""
-    from ..analysis.probes.base import ProbeOptions
-
-    # Auto costs: the full paper-scale analysis takes minutes on a GPU. On a CPU the probes'
-    # forward passes are most of a family's analysis: 13 points per line still hold α = 0.5,
-    # where barriers peak, and an 11 x 11 grid still resolves the basin on the PCA plane.
-    gpu = device.type == "cuda"
-    subset = opts.probe_subset if opts.probe_subset >= 0 else (10000 if gpu else 1000)
-    grid = opts.surface_grid if opts.surface_grid >= 0 else (31 if gpu else 11)
-    points = opts.interp_points if opts.interp_points >= 0 else (25 if gpu else 13)
-    hessian_epochs = tuple(sorted({int(e) for e in opts.hessian_epochs.split(",") if e.strip()}))
-    return ProbeOptions(interp_points=points, probe_subset=subset, hessian_epochs=hessian_epochs,
-                        hessian_iters=opts.hessian_iters, hessian_runs=opts.hessian_runs, surface_grid=grid)
-
-
 def skipped(run_id: str, reason: str):
     """No probes: a warning, and one report row that says so and why."""
     from ..analysis.probes.registry import ProbeResult
