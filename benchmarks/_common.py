@@ -35,26 +35,39 @@ def peak_fp32_flops() -> tuple[float, str]:
     if "CPU max MHz" in info:
         ghz, how_clock = float(info["CPU max MHz"]) / 1000, "lscpu max MHz"
     else:
-        ghz, how_clock = float(info.get("BogoMIPS", "0")) / 2000, "TSC rate = BogoMIPS/2 (no MHz exposed in this VM)"
+        ghz, how_clock = (
+            float(info.get("BogoMIPS", "0")) / 2000,
+            "TSC rate = BogoMIPS/2 (no MHz exposed in this VM)",
+        )
     amd = info.get("Vendor ID") == "AuthenticAMD"
     if "avx512f" in flags and not amd:
         per_cycle, unit = 64, "2 AVX-512 FMA units x 16 lanes x 2"
     elif "fma" in flags:
-        per_cycle, unit = 32, "2 x 256-bit FMA pipes x 8 lanes x 2 (Zen 4 splits AVX-512 into 2 x 256)" if amd \
-            else "2 AVX2 FMA units x 8 lanes x 2"
+        per_cycle, unit = (
+            32,
+            "2 x 256-bit FMA pipes x 8 lanes x 2 (Zen 4 splits AVX-512 into 2 x 256)"
+            if amd
+            else "2 AVX2 FMA units x 8 lanes x 2",
+        )
     else:
         per_cycle, unit = 8, "SSE, no FMA"
     peak = cores * ghz * 1e9 * per_cycle
-    return peak, f"{cores} cores x {ghz:.3f} GHz ({how_clock}) x {per_cycle} FLOP/cycle ({unit}) = {peak / 1e9:.1f} GFLOP/s"
+    return (
+        peak,
+        f"{cores} cores x {ghz:.3f} GHz ({how_clock}) x {per_cycle} FLOP/cycle ({unit}) "
+        f"= {peak / 1e9:.1f} GFLOP/s",
+    )
 
 
 def machine() -> str:
     info = lscpu()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     cuda = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (f"{info.get('Model name', platform.processor())} (family {info.get('CPU family', '?')} model "
-            f"{info.get('Model', '?')}), {os.cpu_count()} CPUs, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, python {platform.python_version()}, load avg {load:.2f}{cuda}")
+    return (
+        f"{info.get('Model name', platform.processor())} (family {info.get('CPU family', '?')} model "
+        f"{info.get('Model', '?')}), {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, python {platform.python_version()}, load avg {load:.2f}{cuda}"
+    )
 
 
 def sync(device: str | torch.device = "cpu") -> None:
@@ -64,7 +77,9 @@ def sync(device: str | torch.device = "cpu") -> None:
         torch.cuda.synchronize(device)
 
 
-def timeit(fn: Callable[[], object], repeats: int, device: str | torch.device = "cpu", warmup: int = 1) -> list[float]:
+def timeit(
+    fn: Callable[[], object], repeats: int, device: str | torch.device = "cpu", warmup: int = 1
+) -> list[float]:
     for _ in range(warmup):
         fn()
     sync(device)

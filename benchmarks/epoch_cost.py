@@ -46,12 +46,18 @@ def main() -> None:
     precisions = args.precision or (["fp32", "tf32", "bf16"] if dev.type == "cuda" else ["fp32", "bf16"])
     data = load_dataset("mnist", train_subset=args.train_subset).to(dev)
     print(f"machine: {C.machine()}")
-    print(f"data: {len(data.y_train)} training, {len(data.y_test)} test images on {dev}, width {args.width}\n")
-    print(C.row("variant", "median s/model-epoch", "range", "of which evaluation", "paper suite, extrapolated"))
+    print(
+        f"data: {len(data.y_train)} training, {len(data.y_test)} test images on {dev}, width {args.width}\n"
+    )
+    print(
+        C.row("variant", "median s/model-epoch", "range", "of which evaluation", "paper suite, extrapolated")
+    )
     print(C.row(*["---"] * 5))
     rows = []
     for prec in precisions:
-        cfg = TrainConfig(precision=prec, device=args.device, train_subset=args.train_subset, width=args.width)
+        cfg = TrainConfig(
+            precision=prec, device=args.device, train_subset=args.train_subset, width=args.width
+        )
         t = Trainer(cfg, data, dev)  # applies its numerics; nothing else runs until the next precision
         step = C.timeit(t.train_epoch, args.epochs, dev)
         ev = C.timeit(t.epoch_metrics, args.epochs, dev)
@@ -59,9 +65,17 @@ def main() -> None:
         suite = C.med(per) * SUITE_MODEL_EPOCHS
         print(C.row(f"one model, precision={prec}", f"{C.med(per):.2f}", C.spread(per), f"{C.med(ev):.2f}",
                     f"{suite / 60:.1f} min"))
-        rows.append({"variant": f"one model, precision={prec}", "precision": prec, "batched": False,
-                     "seconds_per_model_epoch": C.med(per), "train_seconds": C.med(step), "eval_seconds": C.med(ev),
-                     "suite_minutes": suite / 60})
+        rows.append(
+            {
+                "variant": f"one model, precision={prec}",
+                "precision": prec,
+                "batched": False,
+                "seconds_per_model_epoch": C.med(per),
+                "train_seconds": C.med(step),
+                "eval_seconds": C.med(ev),
+                "suite_minutes": suite / 60,
+            }
+        )
         if args.batched:
             ts = [Trainer(cfg.replace(init_seed=i, shuffle_seed=i), data, dev) for i in range(5)]
             bt = BatchedTrainer(ts)
@@ -72,12 +86,22 @@ def main() -> None:
             else:                          # every sibling evaluates on its own
                 ev_b = C.med(ev)
             per_b = [s / 5 + ev_b for s in secs]
-            suite_b = C.med(per) * (SUITE_MODEL_EPOCHS - SIBLING_MODEL_EPOCHS) + C.med(per_b) * SIBLING_MODEL_EPOCHS
+            suite_b = (
+                C.med(per) * (SUITE_MODEL_EPOCHS - SIBLING_MODEL_EPOCHS) + C.med(per_b) * SIBLING_MODEL_EPOCHS
+            )
             print(C.row(f"5 siblings batched, precision={prec}", f"{C.med(per_b):.2f}", C.spread(per_b),
                         f"{ev_b:.2f}", f"{suite_b / 60:.1f} min"))
-            rows.append({"variant": f"5 siblings batched, precision={prec}", "precision": prec, "batched": True,
-                         "seconds_per_model_epoch": C.med(per_b), "train_seconds": C.med(secs) / 5,
-                         "eval_seconds": ev_b, "suite_minutes": suite_b / 60})
+            rows.append(
+                {
+                    "variant": f"5 siblings batched, precision={prec}",
+                    "precision": prec,
+                    "batched": True,
+                    "seconds_per_model_epoch": C.med(per_b),
+                    "train_seconds": C.med(secs) / 5,
+                    "eval_seconds": ev_b,
+                    "suite_minutes": suite_b / 60,
+                }
+            )
     C.write_json(args.json, {"machine": C.machine(), "device": str(dev), "n_train": len(data.y_train),
                              "width": args.width, "rows": rows})
 

@@ -38,7 +38,14 @@ def main() -> None:
     print(C.row("batch", "median images/s", "range images/s", f"vs batch {args.batches[0]}"))
     print(C.row(*["---"] * 4))
     for b, ts in zip(args.batches, times):
-        print(C.row(b, f"{len(y) / C.med(ts):.0f}", f"{len(y) / max(ts):.0f}-{len(y) / min(ts):.0f}", f"{ref / C.med(ts):.2f}x"))
+        print(
+            C.row(
+                b,
+                f"{len(y) / C.med(ts):.0f}",
+                f"{len(y) / max(ts):.0f}-{len(y) / min(ts):.0f}",
+                f"{ref / C.med(ts):.2f}x",
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -60,7 +60,10 @@ def main() -> None:
 def probes(args, x, y) -> None:
     from weightspace.analysis.flatmodel import FlatModel
 
-    print("\nFlatModel.evaluate_many (the probes), one θ, before: F.max_pool2d and batch 1024, now: pool2 and 256\n")
+    print(
+        "\nFlatModel.evaluate_many (the probes), one θ, before: F.max_pool2d and batch 1024, "
+        "now: pool2 and 256\n"
+    )
     print(C.row("width", "threads", "before img/s", "now img/s", "ratio", "loss difference"))
     print(C.row(*["---"] * 6))
     for w in args.widths:
@@ -69,7 +72,10 @@ def probes(args, x, y) -> None:
         theta = new.theta(torch.cat([p.detach().flatten() for p in new.module.parameters()]))[None]
         diff = abs(float(old.evaluate_many(theta, x, y)[0][0]) - float(new.evaluate_many(theta, x, y)[0][0]))
         for th in args.threads:
-            fns = [(th, lambda f=old, t=theta: f.evaluate_many(t, x, y)), (th, lambda f=new, t=theta: f.evaluate_many(t, x, y))]
+            fns = [
+                (th, lambda f=old, t=theta: f.evaluate_many(t, x, y)),
+                (th, lambda f=new, t=theta: f.evaluate_many(t, x, y)),
+            ]
             t_old, t_new = C.interleaved(fns, args.repeats, "cpu")
             print(C.row(w, th, f"{len(y) / C.med(t_old):.0f}", f"{len(y) / C.med(t_new):.0f}",
                         f"{C.med(t_old) / C.med(t_new):.2f}x", f"{diff:.1e}"))

@@ -63,7 +63,10 @@ def _logging(fn):
         try:
             return fn(*a, **kw)
         finally:
-            ACC["logging"] = ACC.get("logging", 0.0) + time.perf_counter() - t0 - (ACC.get("epoch_metrics", 0.0) - e0)
+            ACC["logging"] = (
+                ACC.get("logging", 0.0) + time.perf_counter() - t0 - (ACC.get("epoch_metrics", 0.0) - e0)
+            )
+
     return wrapper
 
 
@@ -133,20 +136,30 @@ def main() -> None:
     cfg = TrainConfig(width=args.width, train_subset=args.train_subset, epochs=args.epochs, snapshot_every=1,
                       device=args.device)
     print(f"machine: {C.machine()}")
-    print(f"config: width {args.width}, train_subset {args.train_subset}, {args.epochs} epochs, snapshot every "
-          f"epoch, device {args.device}\n")
+    print(
+        f"config: width {args.width}, train_subset {args.train_subset}, {args.epochs} epochs, snapshot every "
+        f"epoch, device {args.device}\n"
+    )
     dataset_for(cfg, resolve_device(cfg.device))  # load once, outside the timings (train_run caches it too)
 
     instrument()
     with tempfile.TemporaryDirectory(prefix="logbench-") as tmp:
         threads = torch.get_num_threads()
         acc: dict[str, list[dict]] = {"sqlite": [], "server": []}
-        variants = [("no logging (train_epoch + epoch_metrics)", lambda: no_logging(cfg)),
-                    ("train_run -> sqlite", lambda: logged(f"sqlite:///{tmp}/mlflow.db",
-                                                           Path(tmp, "artifacts").as_uri(), cfg, acc["sqlite"]))]
+        variants = [
+            ("no logging (train_epoch + epoch_metrics)", lambda: no_logging(cfg)),
+            (
+                "train_run -> sqlite",
+                lambda: logged(
+                    f"sqlite:///{tmp}/mlflow.db", Path(tmp, "artifacts").as_uri(), cfg, acc["sqlite"]
+                ),
+            ),
+        ]
         server = os.environ.get("WEIGHTSPACE_TEST_SERVER_URI")
         if server:
-            variants.append((f"train_run -> server {server}", lambda: logged(server, None, cfg, acc["server"])))
+            variants.append(
+                (f"train_run -> server {server}", lambda: logged(server, None, cfg, acc["server"]))
+            )
         times = C.interleaved([(threads, fn) for _, fn in variants], args.repeats)
     base = C.med(times[0]) / args.epochs
     print(C.row("variant", "median s/epoch", "range s/epoch", "overhead vs no logging"))
@@ -156,8 +169,14 @@ def main() -> None:
         print(C.row(name, f"{C.med(per):.3f}", C.spread(per), f"{100 * (C.med(per) / base - 1):+.1f}%"))
 
     # One account per logged run (the warm-up round included), divided by the run's epochs.
-    print("\nwhere the logging time goes, seconds per epoch (median over runs; share = sum / unlogged s/epoch)")
-    print(C.row("store", "training thread: logging", "upload thread CPU", "server CPU", "sum", "share of an epoch"))
+    print(
+        "\nwhere the logging time goes, seconds per epoch (median over runs; share = sum / unlogged s/epoch)"
+    )
+    print(
+        C.row(
+            "store", "training thread: logging", "upload thread CPU", "server CPU", "sum", "share of an epoch"
+        )
+    )
     print(C.row(*["---"] * 6))
     for store, runs in acc.items():
         if not runs:

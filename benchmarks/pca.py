@@ -7,7 +7,8 @@ are). Every method starts from those files and ends with 10 explained-variance r
   (sklearn's components_ equivalent);
 * sklearn: np.stack of the files, then PCA(10, svd_solver="full" | "randomized").fit.
 Each method runs in a fresh subprocess per repeat; peak memory is that process's peak RSS
-(VmHWM, reset just before the method) minus its RSS just before the method starts (imports and interpreter excluded).
+(VmHWM, reset just before the method) minus its RSS just before the method starts (imports and
+interpreter excluded).
 
     python benchmarks/pca.py --repeats 5
 """

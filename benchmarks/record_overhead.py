@@ -33,7 +33,9 @@ sys.path.insert(0, str(REPO / "tests"))
 def cpu_model() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+        return next(
+            line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")
+        )
     except (OSError, StopIteration):
         return platform.processor() or "unknown CPU"
 
@@ -46,7 +48,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--channels", default="32,64,128")
     ap.add_argument("--append", default="", help="append the result to this markdown file")
-    ap.add_argument("--note", default="", help="a line written beside the numbers (e.g. the machine was shared)")
+    ap.add_argument(
+        "--note", default="", help="a line written beside the numbers (e.g. the machine was shared)"
+    )
     a = ap.parse_args()
     import mlflow
     from record_resnet import ResNet, channels_of, parser, train
@@ -57,9 +61,22 @@ def main() -> None:
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
-    args = parser().parse_args(["--data_dir", data_dir, "--epochs", str(a.epochs), "--eval", "0",
-                                "--channels", a.channels, "--train_subset", str(a.train_subset if a.data_dir else 0),
-                                "--group", "overhead"])
+    args = parser().parse_args(
+        [
+            "--data_dir",
+            data_dir,
+            "--epochs",
+            str(a.epochs),
+            "--eval",
+            "0",
+            "--channels",
+            a.channels,
+            "--train_subset",
+            str(a.train_subset if a.data_dir else 0),
+            "--group",
+            "overhead",
+        ]
+    )
     n = sum(p.numel() for p in ResNet(channels_of({"channels": a.channels})).parameters())
     plain, recorded = [], []
     t0 = time.perf_counter()

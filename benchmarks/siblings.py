@@ -32,9 +32,23 @@ from weightspace.train import Trainer  # noqa: E402
 
 def make_trainers(seeds: list[int], args, device, step_capture: int = 0) -> list[Trainer]:
     data = load_dataset(args.dataset, train_subset=args.n).to(device)
-    return [Trainer(TrainConfig(dataset=args.dataset, train_subset=args.n, width=args.width, batch_size=args.batch,
-                                init_seed=s, shuffle_seed=s, device=str(device), step_capture=step_capture),
-                    data, device) for s in seeds]
+    return [
+        Trainer(
+            TrainConfig(
+                dataset=args.dataset,
+                train_subset=args.n,
+                width=args.width,
+                batch_size=args.batch,
+                init_seed=s,
+                shuffle_seed=s,
+                device=str(device),
+                step_capture=step_capture,
+            ),
+            data,
+            device,
+        )
+        for s in seeds
+    ]
 
 
 def worker(conn, seeds: list[int], threads: int, args) -> None:
@@ -57,7 +71,9 @@ class Processes:
         self.conns, self.procs = [], []
         for i in range(p):
             a, b = ctx.Pipe()
-            proc = ctx.Process(target=worker, args=(b, list(range(i, k, p)), max(1, os.cpu_count() // p), args))
+            proc = ctx.Process(
+                target=worker, args=(b, list(range(i, k, p)), max(1, os.cpu_count() // p), args)
+            )
             proc.start()
             self.conns.append(a)
             self.procs.append(proc)
@@ -99,8 +115,10 @@ def main() -> None:
     for th in args.threads or [torch.get_num_threads()]:
         seq = make_trainers(list(range(args.k)), args, dev)
         bat = BatchedTrainer(make_trainers(list(range(args.k)), args, dev))
-        variants += [(f"{args.k} sequential Trainers, {th} thr", th, lambda seq=seq: [t.train_epoch() for t in seq]),
-                     (f"BatchedTrainer (vmap), {th} thr", th, bat.train_epoch)]
+        variants += [
+            (f"{args.k} sequential Trainers, {th} thr", th, lambda seq=seq: [t.train_epoch() for t in seq]),
+            (f"BatchedTrainer (vmap), {th} thr", th, bat.train_epoch),
+        ]
         if dev.type == "cuda":  # step_capture=1: each epoch's full batches replay one CUDA graph
             cap = BatchedTrainer(make_trainers(list(range(args.k)), args, dev, step_capture=1))
             variants.append((f"BatchedTrainer (vmap) + step capture, {th} thr", th, cap.train_epoch))
@@ -125,7 +143,9 @@ def main() -> None:
                     f"{tot / max(ts):.0f}-{tot / min(ts):.0f}", f"{base / C.med(ts):.2f}x"))
         out.append({"variant": name, "seconds": C.med(ts), "model_samples_per_s": tot / C.med(ts),
                     "vs_sequential": base / C.med(ts)})
-    C.write_json(args.json, {"machine": C.machine(), "k": args.k, "n": args.n, "device": str(dev), "rows": out})
+    C.write_json(
+        args.json, {"machine": C.machine(), "k": args.k, "n": args.n, "device": str(dev), "rows": out}
+    )
 
 
 if __name__ == "__main__":

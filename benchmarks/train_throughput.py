@@ -147,21 +147,30 @@ def main() -> None:
     cfg = TrainConfig(width=args.width, batch_size=args.batch, lr=0.01, momentum=0.9, weight_decay=1e-5,
                       dropout=0.5, train_subset=args.n, device=args.device)
     full = load_dataset("mnist")
-    data = Data(full.x_train[:args.n].contiguous(), full.y_train[:args.n], full.x_test[:1000], full.y_test[:1000],
-                name="mnist").to(dev)
+    data = Data(
+        full.x_train[: args.n].contiguous(),
+        full.y_train[: args.n],
+        full.x_test[:1000],
+        full.y_test[:1000],
+        name="mnist",
+    ).to(dev)
 
     fwd, fwdbwd = flops_per_sample(args.width, dev)
     peak, how = C.peak_fp32_flops()
     print(f"machine: {C.machine()}")
-    print(f"FLOPs/sample (FlopCounterMode, 2 per MAC): forward {fwd / 1e6:.2f} M, forward+backward {fwdbwd / 1e6:.2f} M")
+    print(
+        f"FLOPs/sample (FlopCounterMode, 2 per MAC): forward {fwd / 1e6:.2f} M, "
+        f"forward+backward {fwdbwd / 1e6:.2f} M"
+    )
     if dev.type == "cuda":  # the lscpu-derived peak is the host CPU's, not the GPU's
         peak, how = float("nan"), "not derived for GPUs (the % column is left blank)"
     print(f"peak FP32: {how}\n")
 
     # (name, threads, precision, one epoch). Repeats are interleaved across variants, so a burst of
     # load from other processes on a shared machine hits every variant alike.
-    precisions = args.precisions or (["fp32", "bf16"] + (["tf32"] if dev.type == "cuda" else []) if args.levers
-                                     else ["fp32"])
+    precisions = args.precisions or (
+        ["fp32", "bf16"] + (["tf32"] if dev.type == "cuda" else []) if args.levers else ["fp32"]
+    )
     if "fp32" not in precisions:
         precisions = ["fp32", *precisions]
     variants: list[tuple[str, int, str, object]] = []
@@ -179,7 +188,9 @@ def main() -> None:
         for prec in precisions:
             tag = "" if prec == "fp32" else f" + {prec}" if prec == "tf32" else f" + {prec} autocast"
             if ref_ok:
-                variants.append((f"reference (torchvision MNIST + DataLoader){tag}, {th} thr", th, prec, reference(prec)))
+                variants.append(
+                    (f"reference (torchvision MNIST + DataLoader){tag}, {th} thr", th, prec, reference(prec))
+                )
             t = Trainer(cfg.replace(precision=prec), data, dev)
             name = "weightspace Trainer.train_epoch" if prec == "fp32" else f"weightspace precision={prec}"
             variants.append((f"{name}, {th} thr", th, prec, t.train_epoch))
@@ -204,7 +215,11 @@ def main() -> None:
         if root is not None:
             shutil.rmtree(root, ignore_errors=True)
     # Each row against the reference at the same thread count and precision (fp32 if it has none).
-    ref_s = {(th, prec): C.med(ts) for (name, th, prec, _), ts in zip(variants, times) if name.startswith("reference")}
+    ref_s = {
+        (th, prec): C.med(ts)
+        for (name, th, prec, _), ts in zip(variants, times)
+        if name.startswith("reference")
+    }
     rows = [(name, th, prec, ts) for (name, th, prec, _), ts in zip(variants, times)]
 
     print(C.row("variant", "median samples/s", "range samples/s", "vs reference (same threads, fp32)",

@@ -1,11 +1,13 @@
-"""Record an MLP on MNIST with ``weightspace.record`` and the probes, then analyse it: the paper's future work.
+"""Record an MLP on MNIST with ``weightspace.record`` and the probes, then analyse it (the paper's
+future work).
 
     python examples/record_mlp.py                                    # 3 seeds, 10 epochs, 10,000 images
     python examples/record_mlp.py --seeds 5 --epochs 20 --train_subset 0
 
 Lipton (2016) ends on "MLPs, LSTMs, larger datasets". The analysis is started with
 ``-P probe=examples.record_mlp:probe`` (run from the repository root, as `mlflow run .` does; the runs'
-own probe param is only a hint), so it rebuilds the network from each snapshot for the probes, aligns sibling solutions by their
+own probe param is only a hint), so it rebuilds the network from each snapshot for the probes, aligns
+sibling solutions by their
 derived permutation spec and measures the top Hessian eigenvalue. ``examples/record_lstm.py`` does the
 same for an LSTM on sequential MNIST; ``run`` is shared by both.
 """
@@ -34,8 +36,14 @@ PROBE = "examples.record_mlp:probe"
 
 
 def mlp(hidden: int = 256) -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                         nn.Linear(hidden, 10))
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(784, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, 10),
+    )
 
 
 def data(train_subset: int = 0):
@@ -50,7 +58,8 @@ def probe(layout: dict, params: dict):
 
 
 def record(make: Callable[[], nn.Module], probe_spec: str, a) -> None:
-    """``a.seeds`` recorded runs of ``make()`` on MNIST (its first ``a.train_subset`` images), SGD with momentum."""
+    """``a.seeds`` recorded runs of ``make()`` on MNIST (its first ``a.train_subset`` images), SGD with
+    momentum."""
     x_tr, y_tr, x_te, y_te = data(a.train_subset)
     params = {"lr": a.lr, "batch_size": a.batch_size, "hidden": a.hidden, "train_subset": a.train_subset}
     for seed in range(1, a.seeds + 1):
@@ -67,13 +76,17 @@ def record(make: Callable[[], nn.Module], probe_spec: str, a) -> None:
         print(f"seed {seed}: test accuracy {te_acc:.4f}", file=sys.stderr)
 
 
-def run(argv, doc: str, group: str, hidden: int, lr: float, make: Callable[[int], nn.Module], probe_spec: str):
+def run(
+    argv, doc: str, group: str, hidden: int, lr: float, make: Callable[[int], nn.Module], probe_spec: str
+):
     """Parse the command line, record the seeds, analyse the group."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--group", default=group)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--train_subset", type=int, default=10000, help="train on this many images (0: all 60,000)")
+    ap.add_argument(
+        "--train_subset", type=int, default=10000, help="train on this many images (0: all 60,000)"
+    )
     ap.add_argument("--hidden", type=int, default=hidden)
     ap.add_argument("--lr", type=float, default=lr)
     ap.add_argument("--batch_size", type=int, default=64)

@@ -36,7 +36,9 @@ def digits(seed: int = 0):
 
 
 def mlp(hidden: int = 64) -> nn.Module:
-    return nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+    return nn.Sequential(
+        nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 10)
+    )
 
 
 @torch.no_grad()
@@ -46,7 +48,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     return float(F.cross_entropy(out, y)), float((out.argmax(1) == y).float().mean())
 
 
-def train(seed: int, group: str, epochs: int, hidden: int = 64, lr: float = 0.05, batch_size: int = 32) -> str:
+def train(
+    seed: int, group: str, epochs: int, hidden: int = 64, lr: float = 0.05, batch_size: int = 32
+) -> str:
     """One recorded run: the user's own loop, with three lines of weightspace."""
     x_tr, y_tr, x_te, y_te = digits()
     torch.manual_seed(seed)
@@ -78,7 +82,17 @@ def analyse(group: str, how: str, uri: str, probe: str = "") -> None:
     """
     if how == "mlflow":
         mlflow_bin = Path(sys.executable).with_name("mlflow")
-        cmd = [str(mlflow_bin), "run", str(REPO), "--env-manager", "local", "-e", "analysis", "-P", f"group={group}"]
+        cmd = [
+            str(mlflow_bin),
+            "run",
+            str(REPO),
+            "--env-manager",
+            "local",
+            "-e",
+            "analysis",
+            "-P",
+            f"group={group}",
+        ]
         cmd += ["-P", f"probe={probe}"] if probe else []
         subprocess.run(cmd, check=True, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
     elif how == "library":

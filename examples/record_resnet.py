@@ -72,7 +72,11 @@ def data(data_dir: str, train_subset: int = 0):
 
 def probe(layout: dict, params: dict):
     """For the analysis' probes: the network of the run's channels, its loss, and its data."""
-    return ResNet(channels_of(params)), F.cross_entropy, data(params["data_dir"], int(params.get("train_subset", 0)))
+    return (
+        ResNet(channels_of(params)),
+        F.cross_entropy,
+        data(params["data_dir"], int(params.get("train_subset", 0))),
+    )
 
 
 def one_epoch(model, opt, x, y, batch_size: int, order: torch.Generator) -> None:
@@ -118,7 +122,9 @@ class _Nothing:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data_dir", required=True, help="a folder with the four IDX files (Fashion-MNIST layout)")
+    ap.add_argument(
+        "--data_dir", required=True, help="a folder with the four IDX files (Fashion-MNIST layout)"
+    )
     ap.add_argument("--group", default="resnet-fashion")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=5)

@@ -58,7 +58,9 @@ class Store:
         if popen:
             return subprocess.Popen(cmd, cwd=self.workdir, env=self.env, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True, start_new_session=True)
-        p = subprocess.run(cmd, cwd=self.workdir, env=self.env, capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(
+            cmd, cwd=self.workdir, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
         if check and p.returncode != 0:
             raise AssertionError(f"mlflow run {entry} failed ({p.returncode}):\n{p.stderr[-4000:]}")
         return p
@@ -127,20 +129,38 @@ def any_store(request, tmp_path) -> Store:
     return make_store(request.param, tmp_path)
 
 
-def device_check(tmp: Path, settings: dict[str, str], timeout: float) -> tuple[subprocess.CompletedProcess, Path]:
-    """benchmarks/gpu_check.sh run here as its CPU rehearsal, into ``tmp/out``: (the process, the out folder)."""
+def device_check(
+    tmp: Path, settings: dict[str, str], timeout: float
+) -> tuple[subprocess.CompletedProcess, Path]:
+    """benchmarks/gpu_check.sh run here as its CPU rehearsal, into ``tmp/out``: (the process, the out
+    folder)."""
     out = tmp / "out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(settings, PY=sys.executable, OUT=str(out), TMPDIR=str(tmp), SKIP_WHEELS="1", OMP_NUM_THREADS="1",
-               PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
-    p = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], cwd=tmp, env=env, capture_output=True,
-                       text=True, timeout=timeout)
+    env.update(
+        settings,
+        PY=sys.executable,
+        OUT=str(out),
+        TMPDIR=str(tmp),
+        SKIP_WHEELS="1",
+        OMP_NUM_THREADS="1",
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+    )
+    p = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh")],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return p, out
 
 
 def step_statuses(summary: str) -> dict[str, str]:
     """The device check's summary table as {step: status}, e.g. {"0": "ok", "4a": "ok"}."""
-    return {m.group(1): m.group(2) for m in re.finditer(r"^\| (\d[a-c]?)\. [^|]*\| ([^|]+) \|", summary, re.M)}
+    return {
+        m.group(1): m.group(2) for m in re.finditer(r"^\| (\d[a-c]?)\. [^|]*\| ([^|]+) \|", summary, re.M)
+    }
 
 
 def pytest_configure(config):

@@ -26,7 +26,10 @@ def random_perms(seed: int) -> dict[str, np.ndarray]:
 
 def by_hand(theta: np.ndarray, layout: Layout, perms: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The permuted network's parameters, written out layer by layer, independently of the module."""
-    w = {n: theta[o:o + int(np.prod(s))].reshape(s) for n, s, o in zip(layout.names, layout.shapes, layout.offsets)}
+    w = {
+        n: theta[o : o + int(np.prod(s))].reshape(s)
+        for n, s, o in zip(layout.names, layout.shapes, layout.offsets)
+    }
     p1, p2, p3 = perms["conv1"], perms["conv2"], perms["fc1"]
     h, c2 = w["fc1.weight"].shape[0], len(p2)
     return {"conv1.weight": w["conv1.weight"][p1], "conv1.bias": w["conv1.bias"][p1],
@@ -52,7 +55,9 @@ def test_permuted_network_computes_the_same_function():
     theta_p = apply_permutation(theta, layout, perms)
     assert theta_p.dtype == np.float32 and theta_p.shape == theta.shape
     assert dist(theta_p, theta) > 1.0  # really moved
-    np.testing.assert_array_equal(theta_p, np.concatenate([v.ravel() for v in by_hand(theta, layout, perms).values()]))
+    np.testing.assert_array_equal(
+        theta_p, np.concatenate([v.ravel() for v in by_hand(theta, layout, perms).values()])
+    )
     assert sorted(theta_p) == sorted(theta)  # a reordering, nothing else
     m2 = build_model(WIDTH, 0.5, init_seed=2)
     load_flat(m2, theta_p)
@@ -86,11 +91,17 @@ def test_aligned_distance_never_exceeds_unaligned():
     noisy = theta_a + (0.3 * rms * np.random.default_rng(0).standard_normal(theta_a.shape)).astype(np.float32)
     noisy_permuted = apply_permutation(noisy, layout, random_perms(3))
     results = {}
-    for label, theta_b in {"other init": theta_other, "noisy copy": noisy, "noisy permuted copy": noisy_permuted}.items():
+    for label, theta_b in {
+        "other init": theta_other,
+        "noisy copy": noisy,
+        "noisy permuted copy": noisy_permuted,
+    }.items():
         aligned, _ = align(theta_a, theta_b, layout)
         results[label] = (dist(theta_a, aligned), dist(theta_a, theta_b))
         assert results[label][0] <= results[label][1] + 1e-6, label
-        assert dist(aligned, np.zeros_like(aligned)) == pytest.approx(dist(theta_b, np.zeros_like(theta_b)), rel=1e-6)
+        assert dist(aligned, np.zeros_like(aligned)) == pytest.approx(
+            dist(theta_b, np.zeros_like(theta_b)), rel=1e-6
+        )
     d_aligned, d_unaligned = results["other init"]
     assert d_aligned < d_unaligned - 1e-3  # two inits: matching strictly improves on the identity
     d_aligned, d_unaligned = results["noisy permuted copy"]
@@ -111,8 +122,12 @@ def test_objective_is_non_decreasing_and_matches_an_independent_computation(seed
     assert all(later >= earlier for earlier, later in zip(values, values[1:]))
     assert values[-1] > values[0]
     assert all(np.array_equal(history[-1][1][k], perms[k]) for k in perms)
-    aligned = apply_permutation(theta_b, layout, perms)  # the objective is the inner product of the flat vectors
-    assert values[-1] == pytest.approx(float(np.dot(theta_a.astype(np.float64), aligned.astype(np.float64))), rel=1e-10)
+    aligned = apply_permutation(
+        theta_b, layout, perms
+    )  # the objective is the inner product of the flat vectors
+    assert values[-1] == pytest.approx(
+        float(np.dot(theta_a.astype(np.float64), aligned.astype(np.float64))), rel=1e-10
+    )
 
 
 def test_result_is_a_fixed_point_no_swap_of_two_units_improves():

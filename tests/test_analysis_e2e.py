@@ -49,8 +49,12 @@ def test_paper_ends_with_one_analysis_per_family(suite):
         assert "report.md" in files and "pca_spectrum.json" in files
         assert any(f.startswith("figures/scree") for f in files)
         fam = r.data.tags["weightspace.family"]
-        want = {"different_init": "figures/fig1_pca_different_init.png", "same_init": "figures/fig2_pca_same_init.png",
-                "clone": "figures/fig3b_pca_clones.png", "single": "figures/pca_paths.png"}[fam]
+        want = {
+            "different_init": "figures/fig1_pca_different_init.png",
+            "same_init": "figures/fig2_pca_same_init.png",
+            "clone": "figures/fig3b_pca_clones.png",
+            "single": "figures/pca_paths.png",
+        }[fam]
         assert want in files, files
         assert "figures/fig3a_distance_from_origin.png" in files
         if fam != "single":  # the issue-4 probes ran too
@@ -71,7 +75,9 @@ def test_paper_ends_with_one_analysis_per_family(suite):
 def test_the_pool_analyses_a_family_while_others_still_train(suite):
     c = suite.client()
     [paper] = by_exp(suite, "paper")
-    training = [r for e in ("single", "different_init", "same_init", "clone", "pretrain") for r in by_exp(suite, e)]
+    training = [
+        r for e in ("single", "different_init", "same_init", "clone", "pretrain") for r in by_exp(suite, e)
+    ]
     analyses = {r.info.run_name: r for r in by_exp(suite, "analysis")}
     assert sorted(analyses) == ["analysis-clone", "analysis-different_init", "analysis-families",
                                 "analysis-same_init", "analysis-single"]
@@ -84,7 +90,9 @@ def test_the_pool_analyses_a_family_while_others_still_train(suite):
     # each family's analysis read exactly that family's runs, and says so in its params and tags
     for fam in ("different_init", "same_init", "clone"):
         a = analyses[f"analysis-{fam}"]
-        assert sorted(a.data.params["run_ids"].split(",")) == sorted(r.info.run_id for r in by_exp(suite, fam))
+        assert sorted(a.data.params["run_ids"].split(",")) == sorted(
+            r.info.run_id for r in by_exp(suite, fam)
+        )
         assert a.data.tags["weightspace.source_run_ids"] == a.data.params["run_ids"]
     assert c.get_run(paper.info.run_id).info.status == "FINISHED"
 
@@ -100,7 +108,9 @@ def test_pca_metrics_match_sklearn_on_the_stored_trajectories(suite):
     assert m["pca_evr_top2"] == pytest.approx(evr[:2].sum(), rel=1e-6)
     assert m["pca_evr_top10"] == pytest.approx(evr[:10].sum(), rel=1e-6)
     X0 = load_trajectory(ids[0], c)[0].astype(np.float64)
-    assert m["pca_evr_top2_run0"] == pytest.approx(PCA().fit(X0).explained_variance_ratio_[:2].sum(), rel=1e-6)
+    assert m["pca_evr_top2_run0"] == pytest.approx(
+        PCA().fit(X0).explained_variance_ratio_[:2].sum(), rel=1e-6
+    )
     finals = np.stack([load_trajectory(i, c)[0][-1] for i in ids]).astype(np.float64)
     d = [np.linalg.norm(finals[i] - finals[j]) for i in range(3) for j in range(i + 1, 3)]
     assert m["final_pairwise_dist_mean"] == pytest.approx(np.mean(d), rel=1e-5)
@@ -175,7 +185,9 @@ def test_mixed_architectures_and_skipped_runs(suite):
     suite.mlflow_run("single", {**TINY, "width": "0.25", "init_seed": "7"})
     wide = [r for r in by_exp(suite, "single") if r.data.params["width"] == "0.25"][0]
     narrow = by_exp(suite, "same_init")[0]
-    p = suite.mlflow_run("analysis", {"run_ids": f"{narrow.info.run_id},{wide.info.run_id}", **FAST}, check=False)
+    p = suite.mlflow_run(
+        "analysis", {"run_ids": f"{narrow.info.run_id},{wide.info.run_id}", **FAST}, check=False
+    )
     assert p.returncode != 0 and f"run {wide.info.run_id}" in p.stderr and "architecture" in p.stderr
     # a FAILED sibling is skipped with a warning naming it
     failed = suite.client().create_run(suite.experiment_id(), tags={
@@ -295,10 +307,24 @@ def test_paper_analysis_compares_the_experiments(suite):
         assert v == pytest.approx(own[f].data.metrics["final_pairwise_dist_mean"], rel=1e-9)
         assert f"families_init_pairwise_dist_mean_{f}" in m
     assert m["families_final_pairwise_dist_ratio"] == pytest.approx(max(means.values()) / min(means.values()))
-    assert m["families_init_pairwise_dist_mean_same_init"] == 0 and m["families_init_pairwise_dist_mean_clone"] == 0
+    assert (
+        m["families_init_pairwise_dist_mean_same_init"] == 0
+        and m["families_init_pairwise_dist_mean_clone"] == 0
+    )
     d = own["different_init"].data.metrics
     assert d["aligned_final_pairwise_dist_mean"] < d["final_pairwise_dist_mean"]
     assert "pair_barrier_aligned_frankle_mean" in d and "pair_barrier_aligned_frankle_run0_run2" in d
-    print("families:", {k: v for k, v in m.items() if k.startswith("families_final_pairwise_dist_")},
-          "different_init:", {k: d[k] for k in ("final_pairwise_dist_mean", "aligned_final_pairwise_dist_mean",
-                                                "pair_barrier_frankle_mean", "pair_barrier_aligned_frankle_mean")})
+    print(
+        "families:",
+        {k: v for k, v in m.items() if k.startswith("families_final_pairwise_dist_")},
+        "different_init:",
+        {
+            k: d[k]
+            for k in (
+                "final_pairwise_dist_mean",
+                "aligned_final_pairwise_dist_mean",
+                "pair_barrier_frankle_mean",
+                "pair_barrier_aligned_frankle_mean",
+            )
+        },
+    )

@@ -78,7 +78,12 @@ TABLE: dict[str, dict[str, tuple[list[str], list[str]]]] = {
     "single": TRAIN,
     "different_init": {**TRAIN, "shuffle_seed": (SEEDS["shuffle_seed"][0], ["-1", "0", "2147483647"])},
     "same_init": TRAIN,
-    "clone": {**TRAIN, "epochs": CLONE_EPOCHS, "pretrain_epochs": PRETRAIN_EPOCHS, "pretrain_run_id": ([], [""])},
+    "clone": {
+        **TRAIN,
+        "epochs": CLONE_EPOCHS,
+        "pretrain_epochs": PRETRAIN_EPOCHS,
+        "pretrain_run_id": ([], [""]),
+    },
     "paper": {
         "replicas": (INT_JUNK + ["0", "-1", "101"], ["1", "5", "100"]),  # 1 .. 100
         "epochs": CLONE_EPOCHS,
@@ -98,9 +103,15 @@ TABLE: dict[str, dict[str, tuple[list[str], list[str]]]] = {
         "cache_dir": ([], [""]),
         "probes": (INT_JUNK + ["2", "-1"], ["0", "1"]),
         # dotted names only: never a path, a command or a bare module
-        "probe": (["nocolon", "os:system; id", "/tmp/p.py:f", "a b:c", "x:", HUGE], ["", "examples.record_resnet:probe"]),
+        "probe": (
+            ["nocolon", "os:system; id", "/tmp/p.py:f", "a b:c", "x:", HUGE],
+            ["", "examples.record_resnet:probe"],
+        ),
         "data_dir": (["/no/such/weightspace/dir"], ["", "."]),
-        "interp_points": (INT_JUNK + ["1", "2", "-2", "1001"], ["0", "-1", "3", "25", "1000"]),  # 0, -1 or 3 .. 1000
+        "interp_points": (
+            INT_JUNK + ["1", "2", "-2", "1001"],
+            ["0", "-1", "3", "25", "1000"],
+        ),  # 0, -1 or 3 .. 1000
         "probe_subset": (INT_JUNK + ["-2", "10000001"], ["-1", "0", "500", "10000000"]),  # -1, 0 .. 10**7
         "hessian_epochs": (["a,b", "0,,10", "-1", "0;10", "1.5"], ["", "0", "0,10,50,100,200"]),
         "hessian_iters": (INT_JUNK + ["0", "1001"], ["1", "20", "1000"]),  # 1 .. 1000
@@ -113,7 +124,10 @@ TABLE: dict[str, dict[str, tuple[list[str], list[str]]]] = {
         "objective": (["accuracy", "EPOCHS_TO_LOSS", "", HUGE], ["epochs_to_loss", "test_loss"]),
         "target_loss": (FLOAT_JUNK + ["0", "-1", "100"], ["1e-3", "99.9"]),  # (0, 100)
         "epochs": EPOCHS,
-        "storage": (["optuna.db", "/tmp/optuna.db", "://x"], ["", "sqlite:///optuna.db", "postgresql://host/db"]),
+        "storage": (
+            ["optuna.db", "/tmp/optuna.db", "://x"],
+            ["", "sqlite:///optuna.db", "postgresql://host/db"],
+        ),
         "study_name": (["has space", "a/b", "x" * 101], ["", "my_study-1.0"]),  # up to 100 of [A-Za-z0-9_.-]
         "sampler_seed": (INT_JUNK + ["-1", "2147483648"], ["0", "2147483647"]),  # 0 .. 2**31-1
         **{k: COMMON[k] for k in ("dataset", "data_dir", "train_subset", "width", "precision", "device")},
@@ -227,7 +241,9 @@ def test_table_covers_every_mlproject_parameter():
     eps = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
     assert set(eps) == set(ENTRIES)
     for entry in ENTRIES:
-        declared = set(eps[entry]["parameters"]) - ({"group", "run_ids", "parent_run_id"} if entry == "analysis" else set())
+        declared = set(eps[entry]["parameters"]) - (
+            {"group", "run_ids", "parent_run_id"} if entry == "analysis" else set()
+        )
         assert set(TABLE[entry]) == declared, (entry, set(TABLE[entry]) ^ declared)
 
 
@@ -291,8 +307,18 @@ def test_missing_data_dir(run_env, capsys, tmp_path):
 
 def test_unknown_run_ids(run_env, capsys, monkeypatch):
     client, run_id = run_env
-    code, err = call("clone", ["--shuffle_seed=1", "--pretrain_run_id=ffffffffffffffffffffffffffffffff",
-                               "--dataset=digits", "--width=0.125", "--epochs=3", "--pretrain_epochs=1"], capsys)
+    code, err = call(
+        "clone",
+        [
+            "--shuffle_seed=1",
+            "--pretrain_run_id=ffffffffffffffffffffffffffffffff",
+            "--dataset=digits",
+            "--width=0.125",
+            "--epochs=3",
+            "--pretrain_epochs=1",
+        ],
+        capsys,
+    )
     assert_one_line_failure(code, err, "parameter 'pretrain_run_id'", client, run_id)
     # a pretrain_run_id that exists but is not a pretraining run
     other = client.create_run("0", tags={"weightspace.experiment": "same_init"}).info.run_id
@@ -318,13 +344,18 @@ def test_unreachable_tracking_uri(monkeypatch, capsys):
 def test_nothing_is_ever_unpickled():
     """No code path can unpickle an artifact: no pickle/joblib/cloudpickle loads, numpy loads
     refuse pickles, torch.load only with weights_only=True, no mlflow.pytorch models."""
-    bad = [(r"\bimport (cPickle|pickle|dill|cloudpickle|joblib)\b", "pickle module"),
-           (r"allow_pickle\s*=\s*True", "allow_pickle=True"),
-           (r"torch\.load\((?![^)]*weights_only\s*=\s*True)", "torch.load without weights_only=True"),
-           (r"mlflow\.(pytorch|sklearn)\.(load_model|log_model|save_model)", "pickled MLflow model flavour"),
-           # a pyfunc model is saved from code (python_model=<path of a .py file>), never as a pickled object
-           (r"mlflow\.pyfunc\.(log_model|save_model)\((?![\s\S]{0,200}?python_model\s*=\s*str\()", "pickled pyfunc model"),
-           (r"pd\.read_pickle|np\.load\((?![^)]*allow_pickle\s*=\s*False)(?![^)]*mmap_mode)", "unsafe load")]
+    bad = [
+        (r"\bimport (cPickle|pickle|dill|cloudpickle|joblib)\b", "pickle module"),
+        (r"allow_pickle\s*=\s*True", "allow_pickle=True"),
+        (r"torch\.load\((?![^)]*weights_only\s*=\s*True)", "torch.load without weights_only=True"),
+        (r"mlflow\.(pytorch|sklearn)\.(load_model|log_model|save_model)", "pickled MLflow model flavour"),
+        # a pyfunc model is saved from code (python_model=<path of a .py file>), never as a pickled object
+        (
+            r"mlflow\.pyfunc\.(log_model|save_model)\((?![\s\S]{0,200}?python_model\s*=\s*str\()",
+            "pickled pyfunc model",
+        ),
+        (r"pd\.read_pickle|np\.load\((?![^)]*allow_pickle\s*=\s*False)(?![^)]*mmap_mode)", "unsafe load"),
+    ]
     offenders = []
     for root in ("src", "analysis", "entrypoints", "benchmarks"):
         for f in (REPO / root).rglob("*.py"):

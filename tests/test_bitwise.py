@@ -28,13 +28,26 @@ import numpy as np
 import pytest
 
 DATA = Path(__file__).resolve().parent / "data" / "bitwise"
-PARAMS = {"epochs": 2, "snapshot_every": 1, "train_subset": 256, "width": 0.25, "batch_size": 64, "device": "cpu"}
+PARAMS = {
+    "epochs": 2,
+    "snapshot_every": 1,
+    "train_subset": 256,
+    "width": 0.25,
+    "batch_size": 64,
+    "device": "cpu",
+}
 REFERENCES = {1: "single_e2_s256_w025_b64_omp1.npz", 2: "single_e2_s256_w025_b64.npz"}
 EPOCHS = ["epoch_0000", "epoch_0001", "epoch_0002"]
 STEPS_PER_EPOCH = math.ceil(PARAMS["train_subset"] / PARAMS["batch_size"])
 EPS32 = float(np.finfo(np.float32).eps)
 # Environment variables that select other kernels on the same CPU; none was set for the references.
-KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "MKL_DEBUG_CPU_TYPE")
+KERNEL_ENV = (
+    "ATEN_CPU_CAPABILITY",
+    "ONEDNN_MAX_CPU_ISA",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "MKL_CBWR",
+    "MKL_DEBUG_CPU_TYPE",
+)
 # What must agree for bitwise equality to be promised (model_name is only for people).
 MATCH = ("vendor_id", "cpu_family", "model", "capability", "torch", "threads", "kernel_env")
 # Forces kernels other than this CPU's best: what an AVX2-only machine runs.
@@ -50,7 +63,8 @@ try:
         cpu.setdefault(k.strip(), v.strip())
 except OSError:
     pass
-print(json.dumps({{"vendor_id": cpu.get("vendor_id"), "cpu_family": cpu.get("cpu family"), "model": cpu.get("model"),
+print(json.dumps({{"vendor_id": cpu.get("vendor_id"), "cpu_family": cpu.get("cpu family"),
+                  "model": cpu.get("model"),
                   "model_name": cpu.get("model name"), "capability": torch.backends.cpu.get_cpu_capability(),
                   "torch": torch.__version__, "threads": torch.get_num_threads(),
                   "kernel_env": {{k: os.environ[k] for k in {KERNEL_ENV!r} if k in os.environ}}}}))
@@ -69,7 +83,9 @@ def recorded_machine(threads: int) -> dict:
 
 def mismatch(here: dict, recorded: dict) -> list[str]:
     """The fields that differ from the recording machine: empty when bitwise equality is promised."""
-    return [f"{k} {here.get(k)!r} (recorded {recorded.get(k)!r})" for k in MATCH if here.get(k) != recorded.get(k)]
+    return [
+        f"{k} {here.get(k)!r} (recorded {recorded.get(k)!r})" for k in MATCH if here.get(k) != recorded.get(k)
+    ]
 
 
 def tolerance(want: np.ndarray, epoch: int) -> np.ndarray:
@@ -99,8 +115,14 @@ def compare(got: np.ndarray, want: np.ndarray, epoch: int, bitwise: bool) -> str
         return None if n == 0 else f"{n} of {got.size} weights differ, max |diff| {diff.max():.3g} (bitwise)"
     bound = tolerance(want, epoch)
     over = int(np.count_nonzero(~(diff <= bound)))
-    return None if over == 0 else (f"{over} of {got.size} weights beyond the tolerance, max |diff| {diff.max():.3g}, "
-                                   f"max |diff|/tolerance {np.max(diff / bound):.3g}")
+    return (
+        None
+        if over == 0
+        else (
+            f"{over} of {got.size} weights beyond the tolerance, max |diff| {diff.max():.3g}, "
+            f"max |diff|/tolerance {np.max(diff / bound):.3g}"
+        )
+    )
 
 
 def check_run(store, threads: int, env: dict) -> str:
@@ -110,9 +132,14 @@ def check_run(store, threads: int, env: dict) -> str:
     store.env.update(env)  # (kernel choices set for the whole suite stay: the probe sees them too)
     here, recorded = this_machine(store.env), recorded_machine(threads)
     differs = mismatch(here, recorded)
-    how = "bitwise" if not differs else ("within the rounding-level tolerance 2 n eps32 (|w| + rms of its tensor), "
-                                         "not bitwise, because this machine differs from the recording one: "
-                                         + "; ".join(differs))
+    how = (
+        "bitwise"
+        if not differs
+        else (
+            "within the rounding-level tolerance 2 n eps32 (|w| + rms of its tensor), "
+            "not bitwise, because this machine differs from the recording one: " + "; ".join(differs)
+        )
+    )
     store.mlflow_run("single", PARAMS)
     [run] = store.runs()
     assert run.info.status == "FINISHED"

@@ -43,8 +43,19 @@ class Counting:
 
 
 def trainer(data, init_seed=0, shuffle_seed=0, recorder=None, **kw) -> Trainer:
-    cfg = TrainConfig(dataset="digits", train_subset=300, width=0.125, dropout=0.5, momentum=0.9, weight_decay=1e-4,
-                      lr=0.05, batch_size=64, init_seed=init_seed, shuffle_seed=shuffle_seed, **kw)
+    cfg = TrainConfig(
+        dataset="digits",
+        train_subset=300,
+        width=0.125,
+        dropout=0.5,
+        momentum=0.9,
+        weight_decay=1e-4,
+        lr=0.05,
+        batch_size=64,
+        init_seed=init_seed,
+        shuffle_seed=shuffle_seed,
+        **kw,
+    )
     t = Trainer(cfg, data, CPU)
     t.recorder = recorder  # what step_capture=1 sets on CUDA (capture.cuda_graph)
     return t
@@ -121,7 +132,12 @@ def test_step_capture_needs_cuda():
     with pytest.raises(ParamError) as e:
         Trainer(cfg, load_dataset("digits", train_subset=64), CPU)
     msg = str(e.value)
-    assert "\n" not in msg and msg.startswith("parameter 'step_capture':") and "CUDA device" in msg and "use 0" in msg
+    assert (
+        "\n" not in msg
+        and msg.startswith("parameter 'step_capture':")
+        and "CUDA device" in msg
+        and "use 0" in msg
+    )
     assert Trainer(build_config("single", {"dataset": "digits", "step_capture": "0"}), load_dataset(
         "digits", train_subset=64), CPU).recorder is None
 

@@ -2,20 +2,44 @@ from pathlib import Path
 
 import pytest
 
-from weightspace.config import ParamError, TrainConfig, build_config, config_from_params, pretrain_config, unquote_param
+from weightspace.config import (
+    ParamError,
+    TrainConfig,
+    build_config,
+    config_from_params,
+    pretrain_config,
+    unquote_param,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name, value, allowed", [
-    ("epochs", "abc", "integer"), ("epochs", "0", "integer from 1"), ("epochs", "2.5", "integer"),
-    ("epochs", "", "integer"), ("epochs", "10000000000", "integer from 1"),
-    ("lr", "0", "> 0"), ("lr", "-1", "> 0"), ("lr", "nan", "float"), ("lr", "inf", "float"), ("lr", "x", "float"),
-    ("dropout", "1", "[0, 1)"), ("dropout", "-0.1", "[0, 1)"), ("momentum", "1.0", "[0, 1)"),
-    ("width", "0", "(0, 16]"), ("batch_size", "0", "integer from 1"), ("train_subset", "-3", ">= 0"),
-    ("dataset", "cifar10", "mnist, fashion_mnist, digits"), ("device", "tpu", "auto, cpu, cuda"),
-    ("init_seed", "-5", "2**31"), ("snapshot_every", "0", ">= 1"), ("weight_decay", "2", "[0, 1)"),
-])
+@pytest.mark.parametrize(
+    "name, value, allowed",
+    [
+        ("epochs", "abc", "integer"),
+        ("epochs", "0", "integer from 1"),
+        ("epochs", "2.5", "integer"),
+        ("epochs", "", "integer"),
+        ("epochs", "10000000000", "integer from 1"),
+        ("lr", "0", "> 0"),
+        ("lr", "-1", "> 0"),
+        ("lr", "nan", "float"),
+        ("lr", "inf", "float"),
+        ("lr", "x", "float"),
+        ("dropout", "1", "[0, 1)"),
+        ("dropout", "-0.1", "[0, 1)"),
+        ("momentum", "1.0", "[0, 1)"),
+        ("width", "0", "(0, 16]"),
+        ("batch_size", "0", "integer from 1"),
+        ("train_subset", "-3", ">= 0"),
+        ("dataset", "cifar10", "mnist, fashion_mnist, digits"),
+        ("device", "tpu", "auto, cpu, cuda"),
+        ("init_seed", "-5", "2**31"),
+        ("snapshot_every", "0", ">= 1"),
+        ("weight_decay", "2", "[0, 1)"),
+    ],
+)
 def test_bad_values_name_the_parameter(name, value, allowed):
     with pytest.raises(ParamError) as e:
         build_config("single", {name: value})
@@ -75,8 +99,13 @@ def test_precision_enters_the_group_only_when_not_default():
         == "same_init-a8839a4db07c"
     bf = build_config("same_init", {"shuffle_seed": "3", "width": "0.5", "precision": "bf16"})
     assert bf.group != "same_init-a8839a4db07c"
-    assert build_config("same_init", {"shuffle_seed": "4", "width": "0.5", "precision": "bf16"}).group == bf.group
-    with pytest.raises(ParamError, match="parameter 'precision': expected one of fp32, bf16, tf32, got 'fp16'"):
+    assert (
+        build_config("same_init", {"shuffle_seed": "4", "width": "0.5", "precision": "bf16"}).group
+        == bf.group
+    )
+    with pytest.raises(
+        ParamError, match="parameter 'precision': expected one of fp32, bf16, tf32, got 'fp16'"
+    ):
         build_config("single", {"precision": "fp16"})
 
 
@@ -126,7 +155,12 @@ def test_config_from_params_resolves_follow_init_seed_and_unused_pretrain():
     stored = {**_as_mlflow_run_logs("different_init", {"init_seed": 4}), "experiment": "different_init",
               "pretrain_epochs": "0"}
     cfg = config_from_params(stored)
-    assert (cfg.experiment, cfg.init_seed, cfg.shuffle_seed, cfg.pretrain_epochs) == ("different_init", 4, 4, 0)
+    assert (cfg.experiment, cfg.init_seed, cfg.shuffle_seed, cfg.pretrain_epochs) == (
+        "different_init",
+        4,
+        4,
+        0,
+    )
 
 
 def test_config_from_params_names_what_is_missing_or_bad():
@@ -143,4 +177,7 @@ def test_checkpoint_every_zero_is_every_epoch_on_a_cpu_and_every_tenth_on_cuda()
     assert TrainConfig().checkpoint_every == 0
     assert [checkpoint_period(0, d) for d in ("cpu", "cuda")] == [1, 10]
     assert [checkpoint_period(3, d) for d in ("cpu", "cuda")] == [3, 3]
-    assert build_config("single", {"checkpoint_every": "0"}).group == build_config("single", {"checkpoint_every": "7"}).group
+    assert (
+        build_config("single", {"checkpoint_every": "0"}).group
+        == build_config("single", {"checkpoint_every": "7"}).group
+    )

@@ -76,7 +76,12 @@ def test_batched_equals_sequential_fp32(case, digits, mnist):
     if case.startswith("digits"):
         data, kw, epochs, tol = digits, {}, 2, 1e-5
     else:
-        data, kw, epochs, tol = mnist, {"dataset": "mnist", "width": "1.0", "lr": "0.01", "weight_decay": "1e-5"}, 1, 1e-4
+        data, kw, epochs, tol = (
+            mnist,
+            {"dataset": "mnist", "width": "1.0", "lr": "0.01", "weight_decay": "1e-5"},
+            1,
+            1e-4,
+        )
     seq = [trainer(data, init_seed=i, shuffle_seed=s, **kw) for i, s in SEEDS]
     bat = [trainer(data, init_seed=i, shuffle_seed=s, **kw) for i, s in SEEDS]
     seq_losses = [float(t.train_epoch()) for _ in range(epochs) for t in seq]

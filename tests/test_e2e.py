@@ -55,7 +55,9 @@ def check_run(store, run, experiment, first_epoch, last_epoch, snapshot_epochs):
     if snapshot_epochs == steps:  # consecutive snapshots: step_length is the snapshot difference
         sl = {h.step: h.value for h in c.get_metric_history(rid, "step_length")}
         for i in range(1, len(epochs)):
-            assert sl[epochs[i]] == pytest.approx(np.linalg.norm((X[i] - X[i - 1]).astype(np.float64)), rel=1e-5)
+            assert sl[epochs[i]] == pytest.approx(
+                np.linalg.norm((X[i] - X[i - 1]).astype(np.float64)), rel=1e-5
+            )
     layout = json.loads((c.download_artifacts(rid, "trajectory/layout.json", str(store.workdir)) and
                          open(store.workdir / "layout.json").read()))
     assert sum(q["numel"] for q in layout["params"]) == X.shape[1]
@@ -80,7 +82,11 @@ def test_same_init_siblings_share_a_group(any_store):
     runs = s.runs()
     assert len(runs) == 3
     assert len({r.data.tags["weightspace.group"] for r in runs}) == 1
-    assert {r.info.run_name for r in runs} == {"same_init-shuffle0", "same_init-shuffle1", "same_init-shuffle2"}
+    assert {r.info.run_name for r in runs} == {
+        "same_init-shuffle0",
+        "same_init-shuffle1",
+        "same_init-shuffle2",
+    }
     Xs = [check_run(s, r, "same_init", 0, 3, [0, 2, 3]) for r in runs]
     # identical init, different data order -> identical epoch 0, different later
     assert np.array_equal(Xs[0][0], Xs[1][0]) and np.array_equal(Xs[0][0], Xs[2][0])
@@ -98,8 +104,12 @@ def test_bf16_siblings_form_their_own_group(store):
     [fp] = [r for r in runs if r.data.params["precision"] == "fp32"]
     assert len(bf) == 2 and bf[0].data.tags["weightspace.group"] == bf[1].data.tags["weightspace.group"]
     assert fp.data.tags["weightspace.group"] != bf[0].data.tags["weightspace.group"]
-    X = {r.data.params["shuffle_seed"] + r.data.params["precision"]: check_run(store, r, "same_init", 0, 3, [0, 3])
-         for r in runs}
+    X = {
+        r.data.params["shuffle_seed"] + r.data.params["precision"]: check_run(
+            store, r, "same_init", 0, 3, [0, 3]
+        )
+        for r in runs
+    }
     assert X["0bf16"].dtype == np.float32
     # same init and data order: the same epoch 0, then bf16 rounding makes a different (nearby) trajectory
     assert np.array_equal(X["0bf16"][0], X["0fp32"][0])

@@ -21,8 +21,17 @@ SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
 pytestmark = pytest.mark.e2e
 
 # A generous budget: the rehearsal checks what each step does, not how fast a shared CPU is.
-TINY = {"DEVICE": "cpu", "BUDGET": "1500", "EPOCHS": "2", "TRAIN_SUBSET": "256", "WIDTH": "0.25", "N": "256",
-        "REPEATS": "1", "COST_EPOCHS": "1", "ANALYSIS_ARGS": "-P surface_grid=5 -P interp_points=5 -P hessian_iters=5"}
+TINY = {
+    "DEVICE": "cpu",
+    "BUDGET": "1500",
+    "EPOCHS": "2",
+    "TRAIN_SUBSET": "256",
+    "WIDTH": "0.25",
+    "N": "256",
+    "REPEATS": "1",
+    "COST_EPOCHS": "1",
+    "ANALYSIS_ARGS": "-P surface_grid=5 -P interp_points=5 -P hessian_iters=5",
+}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +44,9 @@ def test_dry_run_succeeds_and_summarises_every_step(dry_run):
     assert p.returncode == 0, p.stdout[-6000:] + p.stderr[-3000:]
     summary = (out / "summary.md").read_text()
     assert "| step | status | seconds | result |" in summary
-    assert step_statuses(summary) == {s: "ok" for s in ("0", "1", "2a", "2b", "2c", "3a", "3b", "3c")}, summary
+    assert step_statuses(summary) == {s: "ok" for s in ("0", "1", "2a", "2b", "2c", "3a", "3b", "3c")}, (
+        summary
+    )
     assert "nothing here ran on a GPU" in summary
     assert "torch" in summary and "sizes: N=256" in summary
 

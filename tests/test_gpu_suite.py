@@ -16,8 +16,18 @@ from conftest import device_check, step_statuses
 pytestmark = pytest.mark.e2e
 
 # A generous budget: the rehearsal checks what each step does, not how fast a shared CPU is.
-TINY = {"DEVICE": "cpu", "BUDGET": "1500", "STEPS": "4", "EPOCHS": "3", "TRAIN_SUBSET": "256", "WIDTH": "0.25",
-        "N": "256", "REPLICAS": "2", "PRETRAIN_EPOCHS": "1", "SUITE_K": "3"}
+TINY = {
+    "DEVICE": "cpu",
+    "BUDGET": "1500",
+    "STEPS": "4",
+    "EPOCHS": "3",
+    "TRAIN_SUBSET": "256",
+    "WIDTH": "0.25",
+    "N": "256",
+    "REPLICAS": "2",
+    "PRETRAIN_EPOCHS": "1",
+    "SUITE_K": "3",
+}
 FAMILIES = ("single", "different_init", "same_init", "clone", "families")
 
 

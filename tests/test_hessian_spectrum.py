@@ -11,6 +11,7 @@ from torch import nn
 from torch.func import functional_call, hessian
 from torch.nn import functional as F
 
+from weightspace.analysis.derivatives import hvp
 from weightspace.analysis.hessian_spectrum import (
     extremes,
     metrics,
@@ -28,7 +29,6 @@ from weightspace.analysis.spectral_density import (
     rademacher,
     slq,
 )
-from weightspace.analysis.derivatives import hvp
 
 torch.set_num_threads(1)
 

@@ -33,9 +33,14 @@ def _ignore(directory, names):
 
 
 def _env() -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV") and not k.startswith("PIP_")}
-    env.update(PYTHONNOUSERSITE="1", PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INDEX="1", PYTHONDONTWRITEBYTECODE="1")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV") and not k.startswith("PIP_")
+    }
+    env.update(
+        PYTHONNOUSERSITE="1", PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INDEX="1", PYTHONDONTWRITEBYTECODE="1"
+    )
     return env
 
 
@@ -56,7 +61,9 @@ def installed(tmp_path_factory):
     p = _run([sys.executable, "-m", "venv", "--without-pip", venv], tmp)
     assert p.returncode == 0, p.stderr
     py = venv / "bin" / "python"
-    site = Path(_run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp).stdout.strip())
+    site = Path(
+        _run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp).stdout.strip()
+    )
     assert site.is_dir() and site.is_relative_to(venv), site
     base = sysconfig.get_paths()["purelib"]  # the test environment's site-packages
     (site / "_weightspace_test_base.pth").write_text(base + "\n")

@@ -13,7 +13,18 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PKG = REPO / "src" / "weightspace"
-CORE = {"config", "params", "numerics", "capture", "threads", "data", "model", "train", "siblings", "trajectories"}
+CORE = {
+    "config",
+    "params",
+    "numerics",
+    "capture",
+    "threads",
+    "data",
+    "model",
+    "train",
+    "siblings",
+    "trajectories",
+}
 # what each layer may import from weightspace (besides itself); mlflow only where marked
 ALLOWED = {
     "core": ({"core"}, False),

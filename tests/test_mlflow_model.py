@@ -96,7 +96,11 @@ def test_the_final_model_loads_as_an_mlflow_model_and_predicts_digit_probabiliti
     np.testing.assert_allclose(registered, want, rtol=1e-5, atol=1e-6)
     # saved as code, never pickled
     files = {p.name for p in local.rglob("*")}
-    assert "MLmodel" in files and "pyfunc_model.py" in files and not any(n.endswith((".pkl", ".pickle")) for n in files)
+    assert (
+        "MLmodel" in files
+        and "pyfunc_model.py" in files
+        and not any(n.endswith((".pkl", ".pickle")) for n in files)
+    )
     assert "loader_module: mlflow.pyfunc.loaders.code_model" in (local / "MLmodel").read_text()
     with pytest.raises(Exception, match="shape"):
         mlflow.pyfunc.load_model(str(local)).predict(images[:, 0])

@@ -95,18 +95,23 @@ def test_start_gram_matches_simulation():
         X = np.vstack([simulate_random_walk(e, P, seed=10 * seed + r, start=starts[r]) for r in range(R)])
         sims.append(np.cumsum(_centred_evr(X)))
         closed.append(np.cumsum(null_evr_runs([e] * R, start_gram=S)))
-    np.testing.assert_allclose(np.mean(sims, axis=0)[[0, 1, 4, 9]], np.mean(closed, axis=0)[[0, 1, 4, 9]], atol=0.02)
+    np.testing.assert_allclose(
+        np.mean(sims, axis=0)[[0, 1, 4, 9]], np.mean(closed, axis=0)[[0, 1, 4, 9]], atol=0.02
+    )
     shared = np.cumsum(null_evr_runs([e] * R))
     assert abs(np.mean(closed, axis=0)[1] - shared[1]) > 0.05        # the starts matter at this spread
     # a scalar start variance is the start Gram start_var·I; uncentred, the starts drop out
-    np.testing.assert_allclose(null_gram_runs([e] * R, start_var=7.0), null_gram_runs([e] * R, start_gram=7 * np.eye(R)))
+    np.testing.assert_allclose(
+        null_gram_runs([e] * R, start_var=7.0), null_gram_runs([e] * R, start_gram=7 * np.eye(R))
+    )
     np.testing.assert_allclose(null_gram_runs([e] * R, False, start_gram=S), null_gram_runs([e] * R, False))
     with pytest.raises(ValueError, match="start_gram"):
         null_gram_runs([e] * R, start_gram=np.eye(3))
 
 
 def _walk_with_variances(v, snaps, P, seed, start=None):
-    """A walk whose epoch-s increment has variance v[s-1] per dimension, seen at ``snaps``; its step lengths."""
+    """A walk whose epoch-s increment has variance v[s-1] per dimension, seen at ``snaps``; its step
+    lengths."""
     rng = np.random.default_rng(seed)
     steps = rng.standard_normal((len(v), P)) * np.sqrt(v)[:, None]
     X = np.vstack([np.zeros((1, P)), np.cumsum(steps, axis=0)]) + (0 if start is None else start)
@@ -132,7 +137,8 @@ def test_diffusion_clock_matches_a_non_uniform_walk(centred):
 
 
 def test_joint_null_different_starts_and_clocks_matches_simulation():
-    """Three runs, each on its own non-uniform clock, from unequal starts: the family null the pipeline uses."""
+    """Three runs, each on its own non-uniform clock, from unequal starts: the family null the pipeline
+    uses."""
     P, snaps = 20000, np.arange(0, 31, 5)
     vs = [np.full(30, 1.0), 1.0 / (1 + np.arange(30) / 3.0), np.linspace(2.0, 0.2, 30)]
     sims, closed = [], []
@@ -147,7 +153,9 @@ def test_joint_null_different_starts_and_clocks_matches_simulation():
         sims.append(np.cumsum(_centred_evr(X)))
         closed.append(np.cumsum(nulls["diffusion"].centred))
         assert start_var > 0 and set(nulls) == {"epochs", "diffusion"}
-    np.testing.assert_allclose(np.mean(sims, axis=0)[[0, 1, 4]], np.mean(closed, axis=0)[[0, 1, 4]], atol=0.02)
+    np.testing.assert_allclose(
+        np.mean(sims, axis=0)[[0, 1, 4]], np.mean(closed, axis=0)[[0, 1, 4]], atol=0.02
+    )
 
 
 def test_diffusion_clock_and_rate():

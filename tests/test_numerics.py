@@ -25,8 +25,13 @@ def test_fp32_is_fp32_everywhere_and_tf32_is_an_explicit_opt_in(device, precisio
 
 
 def test_apply_sets_torch_flags():
-    old = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision(),
-           torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    old = (
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.get_float32_matmul_precision(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
     try:
         numerics.resolve("cuda", "tf32").apply()
         assert torch.backends.cudnn.allow_tf32 and torch.get_float32_matmul_precision() == "high"
@@ -63,6 +68,10 @@ def test_a_cuda_configuration_has_its_own_identity_and_cpu_groups_keep_theirs():
     gpu = dataclasses.replace(cpu, device="cuda")
     assert gpu.device_type == "cuda" and gpu.group != cpu.group and gpu.run_key != cpu.run_key
     assert dataclasses.replace(cpu, device="cuda:1").group == gpu.group  # which GPU is plumbing
-    assert dataclasses.replace(cpu, device="auto").device_type == ("cuda" if torch.cuda.is_available() else "cpu")
-    tf = build_config("same_init", {"shuffle_seed": "3", "width": "0.5", "precision": "tf32", "device": "cuda"})
+    assert dataclasses.replace(cpu, device="auto").device_type == (
+        "cuda" if torch.cuda.is_available() else "cpu"
+    )
+    tf = build_config(
+        "same_init", {"shuffle_seed": "3", "width": "0.5", "precision": "tf32", "device": "cuda"}
+    )
     assert tf.group not in (gpu.group, cpu.group)

@@ -96,7 +96,11 @@ def test_each_parameter_is_declared_once():
     text = "\n".join(p.read_text() for root in (REPO / "src" / "weightspace", REPO / "analysis")
                      for p in root.rglob("*.py"))
     for name in {n for e in ENTRIES.values() for n in e.order} - {"device", "data_dir"}:
-        hits = [line for line in text.splitlines() if re.match(rf"\s*{name}: \w+ = (Decl|int_range|one_of|[A-Z_]+)\(", line)]
+        hits = [
+            line
+            for line in text.splitlines()
+            if re.match(rf"\s*{name}: \w+ = (Decl|int_range|one_of|[A-Z_]+)\(", line)
+        ]
         assert len(hits) == 1, (name, hits)
 
 

@@ -43,10 +43,13 @@ def _same_up_to_sign(A, B, atol):
 def _check_against_sklearn(res, X, rtol=RTOL):
     sk = PCA(svd_solver="full").fit(X)
     m = len(sk.explained_variance_ratio_)
-    nonzero = sk.explained_variance_ratio_ > 1e-10       # the last centred component is zero up to rounding
-    np.testing.assert_allclose(res.explained_variance_ratio[:m][nonzero], sk.explained_variance_ratio_[nonzero],
-                               rtol=rtol)
-    np.testing.assert_allclose(res.explained_variance[:m][nonzero], sk.explained_variance_[nonzero], rtol=rtol)
+    nonzero = sk.explained_variance_ratio_ > 1e-10  # the last centred component is zero up to rounding
+    np.testing.assert_allclose(
+        res.explained_variance_ratio[:m][nonzero], sk.explained_variance_ratio_[nonzero], rtol=rtol
+    )
+    np.testing.assert_allclose(
+        res.explained_variance[:m][nonzero], sk.explained_variance_[nonzero], rtol=rtol
+    )
     assert np.all(res.explained_variance_ratio[:m][~nonzero] < 1e-9)
     k = res.scores.shape[1]
     ref = sk.transform(X)[:, :k]

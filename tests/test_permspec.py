@@ -1,4 +1,5 @@
-"""Permutation specs of recorded models: a planted permutation is recovered exactly, the function unchanged."""
+"""Permutation specs of recorded models: a planted permutation is recovered exactly, the function
+unchanged."""
 
 from __future__ import annotations
 
@@ -50,12 +51,24 @@ class Backwards(nn.Module):
 
 
 MODELS = {
-    "mlp": (lambda: nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 8), nn.Tanh(), nn.Linear(8, 3)),
-            lambda: torch.randn(16, 6)),
-    "cnn": (lambda: nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                  nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 5),
-                                  nn.ReLU(), nn.Linear(5, 3)),
-            lambda: torch.randn(16, 1, 8, 8)),
+    "mlp": (
+        lambda: nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 8), nn.Tanh(), nn.Linear(8, 3)),
+        lambda: torch.randn(16, 6),
+    ),
+    "cnn": (
+        lambda: nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(4, 6, 3, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(6 * 4 * 4, 5),
+            nn.ReLU(),
+            nn.Linear(5, 3),
+        ),
+        lambda: torch.randn(16, 1, 8, 8),
+    ),
     "lstm": (RowLSTM, lambda: torch.randn(16, 6, 5)),
     "declared": (Normed, lambda: torch.randn(16, 4)),
 }
@@ -104,21 +117,31 @@ def test_the_lstm_spec_moves_every_gate_of_a_hidden_unit_together():
     old = dict(m.named_parameters())
     for gate in range(4):
         rows = gate * n + perm
-        torch.testing.assert_close(w["rnn.weight_ih_l0"][gate * n:(gate + 1) * n], old["rnn.weight_ih_l0"][rows])
+        torch.testing.assert_close(
+            w["rnn.weight_ih_l0"][gate * n : (gate + 1) * n], old["rnn.weight_ih_l0"][rows]
+        )
         torch.testing.assert_close(w["rnn.weight_hh_l0"][gate * n:(gate + 1) * n],
                                    old["rnn.weight_hh_l0"][rows][:, perm])
         torch.testing.assert_close(w["rnn.bias_hh_l0"][gate * n:(gate + 1) * n], old["rnn.bias_hh_l0"][rows])
-    torch.testing.assert_close(w["rnn.weight_ih_l1"], old["rnn.weight_ih_l1"][:, perm])   # the next layer's inputs
+    torch.testing.assert_close(
+        w["rnn.weight_ih_l1"], old["rnn.weight_ih_l1"][:, perm]
+    )  # the next layer's inputs
     torch.testing.assert_close(w["head.weight"], old["head.weight"])                    # l1 not permuted here
 
 
-@pytest.mark.parametrize("model,why", [
-    (nn.Sequential(nn.Embedding(5, 4), nn.Linear(4, 2)), "no permutation spec for Embedding (0)"),
-    (nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)), "no permutation spec for BatchNorm1d (1)"),
-    (nn.GRU(3, 4), "no permutation spec for GRU ()"),
-    (nn.Sequential(nn.Linear(3, 4)), "fewer than two layers"),
-    (Backwards(), "no permutation spec for Backwards: permuting its units changes its outputs"),
-])
+@pytest.mark.parametrize(
+    "model,why",
+    [
+        (nn.Sequential(nn.Embedding(5, 4), nn.Linear(4, 2)), "no permutation spec for Embedding (0)"),
+        (
+            nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)),
+            "no permutation spec for BatchNorm1d (1)",
+        ),
+        (nn.GRU(3, 4), "no permutation spec for GRU ()"),
+        (nn.Sequential(nn.Linear(3, 4)), "fewer than two layers"),
+        (Backwards(), "no permutation spec for Backwards: permuting its units changes its outputs"),
+    ],
+)
 def test_models_the_spec_cannot_cover_say_so(model, why):
     layout = Layout.of(model)
     theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])

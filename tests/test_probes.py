@@ -272,8 +272,15 @@ def _probe_evaluate(data, n=120, batch_size=256):
 
 def test_run_probes_end_to_end(digits, tmp_path):
     trajs = _tiny_runs(digits, tmp_path)
-    opts = ProbeOptions(interp_points=5, probe_subset=120, hessian_epochs="0, 4, 99", hessian_iters=4, hessian_runs=0,
-                        surface_grid=5, batch_size=256)
+    opts = ProbeOptions(
+        interp_points=5,
+        probe_subset=120,
+        hessian_epochs="0, 4, 99",
+        hessian_iters=4,
+        hessian_runs=0,
+        surface_grid=5,
+        batch_size=256,
+    )
     sgd = [SGD(LR, 0.9, BS, N_TRAIN), SGD(LR, 0.9, BS, N_TRAIN), None]      # run 2: optimiser unknown
     res = run_probes(trajs, tmp_path / "fig", width=0.125, dropout=0.5, weight_decay=1e-4, data=digits,
                      options=opts, sgd=sgd, progress=False)

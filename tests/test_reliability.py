@@ -23,7 +23,14 @@ from weightspace.tracking.session import CHECKPOINT
 pytestmark = pytest.mark.e2e
 # ~0.3 s per epoch here, fast enough for CI. A kill waits for what the resume needs, read from the
 # store (the checkpoint of epoch 2); the six epochs left keep the run from ending before the kill.
-SLOW = {**TINY, "train_subset": "1400", "width": "0.25", "epochs": "8", "snapshot_every": "1", "batch_size": "32"}
+SLOW = {
+    **TINY,
+    "train_subset": "1400",
+    "width": "0.25",
+    "epochs": "8",
+    "snapshot_every": "1",
+    "batch_size": "32",
+}
 METRICS = ("train_loss", "test_loss", "weight_norm", "distance_from_init", "step_length", "epoch_seconds")
 
 
@@ -269,8 +276,25 @@ def test_launcher_initialises_a_fresh_sqlite_store(tmp_path):
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
     env.pop("MLFLOW_EXPERIMENT_NAME", None), env.pop("MLFLOW_EXPERIMENT_ID", None)
     extra = [x for k, v in {**TINY, "epochs": "2"}.items() for x in ("-P", f"{k}={v}")]
-    p = subprocess.run([sys.executable, "-m", "weightspace", "launch", "same_init", "shuffle_seed=0,1,2,3,4",
-                        "--project", str(REPO), "--", *extra], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "weightspace",
+            "launch",
+            "same_init",
+            "shuffle_seed=0,1,2,3,4",
+            "--project",
+            str(REPO),
+            "--",
+            *extra,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     from mlflow.tracking import MlflowClient
 

@@ -57,14 +57,26 @@ def entry(path: Path, epoch: int) -> dict:
     return {"epoch": epoch, "sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob)}
 
 
-def attack(store, tmp: Path, *, group: str, snaps: dict[int, np.ndarray], params: dict[str, str] | None = None,
-           experiment: str = "recorded", layout: object = None, edit=None, raw_manifest: bytes | None = None,
-           tags: dict[str, str] | None = None) -> str:
+def attack(
+    store,
+    tmp: Path,
+    *,
+    group: str,
+    snaps: dict[int, np.ndarray],
+    params: dict[str, str] | None = None,
+    experiment: str = "recorded",
+    layout: object = None,
+    edit=None,
+    raw_manifest: bytes | None = None,
+    tags: dict[str, str] | None = None,
+) -> str:
     """A FINISHED run logged by hand: its snapshots, a manifest as the writer would make it
     (then changed by ``edit``, or replaced by ``raw_manifest``), and ``layout`` as layout.json."""
     c = store.client()
-    rid = c.create_run(store.experiment_id(), tags={"weightspace.group": group, "weightspace.experiment": experiment,
-                                                    **(tags or {})}).info.run_id
+    rid = c.create_run(
+        store.experiment_id(),
+        tags={"weightspace.group": group, "weightspace.experiment": experiment, **(tags or {})},
+    ).info.run_id
     for k, v in (params or {}).items():
         c.log_param(rid, k, v)
     d = tmp / uuid.uuid4().hex
@@ -75,10 +87,17 @@ def attack(store, tmp: Path, *, group: str, snaps: dict[int, np.ndarray], params
         np.save(p, arr)
         files[p.name] = entry(p, e)
         c.log_artifact(rid, str(p), "trajectory")
-    manifest = {"format": "weightspace-trajectory-1", "complete": True, "epochs": sorted(snaps), "files": files}
+    manifest = {
+        "format": "weightspace-trajectory-1",
+        "complete": True,
+        "epochs": sorted(snaps),
+        "files": files,
+    }
     if edit:
         edit(manifest)
-    (d / "manifest.json").write_bytes(raw_manifest if raw_manifest is not None else json.dumps(manifest).encode())
+    (d / "manifest.json").write_bytes(
+        raw_manifest if raw_manifest is not None else json.dumps(manifest).encode()
+    )
     c.log_artifact(rid, str(d / "manifest.json"), "trajectory")
     if layout is not None:
         (d / "layout.json").write_text(json.dumps(layout))
@@ -124,8 +143,14 @@ def test_a_runs_probe_param_is_never_imported_and_its_command_never_runs(store, 
 @pytest.mark.e2e
 def test_a_recorded_probe_is_only_a_hint_in_the_report(store, tmp_path):
     marker = tmp_path / "PWNED"
-    attack(store, tmp_path, group="evil", snaps=snapshots([0, 1, 2]),
-           params={"probe": "os:system", "cmd": f"id > {marker}"}, layout={"params": [], "cmd": f"id > {marker}"})
+    attack(
+        store,
+        tmp_path,
+        group="evil",
+        snaps=snapshots([0, 1, 2]),
+        params={"probe": "os:system", "cmd": f"id > {marker}"},
+        layout={"params": [], "cmd": f"id > {marker}"},
+    )
     store.mlflow_run("analysis", {"group": "evil"})
     a = analysis_run(store, "evil")
     assert a.info.status == "FINISHED" and not marker.exists()
@@ -150,8 +175,14 @@ def test_a_probe_the_analyst_names_is_imported_and_called(env, tmp_path, monkeyp
     marker, data = tmp_path / "called", tmp_path / "data"
     data.mkdir()
     group = fresh("mine")
-    attack(env, tmp_path, group=group, snaps=snapshots([0, 1, 2]),
-           params={"probe": "os:system", "marker": str(marker), "data_dir": "/elsewhere"}, layout={"params": []})
+    attack(
+        env,
+        tmp_path,
+        group=group,
+        snaps=snapshots([0, 1, 2]),
+        params={"probe": "os:system", "marker": str(marker), "data_dir": "/elsewhere"},
+        layout={"params": []},
+    )
     run_analysis(AnalysisOptions(group=group, probe="analyst_probe:probe", data_dir=str(data)))
     assert marker.read_text() == str(data)   # called, with the analyst's data_dir instead of the run's
     report = report_of(env, analysis_run(env, group), tmp_path)
@@ -194,8 +225,9 @@ def test_an_entry_must_be_the_writers_name_of_its_own_epoch(env, tmp_path):
     def swap(m):  # epoch_0002.npy's entry says it holds epoch 1
         m["files"]["epoch_0002.npy"]["epoch"] = 1
     rid = attack(env, tmp_path, group="evil", snaps=snapshots([0, 1, 2]), edit=swap)
-    with pytest.raises(TrajectoryError, match=f"run {rid}: trajectory/manifest.json: entry 'epoch_0002.npy' says "
-                                              "epoch 1"):
+    with pytest.raises(
+        TrajectoryError, match=f"run {rid}: trajectory/manifest.json: entry 'epoch_0002.npy' says epoch 1"
+    ):
         trajectory(rid)
     ok = attack(env, tmp_path, group="fine", snaps=snapshots([0, 1, 2]))
     assert list(trajectory(ok).epochs) == [0, 1, 2]
@@ -216,26 +248,34 @@ def _cnn_params(**kw) -> dict[str, str]:
             "snapshot_every": "1", **kw}
 
 
-@pytest.mark.parametrize("kind, params, epochs, refused", [
-    # a training run stores every snapshot_every-th epoch from its first, and the last
-    ("training", _cnn_params(), [0, 1, 2, 3, 4], None),
-    ("training", _cnn_params(), [0, 1, 3, 4], "lacks epoch(s) 2"),
-    ("training", _cnn_params(), [0, 1, 2, 3], "lacks epoch(s) 4"),
-    ("training", _cnn_params(snapshot_every="3"), [0, 3, 4], None),
-    ("training", _cnn_params(snapshot_every="3"), [0, 4], "lacks epoch(s) 3"),
-    ("training", _cnn_params(), [0, 1, 2, 3, 4, 5], "outside the run's epochs 0 to 4"),
-    # a clone starts at its pretraining epoch
-    ("training", _cnn_params(experiment="clone", pretrain_epochs="2"), [2, 3, 4], None),
-    ("training", _cnn_params(experiment="clone", pretrain_epochs="2"), [3, 4], "lacks epoch(s) 2"),
-    ("training", _cnn_params(experiment="clone", pretrain_epochs="2"), [0, 2, 3, 4], "outside the run's epochs 2"),
-    ("training", {"experiment": "single"}, [0, 1], "its params cannot say which snapshots"),
-    # weightspace.record: epoch 0, multiples of snapshot_every that epoch_end saw, the last epoch
-    ("recorded", {"snapshot_every": "2", "epochs": "5"}, [0, 2, 5], None),
-    ("recorded", {"snapshot_every": "2", "epochs": "5"}, [0, 3], None),
-    ("recorded", {"snapshot_every": "2", "epochs": "5"}, [0, 1, 2, 5], "neither multiples"),
-    ("recorded", {"snapshot_every": "2", "epochs": "5"}, [0, 2, 6], "after the run's epochs=5"),
-    ("recorded", {"snapshot_every": "2"}, [2, 4], "lacks epoch 0"),
-])
+@pytest.mark.parametrize(
+    "kind, params, epochs, refused",
+    [
+        # a training run stores every snapshot_every-th epoch from its first, and the last
+        ("training", _cnn_params(), [0, 1, 2, 3, 4], None),
+        ("training", _cnn_params(), [0, 1, 3, 4], "lacks epoch(s) 2"),
+        ("training", _cnn_params(), [0, 1, 2, 3], "lacks epoch(s) 4"),
+        ("training", _cnn_params(snapshot_every="3"), [0, 3, 4], None),
+        ("training", _cnn_params(snapshot_every="3"), [0, 4], "lacks epoch(s) 3"),
+        ("training", _cnn_params(), [0, 1, 2, 3, 4, 5], "outside the run's epochs 0 to 4"),
+        # a clone starts at its pretraining epoch
+        ("training", _cnn_params(experiment="clone", pretrain_epochs="2"), [2, 3, 4], None),
+        ("training", _cnn_params(experiment="clone", pretrain_epochs="2"), [3, 4], "lacks epoch(s) 2"),
+        (
+            "training",
+            _cnn_params(experiment="clone", pretrain_epochs="2"),
+            [0, 2, 3, 4],
+            "outside the run's epochs 2",
+        ),
+        ("training", {"experiment": "single"}, [0, 1], "its params cannot say which snapshots"),
+        # weightspace.record: epoch 0, multiples of snapshot_every that epoch_end saw, the last epoch
+        ("recorded", {"snapshot_every": "2", "epochs": "5"}, [0, 2, 5], None),
+        ("recorded", {"snapshot_every": "2", "epochs": "5"}, [0, 3], None),
+        ("recorded", {"snapshot_every": "2", "epochs": "5"}, [0, 1, 2, 5], "neither multiples"),
+        ("recorded", {"snapshot_every": "2", "epochs": "5"}, [0, 2, 6], "after the run's epochs=5"),
+        ("recorded", {"snapshot_every": "2"}, [2, 4], "lacks epoch 0"),
+    ],
+)
 def test_a_complete_manifest_must_agree_with_the_runs_params(env, tmp_path, kind, params, epochs, refused):
     experiment = params.get("experiment", "single") if kind == "training" else "recorded"
     rid = attack(env, tmp_path, group="g", snaps=snapshots(epochs), params=params, experiment=experiment)
@@ -255,12 +295,18 @@ def test_malformed_manifest_json_names_the_run_and_the_file(store, tmp_path):
     assert "JSONDecodeError" not in p.stderr
 
 
-@pytest.mark.parametrize("manifest, refused", [
-    (b'"a string"', "is not a weightspace manifest"),
-    (b'{"complete": true, "files": {}, "epochs": []}', "is not a weightspace manifest"),
-    (b'{"format": "weightspace-trajectory-1", "complete": true, "files": {}, "epochs": []}', "lists no snapshot"),
-    (b"[" * 100000, "is not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "manifest, refused",
+    [
+        (b'"a string"', "is not a weightspace manifest"),
+        (b'{"complete": true, "files": {}, "epochs": []}', "is not a weightspace manifest"),
+        (
+            b'{"format": "weightspace-trajectory-1", "complete": true, "files": {}, "epochs": []}',
+            "lists no snapshot",
+        ),
+        (b"[" * 100000, "is not valid JSON"),
+    ],
+)
 def test_manifests_of_the_wrong_shape_are_refused_in_one_line(env, tmp_path, manifest, refused):
     rid = attack(env, tmp_path, group="evil", snaps=snapshots([0]), raw_manifest=manifest)
     with pytest.raises(TrajectoryError) as e:
@@ -274,7 +320,9 @@ def test_a_seed_tag_that_is_not_an_integer_is_named(env, tmp_path):
     for read in (lambda: trajectory(rid), lambda: weightspace.find_siblings(group)):
         with pytest.raises(TrajectoryError, match=f"run {rid}: tag weightspace.init_seed is not an integer"):
             read()
-    ok = attack(env, tmp_path, group=fresh("seeds"), snaps=snapshots([0, 1]), tags={"weightspace.init_seed": "7"})
+    ok = attack(
+        env, tmp_path, group=fresh("seeds"), snaps=snapshots([0, 1]), tags={"weightspace.init_seed": "7"}
+    )
     assert trajectory(ok).init_seed == 7
 
 
@@ -282,8 +330,11 @@ def test_a_seed_tag_that_is_not_an_integer_is_named(env, tmp_path):
 
 def test_which_data_dir_the_probes_read(tmp_path):
     here = str(tmp_path)
-    assert probe_data("mnist", "/no/such/dir", "") == (None, "the run's data_dir '/no/such/dir' is not a directory "
-                                                             "here; pass -P data_dir=<the folder of the mnist IDX files>")
+    assert probe_data("mnist", "/no/such/dir", "") == (
+        None,
+        "the run's data_dir '/no/such/dir' is not a directory "
+        "here; pass -P data_dir=<the folder of the mnist IDX files>",
+    )
     assert probe_data("mnist", here, "") == (here, f"mnist from {here} (the run's data_dir)")
     assert probe_data("mnist", "/no/such/dir", here) == (here, f"mnist from {here} (-P data_dir)")
     assert probe_data("fashion_mnist", here, "/mine") == ("/mine", "fashion_mnist from /mine (-P data_dir)")

@@ -14,7 +14,13 @@ CPU = torch.device("cpu")
 
 
 def trainer(**kw):
-    raw = {"width": "0.125", "batch_size": "32", "lr": "0.05", "epochs": "3", **{k: str(v) for k, v in kw.items()}}
+    raw = {
+        "width": "0.125",
+        "batch_size": "32",
+        "lr": "0.05",
+        "epochs": "3",
+        **{k: str(v) for k, v in kw.items()},
+    }
     return Trainer(build_config("single", raw), DATA, CPU)
 
 
@@ -108,7 +114,9 @@ def test_weight_stats_against_numpy():
     t, t0, tp = (torch.from_numpy(rng.normal(size=1000).astype(np.float32)) for _ in range(3))
     s = weight_stats(t, t0, tp)
     assert s["weight_norm"] == pytest.approx(np.linalg.norm(t.numpy().astype(np.float64)), rel=1e-12)
-    assert s["distance_from_init"] == pytest.approx(np.linalg.norm((t - t0).numpy().astype(np.float64)), rel=1e-6)
+    assert s["distance_from_init"] == pytest.approx(
+        np.linalg.norm((t - t0).numpy().astype(np.float64)), rel=1e-6
+    )
     assert s["step_length"] == pytest.approx(np.linalg.norm((t - tp).numpy().astype(np.float64)), rel=1e-6)
     assert "step_length" not in weight_stats(t, t0, None)
 

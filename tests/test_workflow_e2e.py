@@ -73,11 +73,19 @@ def test_readme_sibling_workflow_as_written(store):
     assert f"group {group}" in p.stderr  # each run prints the group the README names
     check_analysis(s, group, 3)
     # the README's Python block, as written, against the store it has just filled
-    p = subprocess.run([sys.executable, "-c", readme_blocks()[1]], cwd=s.workdir, env=s.env, capture_output=True,
-                       text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-c", readme_blocks()[1]],
+        cwd=s.workdir,
+        env=s.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-4000:]
     first, *_, last = p.stdout.strip().splitlines()
-    assert first.startswith("(5, ") and "[0, 1, 2, 3, 4] same_init-shuffle1" in first and last == group, p.stdout
+    assert first.startswith("(5, ") and "[0, 1, 2, 3, 4] same_init-shuffle1" in first and last == group, (
+        p.stdout
+    )
 
 
 def test_sibling_workflow_with_a_data_dir_containing_a_space(store, tmp_path):
@@ -99,12 +107,31 @@ def test_mlflow_run_from_another_directory_with_a_relative_sqlite_uri_fails_in_o
     store, the entry point (started in the project directory) would open another file."""
     before = (REPO / "mlflow.db").exists()
     env = {**store.env, "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"}  # store.workdir/mlflow.db, relatively
-    p = subprocess.run([str(shutil.which("mlflow", path=env["PATH"])), "run", str(REPO), "--env-manager", "local",
-                        "-e", "single", "-P", "dataset=digits", "-P", "epochs=1"],
-                       cwd=store.workdir, env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            str(shutil.which("mlflow", path=env["PATH"])),
+            "run",
+            str(REPO),
+            "--env-manager",
+            "local",
+            "-e",
+            "single",
+            "-P",
+            "dataset=digits",
+            "-P",
+            "epochs=1",
+        ],
+        cwd=store.workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode != 0
     [line] = [ln for ln in p.stderr.splitlines() if ln.startswith("weightspace: error:")]
-    assert "is not in sqlite:///mlflow.db" in line and str(REPO) in line and "sqlite:///$PWD/mlflow.db" in line
+    assert (
+        "is not in sqlite:///mlflow.db" in line and str(REPO) in line and "sqlite:///$PWD/mlflow.db" in line
+    )
     assert "Traceback" not in p.stderr
     [run] = store.runs()
     assert run.info.status == "FAILED"  # `mlflow run` ends its run FAILED in the store it made it in

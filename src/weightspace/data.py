@@ -60,7 +60,9 @@ def read_idx(path: str | Path) -> tuple[np.ndarray, str]:
     dtype = np.dtype(_DTYPES[raw[2]])
     n = int(np.prod(shape)) * dtype.itemsize
     if len(raw) - header != n:
-        raise DataError(f"data file {path}: expected {n} data bytes for shape {shape}, found {len(raw) - header}")
+        raise DataError(
+            f"data file {path}: expected {n} data bytes for shape {shape}, found {len(raw) - header}"
+        )
     arr = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
     return arr, hashlib.md5(raw).hexdigest()
 
@@ -88,7 +90,9 @@ def load_idx_dir(directory: str | Path, verify_md5: dict[str, str] | None = None
     for split in ("train", "t10k"):
         x, y = out[f"{split}-images-idx3-ubyte"], out[f"{split}-labels-idx1-ubyte"]
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-            raise DataError(f"data_dir {directory}: {split} images {x.shape} and labels {y.shape} do not match")
+            raise DataError(
+                f"data_dir {directory}: {split} images {x.shape} and labels {y.shape} do not match"
+            )
     return out
 
 
@@ -103,7 +107,9 @@ class Data:
     name: str = ""
 
     def to(self, device: torch.device | str) -> "Data":
-        return Data(*(t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test)), name=self.name)
+        return Data(
+            *(t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test)), name=self.name
+        )
 
 
 def _to_tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,5 +177,7 @@ def load_dataset(name: str, data_dir: str = "", train_subset: int = 0) -> Data:
             raise ParamError(f"parameter 'train_subset': expected at most {n} for {name}, got {train_subset}")
         idx = torch.randperm(n, generator=torch.Generator().manual_seed(SUBSET_SEED))[:train_subset]
         idx, _ = idx.sort()
-        data = Data(data.x_train[idx].contiguous(), data.y_train[idx], data.x_test, data.y_test, name=data.name)
+        data = Data(
+            data.x_train[idx].contiguous(), data.y_train[idx], data.x_test, data.y_test, name=data.name
+        )
     return data

@@ -43,7 +43,12 @@ def pool2(x: torch.Tensor) -> torch.Tensor:
     it sends a tied window's gradient to one element, where maximum would split it, and MNIST's
     constant background ties many windows.
     """
-    if x.device.type == "cpu" and not torch.is_grad_enabled() and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0:
+    if (
+        x.device.type == "cpu"
+        and not torch.is_grad_enabled()
+        and x.shape[-1] % 2 == 0
+        and x.shape[-2] % 2 == 0
+    ):
         w = torch.maximum(x[..., 0::2], x[..., 1::2])
         return torch.maximum(w[..., 0::2, :], w[..., 1::2, :])
     return F.max_pool2d(x, 2)
@@ -74,7 +79,9 @@ class CNN(nn.Module):
         flat = torch.empty(n1 + n2, device=device).bernoulli_(keep, generator=self.dropout_gen).div_(keep)
         return flat[:n1].view(batch, -1), flat[n1:].view(batch, -1)
 
-    def forward(self, x: torch.Tensor, masks: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, masks: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         if masks is None and self.training:
             masks = self.dropout_masks(x.shape[0], x.device)
         # Pool, then ReLU: the same numbers as ReLU then pool (ReLU is monotone, so it commutes
@@ -141,7 +148,9 @@ class Layout:
                    tuple(p["offset"] for p in ps), d.get("dtype", "float32"))
 
     def unflatten(self, vec: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {n: vec[o:o + int(np.prod(s))].view(s) for n, s, o in zip(self.names, self.shapes, self.offsets)}
+        return {
+            n: vec[o : o + int(np.prod(s))].view(s) for n, s, o in zip(self.names, self.shapes, self.offsets)
+        }
 
 
 def flat_params(model: nn.Module | Iterable[torch.Tensor]) -> torch.Tensor:

@@ -40,8 +40,12 @@ class Numerics:
         torch.backends.cudnn.benchmark = self.cudnn_benchmark
 
     def as_params(self) -> dict[str, str]:
-        return {"allow_tf32": str(self.allow_tf32), "matmul_precision": self.matmul_precision,
-                "cudnn_deterministic": str(self.cudnn_deterministic), "cudnn_benchmark": str(self.cudnn_benchmark)}
+        return {
+            "allow_tf32": str(self.allow_tf32),
+            "matmul_precision": self.matmul_precision,
+            "cudnn_deterministic": str(self.cudnn_deterministic),
+            "cudnn_benchmark": str(self.cudnn_benchmark),
+        }
 
 
 def resolve(device_type: str, precision: str, cpu_flags: set[str] | None = None) -> Numerics:

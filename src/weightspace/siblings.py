@@ -139,7 +139,9 @@ class BatchedTrainer:
             loss, correct = self._evaluate(params, x, y)
             for k, m in enumerate(out):
                 m[f"{split}_loss"], m[f"{split}_accuracy"] = loss[k], correct[k]
-        return [{k: m[k] for k in ("train_loss", "train_accuracy", "test_loss", "test_accuracy")} for m in out]
+        return [
+            {k: m[k] for k in ("train_loss", "train_accuracy", "test_loss", "test_accuracy")} for m in out
+        ]
 
     def _evaluate(self, params: dict, x: torch.Tensor, y: torch.Tensor) -> tuple[list[float], list[float]]:
         K, dev = len(self.trainers), self.device
@@ -149,7 +151,12 @@ class BatchedTrainer:
         for i in range(0, len(y), batch):
             logits = self._forward(params, x[i:i + batch])                       # (K, B, classes)
             yb = y[i:i + batch]
-            loss += F.cross_entropy(logits.flatten(0, 1), yb.repeat(K), reduction="none").view(K, -1).sum(1).double()
+            loss += (
+                F.cross_entropy(logits.flatten(0, 1), yb.repeat(K), reduction="none")
+                .view(K, -1)
+                .sum(1)
+                .double()
+            )
             correct += (logits.argmax(2) == yb).sum(1)
         n = max(1, len(y))
         return (loss / n).tolist(), (correct.double() / n).tolist()
@@ -172,7 +179,9 @@ class BatchedTrainer:
         return out
 
     @torch.no_grad()
-    def _write_back(self, names: list[str], plist: list[torch.Tensor], bufs: list[torch.Tensor] | None) -> None:
+    def _write_back(
+        self, names: list[str], plist: list[torch.Tensor], bufs: list[torch.Tensor] | None
+    ) -> None:
         for k, t in enumerate(self.trainers):
             for j, p in enumerate(t.model.parameters()):
                 p.copy_(plist[j][k])
