@@ -12,8 +12,7 @@
 #   versions are carried)   MLFLOW_VERSION / OPTUNA_VERSION to override them
 #   STRIP_UI=1  drop mlflow's web UI (mlflow/server/js, 7.6 MB of the 12 MB wheel): the check runs
 #               no server. 0 keeps the wheel as published.
-# psycopg2 is not carried: the device check uses a sqlite store. optuna-integration is not carried
-# either: weightspace never imports it (it is only a declared dependency).
+# psycopg2 (the server extra) is not carried: the device check uses a sqlite store.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
