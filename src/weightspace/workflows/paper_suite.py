@@ -88,18 +88,7 @@ def run_suite(client: MlflowClient, parent_id: str, fams: dict[str, list[TrainCo
               progress: bool = True) -> dict[str, list[str]]:
     """Train (or reuse) every run of the suite; return the run ids of each family."""
     exp_id = client.get_run(parent_id).info.experiment_id
-    reused: list[str] = []
-    ids: dict[str, list[str]] = {}
-    todo: dict[str, list[tuple[str, TrainConfig]]] = {}
-    for family, cfgs in fams.items():
-        for cfg in cfgs:
-            rid, was_done = reuse_or_create(client, exp_id, parent_id, cfg)
-            ids.setdefault(family, []).append(rid)
-            if was_done:
-                reused.append(rid)
-            else:
-                todo.setdefault(family, []).append((rid, cfg))
-    note_reused(client, parent_id, reused)
+    ids, todo = children(client, exp_id, parent_id, fams)
     clones = todo.pop("clone", [])
     rest = [x for runs in todo.values() for x in runs]
     if siblings == "batched":
@@ -118,6 +107,25 @@ def run_suite(client: MlflowClient, parent_id: str, fams: dict[str, list[TrainCo
             outer.update(1)
     outer.close()
     return ids
+
+
+def children(client: MlflowClient, exp_id: str, parent_id: str, fams: dict[Any, list[TrainConfig]]
+             ) -> tuple[dict[Any, list[str]], dict[Any, list[tuple[str, TrainConfig]]]]:
+    """Every configuration's run, by family: (run ids, the (run id, config) still to train). Each is
+    reused or created by ``reuse_or_create``; the parent notes the reused ones."""
+    reused: list[str] = []
+    ids: dict[Any, list[str]] = {}
+    todo: dict[Any, list[tuple[str, TrainConfig]]] = {}
+    for family, cfgs in fams.items():
+        for cfg in cfgs:
+            rid, was_done = reuse_or_create(client, exp_id, parent_id, cfg)
+            ids.setdefault(family, []).append(rid)
+            if was_done:
+                reused.append(rid)
+            else:
+                todo.setdefault(family, []).append((rid, cfg))
+    note_reused(client, parent_id, reused)
+    return ids, todo
 
 
 def reuse_or_create(client: MlflowClient, exp_id: str, parent_id: str, cfg: TrainConfig) -> tuple[str, bool]:
