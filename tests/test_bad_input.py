@@ -35,7 +35,7 @@ HUGE = "x" * 5000
 # pretrain_epochs (MLproject's default; `mlflow run` always passes every parameter).
 BASE_ARGS = {"different_init": {"init_seed": "0"}, "same_init": {"shuffle_seed": "0"},
              "clone": {"shuffle_seed": "0", "pretrain_epochs": "10"}, "analysis": {"group": "g"}}
-ENTRIES = ("single", "different_init", "same_init", "clone", "paper", "analysis", "tune")
+ENTRIES = ("single", "different_init", "same_init", "clone", "paper", "instability", "analysis", "tune")
 
 # -- the table: parameter -> (bad values, good values), by hand ------------------------------------
 # Every bad value must fail with one line naming the parameter (``parameter '<name>'``) and showing
@@ -97,6 +97,19 @@ TABLE: dict[str, dict[str, tuple[list[str], list[str]]]] = {
         "pretrain_epochs": PRETRAIN_EPOCHS,
         "siblings": (["parallel", "SEQUENTIAL", "", HUGE], ["sequential", "batched", "processes"]),
         "analysis": (INT_JUNK + ["2", "-1", "yes"], ["0", "1"]),
+        **COMMON,
+    },
+    "instability": {
+        # spawn epochs below epochs (default 200)
+        "spawn_epochs": (["abc", "", "0,,1", "-1", "1.5", "0;1", "200", "0,5,250"],
+                         ["0", "0,1,2,5,10,20", "199"]),
+        "clones_per_spawn": (INT_JUNK + ["1", "0", "101"], ["2", "100"]),  # 2 .. 100
+        "epochs": (CLONE_EPOCHS[0], ["21", "100000"]),  # above the default spawn epochs
+        "snapshot_every": SNAPSHOT_EVERY,
+        "checkpoint_every": CHECKPOINT_EVERY,
+        "step_capture": STEP_CAPTURE,
+        "register_model": REGISTER_MODEL,
+        "init_seed": SEEDS["init_seed"],
         **COMMON,
     },
     "analysis": {
