@@ -56,8 +56,9 @@ def _device_ok(v: str) -> bool:
 # -- the training parameters, each declared once ------------------------------------------------
 DATASET = one_of(*DATASETS,
                  help="mnist (shipped), fashion_mnist (IDX files in data_dir) or digits (8x8, for tests)")
-DATA_DIR = Decl(str, "a directory path, or empty for the shipped MNIST",
-                "where the dataset's IDX files are; empty: the copy shipped in the package")
+DATA_DIR = Decl(str, "a directory path, or empty",
+                "where the dataset's IDX files are; empty: the copy shipped in the package (training), or "
+                "the run's own data_dir where it is a directory here (the analysis)")
 TRAIN_SUBSET = Decl(int, "an integer >= 0 (0 = the whole training set)",
                     "train on a fixed random subset of this many samples", lambda v: 0 <= v, most=10**9)
 BATCH_SIZE = int_range(1, 65536, "SGD minibatch size")
@@ -72,8 +73,8 @@ WIDTH = Decl(float, "a float in (0, 16]", "channel and hidden-unit multiplier; 1
 PRECISION = one_of(*PRECISIONS,
                    help="fp32 (true fp32 on every device), bf16 autocast for the training step "
                         "(weights stay fp32), or tf32 (CUDA only: TF32 convolutions and matmuls)")
-DEVICE = Decl(str, f"one of {', '.join(DEVICES)} (or cuda:N)", "where to train; auto: cuda when available",
-              _device_ok)
+DEVICE = Decl(str, f"one of {', '.join(DEVICES)} (or cuda:N)",
+              "where to train or analyse; auto: cuda when available", _device_ok)
 INIT_SEED = Decl(int, SEED_RANGE, "seed of the initial weights", lambda v: 0 <= v, most=2**31 - 1)
 SHUFFLE_SEED = Decl(int, f"{SEED_RANGE} (or -1: follow init_seed)",
                     "seed of the data order and dropout masks", lambda v: -1 <= v, most=2**31 - 1)
@@ -108,7 +109,15 @@ PRETRAIN_RUN_ID = Decl(str, "a run id of a FINISHED pretrain run, or empty",
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainConfig:
+class Placement:
+    """Where the data is read and where the work runs: the same two parameters for training and analysis."""
+
+    data_dir: str = DATA_DIR("")
+    device: str = DEVICE("auto")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(Placement):
     """Everything that determines one training run: every training parameter, with its one default.
 
     Defaults reproduce the paper's regime (docs/model.md, "Why these defaults").
@@ -116,13 +125,11 @@ class TrainConfig:
 
     # the data, the model and where it trains
     dataset: str = DATASET("mnist")
-    data_dir: str = DATA_DIR("")
     train_subset: int = TRAIN_SUBSET(0)
     width: float = WIDTH(1.0)
     # bf16: the training step's forward and backward under bfloat16 autocast (weights, optimizer
     # state, snapshots and evaluation stay fp32), for CPUs and GPUs with fast bfloat16 units.
     precision: str = PRECISION("fp32")
-    device: str = DEVICE("auto")
     # the optimiser, and how the run is stored
     batch_size: int = BATCH_SIZE(128)
     lr: float = LR(0.01)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .. import tracking as T
 from ..analysis.probes.base import ProbeOptions
-from ..config import DEVICE, ParamError, config_from_params
+from ..config import ParamError, Placement, config_from_params
 from ..params import Decl, Entry, as_strings, parse
 from ..tracking.runs import TrajectoryError, find_runs, find_siblings, trajectory, wants_bars
 from .entry_run import entry_run, in_child_run
@@ -35,7 +35,7 @@ PROBE_ERROR_TAG = "weightspace.probe_error."   # + the probe's name: why it fail
 
 
 @dataclass(frozen=True, kw_only=True)
-class AnalysisOptions(ProbeOptions):
+class AnalysisOptions(ProbeOptions, Placement):
     """analysis: which runs (exactly one of group, run_ids, parent_run_id) and what to compute."""
 
     group: str = Decl(str, "a weightspace.group tag value", "analyse the FINISHED runs of this group")("")
@@ -48,9 +48,6 @@ class AnalysisOptions(ProbeOptions):
                       "the function that gives the probes a recorded run's model, loss and data "
                       "(docs/record.md)",
                       lambda v: not v or PROBE_SPEC.fullmatch(v) is not None)("")
-    data_dir: str = Decl(str, "a directory path, or empty (a run's own data_dir, if it is a directory here)",
-                         "where the probes read the dataset's IDX files")("")
-    device: str = DEVICE("auto")
 
     @property
     def selection(self) -> dict[str, str]:
