@@ -39,9 +39,9 @@ class Costs:
     maxiter: int        # ARPACK restarts per end
 
 
-# A product costs about three backward passes over the probe subset, and a snapshot about 150 of them
-# on a CPU: a loose tolerance, a short SLQ and two snapshots for auto keep a small analysis within a
-# minute there; λmin needs only the verdict's precision.
+# A product costs about three backward passes over the probe subset, and a snapshot takes 150 to 250
+# of them on a CPU: a loose tolerance, few restarts, a short SLQ and two snapshots for auto bound the
+# cost there; λmin needs only the verdict's precision.
 CPU = Costs(k=10, k_bottom=2, repeats=2, steps=20, probes=3, tol=1e-3, maxiter=10)
 CUDA = Costs(k=10, k_bottom=10, repeats=3, steps=80, probes=10, tol=1e-4, maxiter=100)
 AUTO_SNAPSHOTS = {"cuda": 4, "cpu": 2}
