@@ -144,6 +144,7 @@ def test_unconverged_lanczos_is_said_in_the_row():
     [row] = sp.claims(sp.SpectrumResult([sp.RunSpectrum(0, "r", [snap])], costs, 10, 100))
     assert row.verdict.startswith(WORDS)
     assert f"ARPACK did not converge to tol {costs.tol:g} within 1 restarts" in row.verdict
+    assert "step none (the last snapshot)" in row.measured and row.measured.startswith("epoch 7,")
     if s.extremes.top.size < 10:     # too few top vectors for a top-10 overlap: not logged
         assert "grad_top10_overlap_last_run0" not in sp.metrics(sp.SpectrumResult([sp.RunSpectrum(
             0, "r", [snap])], costs, 10, 100))

@@ -182,6 +182,10 @@ def metrics(r: SpectrumResult) -> dict[str, float]:
 
 
 # -- claims ----------------------------------------------------------------------------------------
+def _num(x: float | None, absent: str) -> str:
+    return absent if x is None else f"{x:.3g}"
+
+
 def claims(r: SpectrumResult) -> list[Claim]:
     """Saddle, minimum or neither at each measured run's last measured snapshot."""
     c = r.costs
@@ -205,7 +209,7 @@ def claims(r: SpectrumResult) -> list[Claim]:
                     f"|λmin|/λmax {s.extremes.abs_min_over_max:.3g}, mass below 0 {s.density.neg_mass:.3g}, "
                     f"trace {s.trace:.4g} ± {s.trace_se:.2g}; {k} overlap: gradient "
                     f"{ov.get(f'grad_{k}_overlap', math.nan):.3g}, step "
-                    f"{ov.get(f'step_{k}_overlap', math.nan):.3g}, random "
+                    f"{_num(ov.get(f'step_{k}_overlap'), 'none (the last snapshot)')}, random "
                     f"{ov.get(f'random_{k}_overlap', math.nan):.3g}; {sn.critical_why}; {s.n_hvp} "
                     f"Hessian-vector products (Lanczos top {c.k}/bottom {c.k_bottom}, SLQ {c.steps} steps "
                     f"× {c.probes} probes)")
