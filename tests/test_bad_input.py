@@ -129,6 +129,7 @@ TABLE: dict[str, dict[str, tuple[list[str], list[str]]]] = {
         "hessian_epochs": (["a,b", "0,,10", "-1", "0;10", "1.5"], ["", "0", "0,10,50,100,200"]),
         "hessian_iters": (INT_JUNK + ["0", "1001"], ["1", "20", "1000"]),  # 1 .. 1000
         "hessian_runs": (INT_JUNK + ["-1", "1001"], ["0", "1", "1000"]),  # 0 .. 1000
+        "spectrum_epochs": (["a,b", "0,,10", "-1", "Auto", "auto,10", "1.5"], ["", "auto", "0", "0,10,50"]),
         "surface_grid": (INT_JUNK + ["1", "2", "-2", "202"], ["-1", "0", "3", "201"]),  # -1, 0, 3 .. 201
         "device": (["gpu", "cuda:", "cuda:x", "", HUGE], ["auto", "cpu"]),
     },

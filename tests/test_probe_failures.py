@@ -14,8 +14,8 @@ from weightspace.analysis.probes.base import ProbeOptions
 from weightspace.analysis.probes.registry import PROBES, guarded_probes, run_probes
 from weightspace.data import load_dataset
 
-OPTS = ProbeOptions(interp_points=3, probe_subset=60, hessian_epochs="2", hessian_iters=2, surface_grid=3,
-                    batch_size=256)
+OPTS = ProbeOptions(interp_points=3, probe_subset=60, hessian_epochs="2", hessian_iters=2,
+                    spectrum_epochs="2", surface_grid=3, batch_size=256)
 WHY = "RuntimeError: out of cheese"
 
 
@@ -93,6 +93,8 @@ def test_the_analysis_run_finishes_and_tags_the_failed_probe(env, tmp_path, monk
     assert a.data.tags[PROBE_ERROR_TAG + "stationarity"] == WHY
     m = a.data.metrics
     assert np.isfinite(m["pca_evr_top2"]) and "pair_barrier_frankle_mean" in m and "surface_grid" in m
-    assert not any(k.startswith(("grad_norm", "hessian_")) for k in m) and "hvp_mode" not in a.data.params
+    # stationarity's metrics are gone; the spectrum probe after it runs without its gradient verdict
+    assert not any(k.startswith(("grad_norm", "hessian_top_eig")) for k in m)
+    assert "hvp_mode" not in a.data.params
     report = open(env.client().download_artifacts(a.info.run_id, "report.md", str(tmp_path))).read()
     assert f"n/a: stationarity failed: {WHY}" in report and "top-2 PCs explain most variance" in report

@@ -278,6 +278,7 @@ def test_run_probes_end_to_end(digits, tmp_path):
         hessian_epochs="0, 4, 99",
         hessian_iters=4,
         hessian_runs=0,
+        spectrum_epochs="",
         surface_grid=5,
         batch_size=256,
     )
@@ -365,7 +366,8 @@ def test_entry_point_reads_the_runs_params(digits, tmp_path):
 
     trajs = _tiny_runs(digits, tmp_path, n_runs=2, epochs=2)
     del trajs[1].params["lr"]
-    opts = AnalysisOptions(interp_points=0, probe_subset=60, hessian_epochs="", surface_grid=0, device="cpu")
+    opts = AnalysisOptions(interp_points=0, probe_subset=60, hessian_epochs="", spectrum_epochs="",
+                           surface_grid=0, device="cpu")
     res = entry_run_probes(trajs, tmp_path / "fig", opts, False)
     assert "drift_over_step_final_run0" in res.metrics and "drift_over_step_final_run1" not in res.metrics
     g = res.results["stationarity"].runs[0]
@@ -377,16 +379,16 @@ def test_entry_point_reads_the_runs_params(digits, tmp_path):
 
 def test_run_probes_switches_and_given_directions(digits, tmp_path):
     trajs = _tiny_runs(digits, tmp_path, n_runs=1, epochs=2)
-    off = ProbeOptions(interp_points=0, grad_norm=False, hessian_epochs="", surface_grid=0,
-                       disagreement=False)
+    off = ProbeOptions(interp_points=0, grad_norm=False, hessian_epochs="", spectrum_epochs="",
+                       surface_grid=0, disagreement=False)
     res = run_probes(trajs, tmp_path / "a", width=0.125, dropout=0.5, weight_decay=0.0, data=digits,
                      options=off, progress=False)
     assert res.metrics == {} and res.figures == [] and res.claims == []
     X = trajs[0].stack().astype(np.float64)
     mean = X.mean(0)
     dirs = np.linalg.svd(X - mean, full_matrices=False)[2][:2]
-    only_surface = ProbeOptions(interp_points=0, grad_norm=False, hessian_epochs="", surface_grid=4,
-                                probe_subset=50)
+    only_surface = ProbeOptions(interp_points=0, grad_norm=False, hessian_epochs="", spectrum_epochs="",
+                                surface_grid=4, probe_subset=50)
     res = run_probes(trajs, tmp_path / "b", width=0.125, dropout=0.5, weight_decay=0.0, data=digits,
                      options=only_surface, progress=False, plane=Plane(mean, dirs))
     assert [p.name for p in res.figures] == ["loss_surface.png"]
@@ -435,8 +437,8 @@ def test_sampling_floor_matches_the_spread_of_subset_gradients():
 
 def test_gradient_on_the_whole_training_set_has_no_floor(digits, tmp_path):
     trajs = _tiny_runs(digits, tmp_path, n_runs=1, epochs=2)
-    opts = ProbeOptions(interp_points=0, probe_subset=0, hessian_epochs="", surface_grid=0,
-                        disagreement=False)
+    opts = ProbeOptions(interp_points=0, probe_subset=0, hessian_epochs="", spectrum_epochs="",
+                        surface_grid=0, disagreement=False)
     res = run_probes(trajs, tmp_path / "f", width=0.125, dropout=0.5, weight_decay=1e-4, data=digits,
                      options=opts, sgd=[SGD(LR, 0.9, BS, N_TRAIN)], progress=False)
     m = res.metrics

@@ -342,7 +342,7 @@ def test_which_data_dir_the_probes_read(tmp_path):
     assert probe_data("digits", "/no/such/dir", "") == ("", "digits (scikit-learn's copy)")
 
 
-CHEAP = dict(probe_subset=20, interp_points=3, surface_grid=0, hessian_epochs="")
+CHEAP = dict(probe_subset=20, interp_points=3, surface_grid=0, hessian_epochs="", spectrum_epochs="")
 
 
 @pytest.mark.parametrize("run_dir, given, said", [

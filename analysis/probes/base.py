@@ -35,8 +35,8 @@ class ProbeOptions:
     here once; auto (-1) costs depend on the device (``resolved``). A probe is off at its zero or empty
     value. The rest are fixed costs and switches for library callers."""
 
-    probes: int = int_range(0, 1, "1: interpolation, stationarity, loss surface, function space",
-                            "0 or 1")(1)
+    probes: int = int_range(0, 1, "1: interpolation, stationarity, Hessian spectrum, loss surface, "
+                            "function space", "0 or 1")(1)
     interp_points: int = Decl(int, "0 (off), -1 (auto) or an integer from 3 to 1000",
                               "points on each interpolation line; auto: 25 on a GPU, 13 on a CPU",
                               lambda v: v in (0, -1) or 3 <= v, most=1000)(-1)
@@ -49,6 +49,11 @@ class ProbeOptions:
     hessian_iters: int = int_range(1, 1000, "power-iteration steps per eigenvalue")(20)
     hessian_runs: int = Decl(int, "an integer >= 0 (0 = every run)", "runs whose Hessian is probed",
                              lambda v: 0 <= v, most=1000)(1)
+    spectrum_epochs: str = Decl(str, "comma-separated epochs, auto, or empty (off)",
+                                "epochs at which the Hessian's both ends, trace and spectral density are "
+                                "measured; auto: up to 4 snapshots (2 on a CPU) spread over the run, the "
+                                "last included",
+                                lambda v: v.strip() == "auto" or _epoch_list(v))("auto")
     surface_grid: int = Decl(int, "0 (off), -1 (auto) or an integer from 3 to 201",
                              "loss-surface grid side on the PCA plane; auto: 31 on a GPU, 11 on a CPU",
                              lambda v: v in (0, -1) or 3 <= v, most=201)(-1)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from weightspace.analysis.plane import Plane
-from weightspace.analysis.probes import function_space, interpolation, stationarity, surface
+from weightspace.analysis.probes import function_space, interpolation, spectrum, stationarity, surface
 from weightspace.analysis.probes.base import SGD, Probe, ProbeInputs, ProbeOptions
 from weightspace.analysis.report import Claim
 from weightspace.params import one_line
@@ -31,6 +31,7 @@ from weightspace.trajectories import Trajectory
 PROBES: dict[str, Probe] = {p.name: p for p in (
     interpolation.PROBE,
     stationarity.PROBE,
+    spectrum.PROBE,
     surface.PROBE,
     function_space.PROBE,
 )}

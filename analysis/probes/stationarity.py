@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from weightspace.analysis.derivatives import (
     EigResult,
+    LossFn,
     debiased,
     gradient,
     halves,
@@ -143,11 +144,16 @@ def _run_gradients(inp: ProbeInputs, i: int, pieces, wdp) -> RunGradients:
                         None if sgd is None else sgd.drift_factor)
 
 
+def objective(inp: ProbeInputs) -> list[LossFn]:
+    """The objective SGD with weight decay descends, CE + wd/2‖θ‖² on the probe subset: per-batch pieces
+    of the data term plus the weight-decay term (``derivatives``)."""
+    return list(inp.model.loss_pieces(inp.x_train, inp.y_train)) + [weight_decay_piece(inp.weight_decay)]
+
+
 def stationarity(inp: ProbeInputs) -> StationarityResult:
     """Gradient norms at every snapshot (``grad_norm``) and top Hessian eigenvalues at ``hessian_epochs``
     of the first ``hessian_runs`` runs."""
     opt = inp.options
-    ce = inp.model.loss_pieces(inp.x_train, inp.y_train)
     wdp = weight_decay_piece(inp.weight_decay)
     runs = []
     if opt.grad_norm:
@@ -160,9 +166,10 @@ def stationarity(inp: ProbeInputs) -> StationarityResult:
         todo = [(i, t) for i, tr in enumerate(inp.trajs[:opt.hessian_runs or len(inp.trajs)])
                 for t, e in enumerate(tr.epochs) if int(e) in opt.hessian_epoch_set]
         mode = None     # chosen on the first product (forward-mode derivatives or not), then kept
+        loss = objective(inp)
         for i, t in tqdm(todo, desc="Hessian top eigenvalue", disable=not inp.progress):
             e = int(inp.trajs[i].epochs[t])
-            eigs[(i, e)] = top_hessian_eig(list(ce) + [wdp], inp.theta(i, t), opt.hessian_iters,
+            eigs[(i, e)] = top_hessian_eig(loss, inp.theta(i, t), opt.hessian_iters,
                                            opt.hessian_tol, seed=opt.seed + 1000 * i + e, mode=mode)
             mode = eigs[(i, e)].mode
     on = bool(opt.hessian_epoch_set)

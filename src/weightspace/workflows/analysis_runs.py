@@ -58,7 +58,7 @@ SELECTORS = ("group", "run_ids", "parent_run_id")
 ANALYSIS = Entry("analysis", (AnalysisOptions.__doc__ or "").strip().splitlines()[0], (AnalysisOptions,),
                  ("group", "run_ids", "parent_run_id", "cache_dir", "probes", "probe", "data_dir",
                   "interp_points", "probe_subset", "hessian_epochs", "hessian_iters", "hessian_runs",
-                  "surface_grid", "device"))
+                  "spectrum_epochs", "surface_grid", "device"))
 
 
 def check_options(opts: AnalysisOptions) -> AnalysisOptions:
