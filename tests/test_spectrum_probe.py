@@ -40,7 +40,8 @@ def test_auto_picks_the_last_snapshot_and_spread_ones():
     assert sp.snapshot_indices(range(201), "auto") == [0, 67, 133, 200]
     assert sp.snapshot_indices([0, 1, 2, 3, 4], " auto ") == [0, 1, 3, 4]
     assert sp.snapshot_indices([0, 5], "auto") == [0, 1] and sp.snapshot_indices([7], "auto") == [0]
-    assert sp.snapshot_indices(range(201), "auto", sp.AUTO_SNAPSHOTS["cpu"]) == [0, 200]
+    assert sp.snapshot_indices(range(201), "auto", sp.AUTO_SNAPSHOTS["cpu"]) == [200]
+    assert sp.snapshot_indices(range(201), "auto", 2) == [0, 200]
     # a clone's snapshots start at its fork; explicit epochs that are no snapshot are skipped
     assert sp.snapshot_indices([3, 4, 5, 6, 7, 8, 9], "auto") == [0, 2, 4, 6]
     assert sp.snapshot_indices([0, 10, 20, 30], "0, 30,99") == [0, 3]

@@ -51,8 +51,8 @@ class ProbeOptions:
                              lambda v: 0 <= v, most=1000)(1)
     spectrum_epochs: str = Decl(str, "comma-separated epochs, auto, or empty (off)",
                                 "epochs at which the Hessian's both ends, trace and spectral density are "
-                                "measured; auto: up to 4 snapshots (2 on a CPU) spread over the run, the "
-                                "last included",
+                                "measured; auto: up to 4 snapshots spread over the run, the last included "
+                                "(on a CPU the last only)",
                                 lambda v: v.strip() == "auto" or _epoch_list(v))("auto")
     surface_grid: int = Decl(int, "0 (off), -1 (auto) or an integer from 3 to 201",
                              "loss-surface grid side on the PCA plane; auto: 31 on a GPU, 11 on a CPU",

@@ -39,12 +39,12 @@ class Costs:
     maxiter: int        # ARPACK restarts per end
 
 
-# A product costs about three backward passes over the probe subset, and a snapshot takes 150 to 250
-# of them on a CPU: a loose tolerance, few restarts, a short SLQ and two snapshots for auto bound the
-# cost there; λmin needs only the verdict's precision.
-CPU = Costs(k=10, k_bottom=2, repeats=2, steps=20, probes=3, tol=1e-3, maxiter=10)
+# A product costs about three backward passes over the probe subset. On a CPU every analysis runs
+# this probe, so auto measures the last snapshot only, with a loose tolerance, few restarts and a short
+# SLQ: λmin needs only the verdict's precision, the density only its sign split.
+CPU = Costs(k=10, k_bottom=2, repeats=2, steps=10, probes=2, tol=1e-2, maxiter=5)
 CUDA = Costs(k=10, k_bottom=10, repeats=3, steps=80, probes=10, tol=1e-4, maxiter=100)
-AUTO_SNAPSHOTS = {"cuda": 4, "cpu": 2}
+AUTO_SNAPSHOTS = {"cuda": 4, "cpu": 1}
 SERIES = ("hessian_lambda_max", "hessian_lambda_min", "hessian_abs_min_over_max", "hessian_neg_mass",
           "hessian_trace")
 
@@ -76,10 +76,11 @@ class SpectrumResult:
 
 def snapshot_indices(epochs, spec: str, auto: int = AUTO_SNAPSHOTS["cuda"]) -> list[int]:
     """Snapshot indices at the given comma-separated epochs, or for "auto" up to ``auto`` spread evenly
-    over the run's snapshots, its first and last included."""
+    over the run's snapshots, the last always included (and the first when there are two or more)."""
     epochs = [int(e) for e in epochs]
     if spec.strip() == "auto":
-        spread = np.linspace(0, len(epochs) - 1, min(auto, len(epochs)))
+        n = min(auto, len(epochs))
+        spread = np.linspace(0, len(epochs) - 1, n) if n > 1 else [len(epochs) - 1]
         return sorted({int(round(x)) for x in spread})
     want = {int(e) for e in spec.split(",") if e.strip()}
     return [t for t, e in enumerate(epochs) if e in want]
