@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from weightspace.analysis import hessian_spectrum as hs
 from weightspace.analysis.derivatives import gradient, hvp, hvp_and_mode
 from weightspace.analysis.probes.base import Probe, ProbeInputs
-from weightspace.analysis.probes.stationarity import FLOOR_MARGIN, StationarityResult, objective
+from weightspace.analysis.probes.stationarity import FLOOR_MARGIN, StationarityResult, at_floor, objective
 from weightspace.analysis.report import Claim, na
 from weightspace.analysis.spectral_density import density_figure
 
@@ -99,7 +99,7 @@ def critical_at(stat: StationarityResult | None, run: int, epoch: int) -> tuple[
     if not floor > 0:
         return None, (f"‖∇‖ = {norm:.3g} on the whole training set: no sampling floor to be at, and no "
                       "threshold for zero")
-    at = norm < FLOOR_MARGIN * floor
+    at = at_floor(norm, floor)
     return at, (f"‖∇‖ = {norm / floor:.3g}x its sampling floor ({'below' if at else 'not below'} "
                 f"{FLOOR_MARGIN:g}x: {'at' if at else 'above'} the floor)")
 

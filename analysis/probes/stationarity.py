@@ -242,11 +242,16 @@ FLOOR_MARGIN = 2.0
 DRIFT_SHARE = 0.1
 
 
+def at_floor(norm: float, floor: float) -> bool:
+    """The gradient cannot be told from 0: under ``FLOOR_MARGIN`` sampling floors (none when floor is 0)."""
+    return floor > 0 and norm < FLOOR_MARGIN * floor
+
+
 def critical_verdict(late: float, floor: float, drift_over_step: float | None, ratio: float) -> str:
     """Lipton's "no critical point" from the late full-batch gradient ``late``, its sampling
     ``floor`` (0 on the whole training set), the displacement its mean gradient would cause over
     the observed step (None when the optimiser or the steps are unknown) and late/early ``ratio``."""
-    if floor > 0 and late < FLOOR_MARGIN * floor:
+    if at_floor(late, floor):
         return (f"inconclusive: the late gradient is {late / floor:.2g}x its sampling floor, too close to "
                 f"tell from 0 on this probe subset (rerun with probe_subset=0) "
                 f"[threshold {FLOOR_MARGIN}x floor]")

@@ -24,7 +24,6 @@ from mlflow.tracking import MlflowClient
 from .. import tracking as T
 from ..config import read_params
 from ..trajectories import Trajectory
-from .progress import mlflow_bar, show_progress, wants_bars  # noqa: F401 - the entry points import them here
 from .trajectory_artifact import TrajectoryError, default_cache_dir, read_trajectory
 
 METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "weight_norm", "distance_from_init",

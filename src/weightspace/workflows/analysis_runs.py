@@ -24,7 +24,8 @@ from .. import tracking as T
 from ..analysis.probes.base import ProbeOptions
 from ..config import ParamError, Placement, config_from_params
 from ..params import Decl, Entry, as_strings, parse
-from ..tracking.runs import TrajectoryError, find_runs, find_siblings, trajectory, wants_bars
+from ..tracking.progress import wants_bars
+from ..tracking.runs import TrajectoryError, find_runs, find_siblings, trajectory
 from .entry_run import entry_run, in_child_run
 from .probe_hook import PROBE_SPEC
 

@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 from .. import tracking as T
 from ..config import COMMON, MAX_EPOCHS, ParamError, TrainConfig, build_config
 from ..params import Decl, Entry, as_strings, parse, show
-from ..tracking.runs import trajectory, wants_bars
+from ..tracking.progress import wants_bars
+from ..tracking.runs import trajectory
 from ..train import resolve_device
 from .entry_run import entry_run
 from .paper_suite import children

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .. import tracking as T
 from ..config import COMMON, MAX_EPOCHS, TrainConfig, build_config
 from ..params import Decl, Entry, as_strings, int_range, one_of, parse, pick
-from ..tracking.runs import wants_bars
+from ..tracking.progress import wants_bars
 from ..train import resolve_device
 from .analysis_runs import (
     PAPER_FAMILIES,

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from .. import tracking as T
 from ..config import TrainConfig, pretrain_config
 from ..siblings import BatchedTrainer
-from ..tracking.runs import mlflow_bar
+from ..tracking.progress import mlflow_bar
 from ..tracking.session import RunSession
 from ..train import Trainer, fit, resolve_device
 from .entry_run import mark_failed

@@ -29,7 +29,7 @@ from ..config import (
 )
 from ..data import Data, load_dataset
 from ..params import as_strings, parse
-from ..tracking.runs import wants_bars
+from ..tracking.progress import wants_bars
 from ..tracking.session import RunSession
 from ..train import Trainer, fit, resolve_device
 from .entry_run import entry_run, mark_failed
