@@ -1,6 +1,6 @@
 """The package's shape: dependencies run one way, no module over 350 lines, no issue numbers.
 
-    core (config, params, numerics, capture, data, model, train, siblings, trajectories)
+    core (config, params, numerics, capture, data, model, train, siblings, trajectories, predictions)
       <- tracking (talks to MLflow)      <- workflows, cli (the entry points)
       <- analysis (plain functions over arrays, never MLflow)
 """
@@ -24,6 +24,7 @@ CORE = {
     "train",
     "siblings",
     "trajectories",
+    "predictions",
 }
 # what each layer may import from weightspace (besides itself); mlflow only where marked
 ALLOWED = {

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from weightspace.predictions import Predictions
+
 
 def snapshot_name(epoch: int) -> str:
     """A snapshot's file name. Defined here, below tracking, so that ``from_arrays`` names its files as
@@ -30,6 +32,7 @@ class Trajectory:
     metrics: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # name -> (steps, values)
     params: dict[str, str] = field(default_factory=dict)
     layout: dict | None = None     # parsed trajectory/layout.json
+    predictions: Predictions | None = None   # class probabilities at its snapshots, when logged
 
     @property
     def T(self) -> int:
