@@ -24,6 +24,10 @@
 #      without step capture, the faster chosen; 4b. `mlflow run -e paper -P siblings=batched` (every run of the
 #      suite as one batch of models, then one analysis per family and analysis-families); 4c. `python -m
 #      weightspace export --suite` -> suite.tar (a folder per analysis: metrics.json, report.md, figures/)
+#   5. the instability sweep (STEPS=5, a call of its own): `mlflow run -e instability` at the paper's
+#      width on full MNIST for INSTAB_EPOCHS epochs (copies spawned at SPAWN_EPOCHS, two per spawn)
+#      -> instability.txt, instability.tar (instability.md, instability.png, metrics.json: every
+#      instability_* metric and lmc_onset_epoch as the run logged them)
 # At the end (and after every step, so a timeout leaves one too): summary.md, one table. log.txt has
 # everything. That is 8 files, the most the device tool brings back.
 #
@@ -37,6 +41,7 @@
 #   STEP3_KEEP=330 (s kept for step 3 while steps 1-2 run)  ANALYSIS_RESERVE=150 (s kept for analysis + export)
 #   RUN_OVERHEAD=45 (s for `mlflow run` to start and end, beside the epochs)
 #   REPLICAS=5  PRETRAIN_EPOCHS=10  SUITE_K=16  SUITE_ARGS="" (extra -P for the paper run)  EXPORT_RESERVE=30
+#   INSTAB_EPOCHS=30  SPAWN_EPOCHS=0,1,2,5,10,20  INSTAB_ARGS="" (extra -P for the instability run)
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO"
@@ -72,13 +77,16 @@ PRETRAIN_EPOCHS=${PRETRAIN_EPOCHS:-10}
 SUITE_K=${SUITE_K:-16}
 SUITE_ARGS=${SUITE_ARGS:-}
 EXPORT_RESERVE=${EXPORT_RESERVE:-30}
+INSTAB_EPOCHS=${INSTAB_EPOCHS:-30}
+SPAWN_EPOCHS=${SPAWN_EPOCHS:-0,1,2,5,10,20}
+INSTAB_ARGS=${INSTAB_ARGS:-}
 EXPERIMENT=gpu-check
 
 export PYTHONUNBUFFERED=1 GIT_PYTHON_REFRESH=quiet MLFLOW_TRACKING_URI="sqlite:///$WORK/mlflow.db" \
   WEIGHTSPACE_CACHE="$WORK/cache" MPLBACKEND=Agg
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 rm -f "$OUT"/summary.md "$OUT"/log.txt "$OUT"/smoke.txt "$OUT"/throughput.md "$OUT"/paper-scale.txt
-rm -rf "$OUT"/paper-scale "$OUT"/suite.tar "$OUT"/suite.txt
+rm -rf "$OUT"/paper-scale "$OUT"/suite.tar "$OUT"/suite.txt "$OUT"/instability.tar "$OUT"/instability.txt
 exec > >(tee -a "$OUT/log.txt") 2>&1
 
 now() { date +%s; }
@@ -448,6 +456,51 @@ EOF
         row "4c. export --suite" "$(status_of $rc)" "$(( $(now) - t ))" "see suite.txt"
       fi
     fi
+  fi
+fi
+
+# -- 5. the instability sweep: copies spawned at k, their barriers raw and aligned ---------------------------
+if want 5; then
+  echo "== 5. instability sweep $(date -u +%T)"
+  P5="$OUT/instability.txt"
+  if [ "$setup_ok" != 1 ]; then
+    row "5. instability sweep" "skipped" 0 "the set-up failed: no mlflow or no project"
+  else
+    t=$(now)
+    (cd "$WORK" && "$PY" -m weightspace init-store >/dev/null) 2>&1 | tee -a "$P5"
+    run_step $(( $(left) - 15 )) "$P5" "$PY" -m mlflow run "$REPO" --env-manager local --experiment-name "$EXPERIMENT" \
+      -e instability -P device="$DEVICE" -P epochs="$INSTAB_EPOCHS" -P spawn_epochs="$SPAWN_EPOCHS" \
+      -P train_subset="$TRAIN_SUBSET" -P width="$WIDTH" $INSTAB_ARGS
+    rc=$?
+    mkdir -p "$WORK/instability"
+    res=$(cd "$WORK" && timeout 60 "$PY" - "$WORK/instability" "$EXPERIMENT" <<'EOF' 2>&1
+import json, sys
+from pathlib import Path
+from mlflow.tracking import MlflowClient
+c = MlflowClient()
+exp = c.get_experiment_by_name(sys.argv[2])
+runs = c.search_runs([exp.experiment_id], "tags.`weightspace.experiment` = 'instability'",
+                     order_by=["attributes.start_time DESC"]) if exp else []
+if not runs:
+    sys.exit("no instability run in the store")
+r = runs[0]
+out = Path(sys.argv[1])
+for name in ("instability.md", "instability.png"):
+    try:
+        c.download_artifacts(r.info.run_id, name, str(out))
+    except Exception as e:  # a sweep cut short has no figure: say so, keep the metrics
+        print(f"({name} missing: {type(e).__name__})")
+keep = {k: v for k, v in r.data.metrics.items() if k.startswith("instability") or k == "lmc_onset_epoch"}
+json.dump({"run_id": r.info.run_id, "status": r.info.status, "params": r.data.params, "metrics": keep},
+          open(out / "metrics.json", "w"), indent=1, sort_keys=True)
+raw = sorted((int(k.rsplit("_k", 1)[1]), v) for k, v in keep.items() if k.startswith("instability_k"))
+print(f"run {r.info.run_id} {r.info.status}: barrier by k " + ", ".join(f"{k}: {v:.3f}" for k, v in raw)
+      + f"; lmc_onset_epoch {keep.get('lmc_onset_epoch', 'none')}")
+EOF
+)
+    tar -cf "$OUT/instability.tar" -C "$WORK" instability
+    row "5. instability sweep (mlflow run -e instability, $INSTAB_EPOCHS epochs)" "$(status_of $rc)" \
+      "$(( $(now) - t ))" "$(echo "$res" | tr '\n' ' ')"
   fi
 fi
 
