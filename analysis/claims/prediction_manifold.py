@@ -151,7 +151,8 @@ def paths_figure(ps: PredictionSpace, path: Path, title: str, labels: list[str] 
         lo, hi = (np.array([getattr(ps.null_top(kk), f)() for kk in nk]) for f in ("min", "max"))
         axs.errorbar(nk, 100 * mid, yerr=[100 * (mid - lo), 100 * (hi - mid)], fmt="s", color="tab:red",
                      capsize=4,
-                     label=f"the same, null (samples permuted per run), min..max of {NULL_DRAWS} draws")
+                     label=f"the runs' own movement in the top k under the null (samples permuted "
+                           f"per run), min..max of {NULL_DRAWS} draws")
     axs.set(xlabel="InPCA component (by |λ|)", ylabel="share of Σ|λ| (%)", ylim=(0, 102),
             title="InPCA spectrum, and how much of the runs' movement the top k hold")
     legend(axs, fontsize=7, loc="center right")
