@@ -145,7 +145,8 @@ def over_epochs_figure(ps: PredictionSpace, path: Path, title: str) -> Path:
 def plane_figure(ps: PredictionSpace, path: Path, title: str) -> Path:
     """Fort et al.'s disagreement–accuracy plane, with each run's final solution as the reference: its
     own checkpoints (the same model at different epochs) and the other runs' final solutions
-    (independently trained), inside the bounds that the accuracies allow."""
+    (trained apart: from other inits, other data orders or, for clones, after the fork), inside the
+    bounds that the accuracies allow."""
     fig, (ax,) = new_figure(w=7.0, h=5.4)
     R, F, acc = ps.n_runs, ps.final_disagreement(), ps.final_accuracy()
     for r in range(R):
@@ -164,7 +165,7 @@ def plane_figure(ps: PredictionSpace, path: Path, title: str) -> Path:
     ax.set(xlabel="disagreement with the reference final solution (fraction of test-subset predictions)",
            ylabel="test-subset accuracy", ylim=(max(0, lo), 1.005), xlim=(-0.01, None),
            title="Disagreement–accuracy plane of the final solutions (Fort et al. 2019)\n"
-                 "* independently trained (other runs); lines: the same run at earlier epochs")
+                 "*: the other runs' final solutions; lines: the same run at earlier epochs")
     ax.grid(alpha=0.3)
     legend(ax, fontsize=7, loc="best")
     fig.suptitle(title)
