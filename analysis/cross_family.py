@@ -27,6 +27,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from weightspace.analysis.claims.equidistance import EQUAL_CV
+from weightspace.analysis.claims.prediction_manifold import families_embedding
 from weightspace.analysis.distances import (
     PairwiseOverEpochs,
     common_epochs,
@@ -273,7 +274,8 @@ def analyse_families(named: Mapping[str, Sequence[Trajectory]], out_dir: Path,
                      progress: bool = False) -> FamiliesResult:
     """The cross-experiment table, verdicts and figure for families of sibling runs ({family: runs},
     e.g. the three experiments of a paper run); writes figures/families_distances.png and report.md
-    under ``out_dir``."""
+    under ``out_dir``, and where runs logged predictions figures/inpca_all_families.png and
+    inpca_all_families.json."""
     if not named:
         raise ValueError("analyse_families: no families")
     out_dir = Path(out_dir)
@@ -282,6 +284,10 @@ def analyse_families(named: Mapping[str, Sequence[Trajectory]], out_dir: Path,
     res.metrics = families_metrics(res.families)
     res.claims = families_claims(res)
     res.figures = [families_figure(res, out_dir / "figures" / "families_distances.png")]
+    emb = families_embedding(named, out_dir, progress)     # their predictions in one InPCA, when logged
+    res.metrics |= emb.metrics
+    res.claims += emb.claims
+    res.figures += emb.figures
     res.report_md = render_families(res, res.figures)
     (out_dir / "report.md").write_text(res.report_md)
     return res

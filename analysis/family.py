@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -35,6 +36,7 @@ from weightspace.analysis.nullmodel import (
     family_nulls,
 )
 from weightspace.analysis.pca import Gram, PCAResult, compute_gram
+from weightspace.analysis.prediction_family import PredictionSpace, measure_predictions
 from weightspace.analysis.report import Claim
 from weightspace.trajectories import Trajectory
 
@@ -176,6 +178,12 @@ class Family:
         if self.kind != "clone":
             return "init"
         return f"the fork (epoch {min(int(t.epochs[0]) for t in self.trajs)})"
+
+    @cached_property
+    def predictions(self) -> PredictionSpace:
+        """The runs' logged predictions in function space, measured on first use (by the claims that read
+        them); says why not when no run has them."""
+        return measure_predictions(self.trajs, progress=self.progress)
 
     @property
     def paper_model(self) -> bool:

@@ -22,6 +22,8 @@ from weightspace.analysis.claims import (
     low_loss,
     path_shape,
     pca_paths,
+    prediction_disagreement,
+    prediction_manifold,
     still_moving,
 )
 from weightspace.analysis.family import FAMILY_KINDS, measure
@@ -38,6 +40,8 @@ CLAIMS = (
     still_moving.CLAIM,
     path_shape.CLAIM,
     diffusion.CLAIM,
+    prediction_manifold.CLAIM,
+    prediction_disagreement.CLAIM,
 )
 
 

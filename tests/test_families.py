@@ -78,15 +78,17 @@ def test_metrics_report_and_figure(suite, tmp_path):
     assert "figures/families_distances.png" in report and f"threshold {ACROSS_RATIO}" in report
     for f in suite:
         assert f"| {f} |" in report
-    assert len(res.claims) == 4 and f"[threshold max/min {ACROSS_RATIO}]" in res.claims[-1].verdict
-    assert res.claims[-1].verdict.startswith("does not hold")    # 0.5 vs 0.2 steps: far from equal
+    # the last row: the runs' predictions in one InPCA, n/a here (these runs logged none)
+    assert len(res.claims) == 5 and f"[threshold max/min {ACROSS_RATIO}]" in res.claims[-2].verdict
+    assert res.claims[-2].verdict.startswith("does not hold")    # 0.5 vs 0.2 steps: far from equal
+    assert res.claims[-1].verdict.startswith("n/a: needs 2 or more experiments with predictions")
 
 
 def test_one_run_family_is_not_applicable(suite, tmp_path):
     res = analyse_families({"different_init": suite["different_init"], "clone": suite["clone"][:1]}, tmp_path)
     assert not any(k.endswith("_clone") for k in res.metrics)            # undefined: nothing logged
     assert "families_final_pairwise_dist_ratio" not in res.metrics
-    assert res.claims[1].verdict.startswith("n/a") and res.claims[-1].verdict.startswith("n/a")
+    assert res.claims[1].verdict.startswith("n/a") and res.claims[-2].verdict.startswith("n/a")
 
 
 def test_across_verdict_on_both_sides():
