@@ -139,7 +139,8 @@ def series(r: StationarityResult) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 # counts as near-critical.
 CRITICAL_RATIO = 0.01
 # A late gradient below this multiple of its sampling floor cannot be told from 0 on the probe
-# subset (with its dropout masks, for the training objective): at 2x the floor, E‖ĝ‖² = ‖g‖² + floor² leaves ‖g‖ ≈ 1.7·floor, the least signal we read.
+# subset (with its dropout masks, for the training objective): at 2x the floor, E‖ĝ‖² = ‖g‖² + floor²
+# leaves ‖g‖ ≈ 1.7·floor, the least signal we read.
 FLOOR_MARGIN = 2.0
 # The mean gradient (floor removed) would move the weights lr/(1−m)·steps·‖∇‖ per epoch. Below
 # this share of the observed step it explains under 1% of the squared displacement: the weights
