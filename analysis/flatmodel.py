@@ -4,13 +4,15 @@ and the buffers, are the module's own), its loss and, for a model that is not a 
 an optional error metric.
 
 Everything here is functional (torch.func.functional_call), so one module instance
-serves any number of θ and vmap can batch over θ. Always eval mode: the probes
-measure the deterministic network, not a dropout sample of it.
+serves any number of θ and vmap can batch over θ. Eval mode: the probes measure the
+deterministic network, not a dropout sample of it, except inside ``dropout_on``, where the
+gradients of the objective SGD descends are taken.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -132,6 +134,27 @@ class FlatModel:
         """Argmax class of every sample, (N,) int64."""
         return torch.cat([self.logits(theta, x[s].to(self.device)).argmax(1)
                           for s in self.batches(len(x))]).cpu().numpy()
+
+    @contextmanager
+    def dropout_on(self):
+        """The module in train mode, the mode SGD trained it in (dropout on), except the layers with
+        running statistics (BatchNorm, InstanceNorm): in train mode they would normalise by the
+        statistics of each loss piece, a batch of the probe's own size that SGD never drew, so they keep
+        the running ones. Every submodule's mode and every buffer are as before afterwards."""
+        modes = [(m, m.training) for m in self.module.modules()]
+        buffers = [(b, b.clone()) for b in self.module.buffers()]
+        try:
+            self.module.train()
+            for m in self.module.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._NormBase):
+                    m.eval()
+            yield self
+        finally:
+            for m, was in modes:
+                m.training = was
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
 
     # -- differentiable objective, as pieces --------------------------------------
     def loss_pieces(self, x: torch.Tensor, y: torch.Tensor) -> list[LossFn]:

@@ -19,6 +19,10 @@ What it holds, and to what tolerance:
 * Step capture (``step_capture=1``, a CUDA graph per step) trains bitwise what eager steps train,
   in fp32 and bf16, one model or batched siblings, and across a resume; the graph is really
   replayed (its replays are counted).
+* The stationarity probe's training objective draws its dropout masks on the GPU from seeded states:
+  two calls give the same gradient whatever the global seeds (to 1e-4 of the masks' own spread: the
+  convolutions' backward need not be bitwise repeatable), and leave the CPU's and the GPU's random
+  states as they were.
 """
 
 import math
@@ -209,3 +213,22 @@ def test_a_captured_run_resumed_is_bitwise_equal_to_an_uninterrupted_eager_one(d
     resumed.train_epoch()
     resumed.train_epoch()
     assert torch.equal(resumed.theta(), ref.theta())
+
+
+def test_the_training_objectives_masks_are_seeded_on_the_gpu(digits):
+    from weightspace.analysis.derivatives import halves
+    from weightspace.analysis.flatmodel import FlatModel
+    from weightspace.analysis.probes.gradients import train_objective
+    from weightspace.model import build_model, flat_params
+
+    fm = FlatModel(0.125, 0.5, CUDA)
+    x, y = digits.x_train[:60], digits.y_train[:60]
+    pieces = [(fm.loss_pieces(x[h], y[h]), len(h)) for h in halves(60, 2)]
+    th = fm.theta(flat_params(build_model(0.125, 0.5, 0)))
+    out = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        cpu, gpu = torch.get_rng_state(), torch.cuda.get_rng_state()
+        out.append(train_objective(fm, pieces, th, 1000))
+        assert torch.equal(torch.get_rng_state(), cpu) and torch.equal(torch.cuda.get_rng_state(), gpu)
+    assert out[0].mask_floor > 0 and float((out[0].ce - out[1].ce).norm()) < 1e-4 * out[0].mask_floor

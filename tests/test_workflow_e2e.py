@@ -20,8 +20,10 @@ from weightspace.data import shipped_mnist_dir
 
 pytestmark = pytest.mark.e2e
 
-# The probe metrics an analysis with the default probes logs (one per probe family).
-PROBE_METRICS = ("disagreement_mean", "surface_loss_min", "grad_norm_final_run0")
+# The probe metrics an analysis with the default probes logs (one per probe family, and the
+# training objective's gradient beside the eval-mode one).
+PROBE_METRICS = ("disagreement_mean", "surface_loss_min", "grad_norm_final_run0",
+                 "grad_norm_final_train_objective_run0")
 
 
 def readme_blocks() -> tuple[str, str]:

@@ -1,11 +1,13 @@
 """Spectrum probe: is training stuck at a saddle, at a minimum, or at neither?
 
-At ``spectrum_epochs`` of the first ``hessian_runs`` runs, the Hessian of the training objective
-(CE + wd/2‖θ‖² on the probe subset, as ``stationarity`` builds it) by Lanczos at both ends, its bulk
+At ``spectrum_epochs`` of the first ``hessian_runs`` runs, the Hessian of CE + wd/2‖θ‖² on the probe
+subset in eval mode (as ``stationarity`` builds it) by Lanczos at both ends, its bulk
 and trace by stochastic Lanczos quadrature (``hessian_spectrum``, ``spectral_density``), and how
 much of the gradient and of the observed step lies in its top-10 eigenspace. The word comes from
 ``hessian_spectrum.verdict``, whose gradient test is stationarity's at that snapshot: at its
-sampling floor or above it.
+sampling floor or above it. That test reads the eval-mode gradient, the gradient of the function whose
+Hessian is measured here, so that a saddle or a minimum is one of a single function; the training
+objective's (dropout on), which stationarity's verdict reads, is said beside it.
 """
 
 from __future__ import annotations
@@ -87,8 +89,9 @@ def snapshot_indices(epochs, spec: str, auto: int = AUTO_SNAPSHOTS["cuda"]) -> l
 
 
 def critical_at(stat: StationarityResult | None, run: int, epoch: int) -> tuple[bool | None, str]:
-    """Whether the full gradient at this snapshot is at its sampling floor (below ``FLOOR_MARGIN``
-    floors, stationarity's "cannot be told from 0"), and how that was decided."""
+    """Whether the full eval-mode gradient at this snapshot is at its sampling floor (below
+    ``FLOOR_MARGIN`` floors, stationarity's "cannot be told from 0"), and how that was decided, with
+    the training objective's gradient test beside it."""
     if stat is None or run >= len(stat.runs):
         return None, "no gradient verdict (the stationarity probe's gradient norms are off or failed)"
     g = stat.runs[run]
@@ -96,12 +99,21 @@ def critical_at(stat: StationarityResult | None, run: int, epoch: int) -> tuple[
     if not len(hit):
         return None, f"no gradient norm at epoch {epoch}"
     norm, floor = float(g.grad_norm[hit[0]]), float(g.floor[hit[0]])
+    t = g.train_objective
+    beside = "" if t is None else _train_test(float(t.grad_norm[hit[0]]), float(t.floor[hit[0]]))
     if not floor > 0:
-        return None, (f"‖∇‖ = {norm:.3g} on the whole training set: no sampling floor to be at, and no "
-                      "threshold for zero")
+        return None, (f"eval-mode ‖∇‖ = {norm:.3g} on the whole training set: no sampling floor to be at, "
+                      f"and no threshold for zero{beside}")
     at = at_floor(norm, floor)
-    return at, (f"‖∇‖ = {norm / floor:.3g}x its sampling floor ({'below' if at else 'not below'} "
-                f"{FLOOR_MARGIN:g}x: {'at' if at else 'above'} the floor)")
+    return at, (f"eval-mode ‖∇‖ = {norm / floor:.3g}x its sampling floor ({'below' if at else 'not below'} "
+                f"{FLOOR_MARGIN:g}x: {'at' if at else 'above'} the floor){beside}")
+
+
+def _train_test(norm: float, floor: float) -> str:
+    if not floor > 0:
+        return f"; the training objective's (dropout on) ‖∇‖ = {norm:.3g}, no floor"
+    return (f"; the training objective's (dropout on) {norm / floor:.3g}x its floor "
+            f"({'at' if at_floor(norm, floor) else 'above'} it)")
 
 
 def measure(inp: ProbeInputs, stat: StationarityResult | None = None) -> SpectrumResult:
@@ -204,8 +216,9 @@ def claims(r: SpectrumResult) -> list[Claim]:
         lm = [x for x in s.lambda_mins if math.isfinite(x)]
         ov = sn.overlaps
         k = next((key[len("random_"):-len("_overlap")] for key in ov if key.startswith("random_")), "top-k")
-        measured = (f"epoch {sn.epoch}, CE + wd/2‖θ‖² on {where}: λmax {s.extremes.lambda_max:.4g}, "
-                    f"λmin {s.extremes.lambda_min:.4g} (range {min(lm, default=math.nan):.4g} to "
+        measured = (f"epoch {sn.epoch}, CE + wd/2‖θ‖² on {where}, eval mode: λmax "
+                    f"{s.extremes.lambda_max:.4g}, λmin {s.extremes.lambda_min:.4g} (range "
+                    f"{min(lm, default=math.nan):.4g} to "
                     f"{max(lm, default=math.nan):.4g} over {len(s.lambda_mins)} start vectors), "
                     f"|λmin|/λmax {s.extremes.abs_min_over_max:.3g}, mass below 0 {s.density.neg_mass:.3g}, "
                     f"trace {s.trace:.4g} ± {s.trace_se:.2g}; {k} overlap: gradient "

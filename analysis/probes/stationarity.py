@@ -2,7 +2,10 @@
 
 Full-batch gradient norms at every snapshot (of CE + wd/2‖θ‖², the objective SGD with
 weight decay descends, and of CE alone), each with its sampling floor, and top Hessian
-eigenvalues at chosen epochs. The gradients' sampling floor is explained in ``derivatives``.
+eigenvalues (eval mode) at chosen epochs. The gradients are taken twice (``gradients``): in eval
+mode, and of the training objective, with dropout on, the mean over ``DROPOUT_MASKS`` seeded draws
+of the masks. The verdict reads the training objective's, the loss SGD descends. The sampling floor
+is explained in ``derivatives`` and, with the masks', in ``gradients``.
 """
 
 from __future__ import annotations
@@ -13,101 +16,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from weightspace.analysis.derivatives import (
-    EigResult,
-    LossFn,
-    debiased,
-    gradient,
-    halves,
-    sampling_floor,
-    top_hessian_eig,
-)
+from weightspace.analysis.derivatives import EigResult, LossFn, halves, top_hessian_eig
 from weightspace.analysis.flatmodel import weight_decay_piece
 from weightspace.analysis.plotting import colour, legend, new_figure, save_to
 from weightspace.analysis.probes.base import Probe, ProbeInputs, common_start
+from weightspace.analysis.probes.gradients import DROPOUT_MASKS, RunGradients, run_gradients
 from weightspace.analysis.report import Claim
-
-
-@dataclass
-class RunGradients:
-    """One run's full-batch gradients along its snapshots (probe subset, eval mode)."""
-
-    name: str
-    epochs: np.ndarray
-    grad_norm: np.ndarray               # ‖∇(CE + wd/2‖θ‖²)‖ per snapshot
-    grad_norm_ce: np.ndarray            # ‖∇CE‖ per snapshot
-    floor: np.ndarray                   # the sampling floor of both norms per snapshot (0 on the whole set)
-    loss: np.ndarray                    # CE per snapshot
-    # wd·‖θ_final‖: where ‖∇CE‖ settles at a critical point of CE + wd/2‖θ‖²
-    wd_weight_norm_final: float
-    drift: np.ndarray | None            # mean-gradient drift per epoch (None: optimiser unknown)
-    step_epochs: np.ndarray             # the run's logged step_length metric: epochs ...
-    step_length: np.ndarray             # ... and observed ‖θ_t − θ_(t−1)‖
-    drift_factor: float | None = None   # lr/(1−momentum)·steps per epoch (None: optimiser unknown)
-
-    @property
-    def early(self) -> float:
-        """The largest gradient in the first quarter of training (at least the init and the next
-        snapshot), since the gradient at a small-weight init can be below its later peak."""
-        mask = self.epochs <= self.epochs[-1] / 4
-        mask[:2] = True
-        return float(self.grad_norm[mask].max())
-
-    @property
-    def late_mask(self) -> np.ndarray:
-        """Snapshots in the second half of training (at least the last one)."""
-        m = self.epochs >= self.epochs[-1] / 2
-        m[-1] = True
-        return m
-
-    @property
-    def late(self) -> float:
-        return float(np.median(self.grad_norm[self.late_mask]))
-
-    @property
-    def late_ce(self) -> float:
-        return float(np.median(self.grad_norm_ce[self.late_mask]))
-
-    @property
-    def late_floor(self) -> float:
-        return float(np.median(self.floor[self.late_mask]))
-
-    @property
-    def late_debiased(self) -> float:
-        """Median late gradient norm with the sampling floor removed."""
-        return float(np.median(debiased(self.grad_norm, self.floor)[self.late_mask]))
-
-    @property
-    def late_over_floor(self) -> float:
-        """Late gradient over its floor; inf on the whole training set (floor 0)."""
-        f = self.late_floor
-        return self.late / f if f > 0 else float("inf")
-
-    @property
-    def late_drift_over_step(self) -> float | None:
-        """Median over the late snapshots with a logged step of: the displacement the mean gradient
-        (floor removed) alone would cause in that epoch over the observed step. None without both."""
-        if self.drift_factor is None or not len(self.step_epochs):
-            return None
-        step = dict(zip(np.asarray(self.step_epochs).tolist(),
-                        np.asarray(self.step_length, dtype=np.float64)))
-        g = debiased(self.grad_norm, self.floor)
-        vals = [self.drift_factor * gi / max(step[e], 1e-30)
-                for e, gi, late in zip(self.epochs.tolist(), g, self.late_mask) if late and e in step]
-        return float(np.median(vals)) if vals else None
-
-    @property
-    def late_over_early(self) -> float:
-        return self.late / max(self.early, 1e-30)
-
-    @property
-    def drift_over_step_final(self) -> float | None:
-        """Drift at the last logged step over that step's observed length; None without both."""
-        if self.drift is None or not len(self.step_epochs):
-            return None
-        last = self.step_epochs[-1]
-        k = int(np.searchsorted(self.epochs, last)) if last in self.epochs else len(self.epochs) - 1
-        return float(self.drift[k] / max(self.step_length[-1], 1e-30))
 
 
 @dataclass
@@ -119,29 +33,7 @@ class StationarityResult:
     eigs: dict[tuple[int, int], EigResult]   # (run, epoch) -> top Hessian eigenvalue
     hessian_tol: float | None           # None when the Hessians are off
     hessian_iters: int | None
-
-
-def _run_gradients(inp: ProbeInputs, i: int, pieces, wdp) -> RunGradients:
-    """Gradients at every snapshot of run i; ``pieces``: the CE pieces of the two halves and their sizes."""
-    tr = inp.trajs[i]
-    (pa, na), (pb, nb) = pieces
-    n = na + nb
-    g, gce, floor, loss, wnorm = (np.zeros(tr.T) for _ in range(5))
-    for t in range(tr.T):
-        th = inp.theta(i, t)
-        la, ga = gradient(pa, th)
-        lb, gb = gradient(pb, th)
-        grad_ce = (na * ga.double() + nb * gb.double()) / n
-        loss[t] = (na * la + nb * lb) / n
-        gce[t] = float(grad_ce.norm())
-        g[t] = float((grad_ce + gradient(wdp, th)[1].double()).norm())
-        floor[t] = sampling_floor(float((ga.double() - gb.double()).norm()), na, nb, inp.train_size)
-        wnorm[t] = float(th.double().norm())
-    sgd = inp.sgd[i]
-    steps, sl = tr.metric("step_length")
-    return RunGradients(tr.name, np.asarray(tr.epochs), g, gce, floor, loss, inp.weight_decay * wnorm[-1],
-                        None if sgd is None else sgd.drift(g), steps, sl,
-                        None if sgd is None else sgd.drift_factor)
+    masks: int = DROPOUT_MASKS          # dropout masks the training objective's gradient is the mean over
 
 
 def objective(inp: ProbeInputs) -> list[LossFn]:
@@ -160,7 +52,7 @@ def stationarity(inp: ProbeInputs) -> StationarityResult:
         pieces = [(inp.model.loss_pieces(inp.x_train[h], inp.y_train[h]), len(h))
                   for h in halves(len(inp.y_train), opt.seed + 2)]
         for i in tqdm(range(len(inp.trajs)), desc="gradient norms", disable=not inp.progress):
-            runs.append(_run_gradients(inp, i, pieces, wdp))
+            runs.append(run_gradients(inp, i, pieces, wdp))
     eigs = {}
     if opt.hessian_epoch_set:
         todo = [(i, t) for i, tr in enumerate(inp.trajs[:opt.hessian_runs or len(inp.trajs)])
@@ -179,28 +71,40 @@ def stationarity(inp: ProbeInputs) -> StationarityResult:
 
 
 # -- metrics ---------------------------------------------------------------------------------------
+# The training objective's twin of each gradient metric and series: <name>_train_objective_run<i>.
+TRAIN = "_train_objective"
+
+
+def _gradient_metrics(g: RunGradients, i: int, tag: str = "") -> dict[str, float]:
+    def k(name: str) -> str:
+        return f"{name}{tag}_run{i}"
+
+    m = {k("grad_norm_init"): float(g.grad_norm[0]), k("grad_norm_early"): g.early,
+         k("grad_norm_late"): g.late, k("grad_norm_final"): float(g.grad_norm[-1]),
+         k("grad_norm_nowd_final"): float(g.grad_norm_ce[-1]), k("grad_norm_nowd_late"): g.late_ce,
+         k("grad_norm_late_over_early"): g.late_over_early}
+    if g.drift_over_step_final is not None:
+        m[k("drift_over_step_final")] = g.drift_over_step_final
+    m |= {k("grad_floor_final"): float(g.floor[-1]), k("grad_floor_late"): g.late_floor,
+          k("grad_norm_debiased_late"): g.late_debiased}
+    if g.late_mask_floor is not None:
+        m[k("grad_mask_floor_late")] = g.late_mask_floor
+    if g.late_floor > 0:
+        m[k("grad_late_over_floor")] = g.late_over_floor
+    if g.late_drift_over_step is not None:
+        m[k("drift_over_step_late")] = g.late_drift_over_step
+    return m
+
+
 def metrics(r: StationarityResult) -> dict[str, float]:
     m: dict[str, float] = {}
     for i, g in enumerate(r.runs):
-        m |= {f"grad_norm_init_run{i}": float(g.grad_norm[0]),
-              f"grad_norm_early_run{i}": g.early,
-              f"grad_norm_late_run{i}": g.late,
-              f"grad_norm_final_run{i}": float(g.grad_norm[-1]),
-              f"grad_norm_nowd_final_run{i}": float(g.grad_norm_ce[-1]),
-              f"grad_norm_nowd_late_run{i}": g.late_ce,
-              f"grad_norm_late_over_early_run{i}": g.late_over_early,
-              f"wd_times_weight_norm_final_run{i}": g.wd_weight_norm_final}
-        if g.drift_over_step_final is not None:
-            m[f"drift_over_step_final_run{i}"] = g.drift_over_step_final
-        m |= {f"grad_floor_final_run{i}": float(g.floor[-1]),
-              f"grad_floor_late_run{i}": g.late_floor,
-              f"grad_norm_debiased_late_run{i}": g.late_debiased}
-        if g.late_floor > 0:
-            m[f"grad_late_over_floor_run{i}"] = g.late_over_floor
-        if g.late_drift_over_step is not None:
-            m[f"drift_over_step_late_run{i}"] = g.late_drift_over_step
+        m |= _gradient_metrics(g, i) | {f"wd_times_weight_norm_final_run{i}": g.wd_weight_norm_final}
+        if g.train_objective is not None:
+            m |= _gradient_metrics(g.train_objective, i, TRAIN)
     if r.runs:
         m["grad_probe_samples"], m["grad_train_size"] = float(r.samples), float(r.train_size)
+        m["grad_dropout_masks"] = float(r.masks)
     for (i, e), eig in r.eigs.items():
         for k, v in (("top_eig", eig.value), ("residual", eig.residual), ("rel_change", eig.rel_change),
                      ("iters", eig.iters), ("converged", eig.converged)):
@@ -209,7 +113,6 @@ def metrics(r: StationarityResult) -> dict[str, float]:
         m["hessian_tol"] = r.hessian_tol
         m["hessian_max_iters"] = float(r.hessian_iters)
     return m
-
 
 
 def params(r: StationarityResult) -> dict[str, str]:
@@ -222,10 +125,12 @@ def params(r: StationarityResult) -> dict[str, str]:
 
 def series(r: StationarityResult) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     out = {}
-    for i, g in enumerate(r.runs):
-        out[f"grad_norm_run{i}"] = (g.epochs.copy(), g.grad_norm.copy())
-        out[f"grad_norm_nowd_run{i}"] = (g.epochs.copy(), g.grad_norm_ce.copy())
-        out[f"grad_floor_run{i}"] = (g.epochs.copy(), g.floor.copy())
+    for i, run in enumerate(r.runs):
+        for tag, g in (("", run), (TRAIN, run.train_objective)):
+            if g is not None:
+                out[f"grad_norm{tag}_run{i}"] = (g.epochs.copy(), g.grad_norm.copy())
+                out[f"grad_norm_nowd{tag}_run{i}"] = (g.epochs.copy(), g.grad_norm_ce.copy())
+                out[f"grad_floor{tag}_run{i}"] = (g.epochs.copy(), g.floor.copy())
     return out
 
 
@@ -234,7 +139,8 @@ def series(r: StationarityResult) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 # counts as near-critical.
 CRITICAL_RATIO = 0.01
 # A late gradient below this multiple of its sampling floor cannot be told from 0 on the probe
-# subset: at 2x the floor, E‖ĝ‖² = ‖g‖² + floor² leaves ‖g‖ ≈ 1.7·floor, the least signal we read.
+# subset (with its dropout masks, for the training objective): at 2x the floor, E‖ĝ‖² = ‖g‖² + floor²
+# leaves ‖g‖ ≈ 1.7·floor, the least signal we read.
 FLOOR_MARGIN = 2.0
 # The mean gradient (floor removed) would move the weights lr/(1−m)·steps·‖∇‖ per epoch. Below
 # this share of the observed step it explains under 1% of the squared displacement: the weights
@@ -247,55 +153,83 @@ def at_floor(norm: float, floor: float) -> bool:
     return floor > 0 and norm < FLOOR_MARGIN * floor
 
 
-def critical_verdict(late: float, floor: float, drift_over_step: float | None, ratio: float) -> str:
+def critical_verdict(late: float, floor: float, drift_over_step: float | None, ratio: float,
+                     of: str = "gradient", how: str = "",
+                     remedy: str = "on this probe subset (rerun with probe_subset=0)") -> str:
     """Lipton's "no critical point" from the late full-batch gradient ``late``, its sampling
     ``floor`` (0 on the whole training set), the displacement its mean gradient would cause over
-    the observed step (None when the optimiser or the steps are unknown) and late/early ``ratio``."""
+    the observed step (None when the optimiser or the steps are unknown) and late/early ``ratio``.
+    ``of`` and ``how``: which gradient and how it was taken, as the verdict says them; ``remedy``:
+    what would lower the floor."""
     if at_floor(late, floor):
-        return (f"inconclusive: the late gradient is {late / floor:.2g}x its sampling floor, too close to "
-                f"tell from 0 on this probe subset (rerun with probe_subset=0) "
-                f"[threshold {FLOOR_MARGIN}x floor]")
+        return (f"inconclusive: the late {of}{f' ({how})' if how else ''} is {late / floor:.2g}x its "
+                f"sampling floor, too close to tell from 0 {remedy} [threshold {FLOOR_MARGIN}x floor]")
     above = f"{late / floor:.3g}x its sampling floor" if floor > 0 else "measured on the whole training set"
+    above = f"{how}; {above}" if how else above
     if drift_over_step is not None:
         th = f" [threshold {FLOOR_MARGIN}x floor, drift/step {DRIFT_SHARE}]"
         if drift_over_step < DRIFT_SHARE:
-            return (f"not supported: near-critical; alone, the gradient ({above}) would move the weights "
+            return (f"not supported: near-critical; alone, the {of} ({above}) would move the weights "
                     f"only {drift_over_step:.2g}x each epoch's observed step, the rest is minibatch "
                     "noise" + th)
-        return (f"supported: alone, the gradient ({above}) would move the weights {drift_over_step:.2g}x "
+        return (f"supported: alone, the {of} ({above}) would move the weights {drift_over_step:.2g}x "
                 f"each epoch's observed step: the mean gradient still drives them" + th)
     th = f" [threshold {FLOOR_MARGIN}x floor, ratio {CRITICAL_RATIO}; step lengths unknown]"
     if ratio < CRITICAL_RATIO:
-        return f"not supported: the gradient ({above}) fell {1 / ratio:.0f}x, near-critical" + th
-    return f"supported: the late gradient ({above}) is {ratio:.2g}x its early value, not vanishing" + th
+        return f"not supported: the {of} ({above}) fell {1 / ratio:.0f}x, near-critical" + th
+    return f"supported: the late {of} ({above}) is {ratio:.2g}x its early value, not vanishing" + th
+
+
+def _median(xs) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return float(np.median(xs)) if xs else None
+
+
+def _summary(gs: list[RunGradients], where: str, start: str) -> tuple[dict, str]:
+    """The runs' medians of what the verdict reads, and how the measured column says them."""
+    v = {"late": _median(g.late for g in gs), "early": _median(g.early for g in gs),
+         "ratio": _median(g.late_over_early for g in gs),
+         "drift": _median(g.late_drift_over_step for g in gs),
+         "floor": float(np.nan_to_num(_median(g.late_floor for g in gs))),
+         "masks": _median(g.late_mask_floor for g in gs)}
+    masks = "" if v["masks"] is None else f", of it the masks' {v['masks']:.3g}"
+    text = (f"‖∇(CE+wd)‖ on {where}: late {v['late']:.3g} (sampling floor {v['floor']:.3g}{masks}, floor "
+            f"removed {_median(g.late_debiased for g in gs):.3g}) vs early, from {start}, {v['early']:.3g} "
+            f"(ratio {v['ratio']:.3g}); ‖∇CE‖ late {_median(g.late_ce for g in gs):.3g}")
+    if v["drift"] is not None:
+        text += f"; mean-gradient drift / observed step, late {v['drift']:.3g}"
+    return v, text
 
 
 def claims(r: StationarityResult) -> list[Claim]:
-    """Lipton's "no critical point": is the late full-batch gradient measurably non-zero, and does it
-    still drive the weights' motion?"""
+    """Lipton's "no critical point": is the late full-batch gradient of the training objective measurably
+    non-zero, and does it still drive the weights' motion? The eval-mode gradient is measured beside it."""
     if not r.runs:
         return []
-    med = lambda xs: float(np.median(xs))  # noqa: E731
-    ratio, late, early = med([g.late_over_early for g in r.runs]), med([g.late for g in r.runs]), \
-        med([g.early for g in r.runs])
-    floor = float(np.nan_to_num(med([g.late_floor for g in r.runs])))
-    drifts = [g.late_drift_over_step for g in r.runs if g.late_drift_over_step is not None]
-    drift = med(drifts) if drifts else None
     start = common_start([g.epochs[0] for g in r.runs])
-    where = ("the whole training set" if r.samples >= r.train_size
-             else f"a probe subset of {r.samples} of {r.train_size} samples")
-    measured = (f"‖∇(CE+wd)‖ on {where}, eval mode: late {late:.3g} (sampling floor {floor:.3g}, "
-                f"floor removed {med([g.late_debiased for g in r.runs]):.3g}) vs early, from {start}, "
-                f"{early:.3g} (ratio {ratio:.3g}); ‖∇CE‖ late {med([g.late_ce for g in r.runs]):.3g}, "
-                f"wd·‖θ‖ {med([g.wd_weight_norm_final for g in r.runs]):.3g}")
-    if drift is not None:
-        measured += f"; mean-gradient drift / observed step, late {drift:.3g}"
+    whole = r.samples >= r.train_size
+    where = "the whole training set" if whole else f"a probe subset of {r.samples} of {r.train_size} samples"
+    ev, ev_text = _summary(r.runs, where, start)
+    trains = [g.train_objective for g in r.runs]
+    of, how = "gradient", ""
+    if all(t is not None for t in trains):
+        of, how = "gradient of the training objective", f"dropout on, mean over {r.masks} masks"
+        v, text = _summary(trains, where, start)
+        measured = f"training objective (dropout on, mean over {r.masks} masks), {text}; eval mode, {ev_text}"
+    else:       # a result without the training objective's gradients: the eval-mode ones decide
+        v, measured = ev, f"eval mode, {ev_text}"
+    measured += f"; wd·‖θ‖ {_median(g.wd_weight_norm_final for g in r.runs):.3g}"
     if r.eigs:
         run, epoch = max(r.eigs, key=lambda k: (k[1], -k[0]))    # the latest epoch, its first run
-        measured += f"; top Hessian eig at epoch {epoch}: {r.eigs[(run, epoch)].value:.3g}"
+        measured += f"; top Hessian eig (eval mode) at epoch {epoch}: {r.eigs[(run, epoch)].value:.3g}"
+    remedy = "on this probe subset (rerun with probe_subset=0)"
+    if v["masks"] is not None and whole:
+        remedy = f"with {r.masks} dropout masks, whose floor it is on the whole training set"
+    elif v["masks"] is not None and v["masks"] ** 2 > v["floor"] ** 2 / 2:
+        remedy = f"with {r.masks} dropout masks, which make most of the floor ({v['masks']:.3g})"
     return [Claim("weights keep moving without reaching critical points",
-                  "no critical point (from distances)",
-                  measured, "-", critical_verdict(late, floor, drift, ratio))]
+                  "no critical point (from distances)", measured, "-",
+                  critical_verdict(v["late"], v["floor"], v["drift"], v["ratio"], of, how, remedy))]
 
 
 # -- figures ---------------------------------------------------------------------------------------
@@ -308,21 +242,29 @@ def figures(r: StationarityResult, out: Path) -> list[Path]:
 
 def _gradients(r: StationarityResult, out: Path) -> Path:
     fig, (axg, axs) = new_figure(2, w=5.5, h=4)
+    train = f"training objective (dropout on, mean of {r.masks} masks)"
     for i, g in enumerate(r.runs):
         col = colour(i, len(r.runs))
-        ep = np.maximum(g.epochs, 0)
-        axg.plot(ep, g.grad_norm, "-o", ms=2, color=col, label=f"{g.name}: CE + wd/2‖θ‖²")
-        axg.plot(ep, g.grad_norm_ce, "--", color=col, label=f"{g.name}: CE only")
+        ep, t = np.maximum(g.epochs, 0), g.train_objective
+        if t is not None:
+            axg.plot(ep, t.grad_norm, "-^", ms=3, color=col, label=f"{g.name}: CE + wd/2‖θ‖², {train}")
+            axg.plot(ep, t.floor, "-.", color=col,
+                     label=f"{g.name}: its sampling floor (probe subset and masks)")
+        axg.plot(ep, g.grad_norm, "-o", ms=2, color=col, alpha=0.6,
+                 label=f"{g.name}: CE + wd/2‖θ‖², eval mode")
+        axg.plot(ep, g.grad_norm_ce, "--", color=col, alpha=0.6, label=f"{g.name}: CE only, eval mode")
         if np.any(g.floor > 0):
-            axg.plot(ep, g.floor, ":", color=col, label=f"{g.name}: sampling floor of the probe subset")
+            axg.plot(ep, g.floor, ":", color=col,
+                     label=f"{g.name}: eval mode's sampling floor (probe subset)")
         if len(g.step_epochs):
             axs.plot(g.step_epochs, g.step_length, "-", color=col,
                      label=f"{g.name}: observed ‖θ_t − θ_(t−1)‖")
-        if g.drift is not None:
-            axs.plot(ep, g.drift, ":", color=col, label=f"{g.name}: mean-gradient drift lr/(1−m)·steps·‖∇‖")
+        for run, style, mode in ((t, "-.", train), (g, ":", "eval mode")):
+            if run is not None and run.drift is not None:
+                axs.plot(ep, run.drift, style, color=col,
+                         label=f"{g.name}: mean-gradient drift lr/(1−m)·steps·‖∇‖, {mode}")
     axg.set_yscale("log")
-    axg.set(xlabel="epoch", ylabel="full-batch gradient norm (probe subset, eval mode)",
-            title="Stationarity: ‖∇L(θ_t)‖")
+    axg.set(xlabel="epoch", ylabel="full-batch gradient norm (probe subset)", title="Stationarity: ‖∇L(θ_t)‖")
     legend(axg, fontsize=6)
     axs.set_yscale("log")
     axs.set(xlabel="epoch", ylabel="per-epoch displacement", title="Step length vs mean-gradient drift")
@@ -340,7 +282,7 @@ def _hessian(r: StationarityResult, out: Path) -> Path:
             ax.plot([e], [eig.value], "o", color=col, mfc=col if eig.converged else "none")
     if all(eig.value > 0 for eig in r.eigs.values()):
         ax.set_yscale("log")
-    ax.set(xlabel="epoch", ylabel="top Hessian eigenvalue (CE + wd/2‖θ‖²)",
+    ax.set(xlabel="epoch", ylabel="top Hessian eigenvalue (CE + wd/2‖θ‖², eval mode)",
            title=f"Curvature (power iteration, tol {r.hessian_tol:g}; hollow = not converged)")
     legend(ax, fontsize=7)
     return save_to(fig, out, "hessian_top_eig.png")
