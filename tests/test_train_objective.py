@@ -251,3 +251,49 @@ def test_the_probe_logs_both_gradients(digits, tmp_path):  # noqa: F811
     assert 0.5 < ratio < 2
     [row] = res.claims
     assert TRAIN in row.verdict and "eval mode" in row.measured
+
+
+@pytest.mark.parametrize("T", [1, 2, 16, 17, 201])
+def test_the_training_objective_snapshots_are_spread_with_the_first_two_and_the_last(T):
+    idx = G.objective_indices(T)
+    assert list(idx) == sorted(set(idx.tolist())) and idx[0] == 0 and idx[-1] == T - 1
+    n = G.OBJECTIVE_SNAPSHOTS
+    assert len(idx) == T if T <= n else n - 2 <= len(idx) <= n
+    if T > 1:
+        assert idx[1] == 1
+    if T > G.OBJECTIVE_SNAPSHOTS:
+        # evenly spread: half of them in the second half, which the late verdict reads
+        assert np.sum(idx >= (T - 1) / 2) >= G.OBJECTIVE_SNAPSHOTS // 2 - 1
+        assert np.max(np.diff(idx)) <= int(np.ceil((T - 1) / (G.OBJECTIVE_SNAPSHOTS - 2)))
+
+
+def test_a_model_that_draws_no_random_numbers_takes_one_draw_and_has_no_mask_floor(digits):  # noqa: F811
+    """No dropout: the first two seeds give the same bits, so the result is one draw's, counted as such."""
+    fm = FlatModel(0.125, 0.0, batch_size=64)
+    x, y = digits.x_train[:60], digits.y_train[:60]
+    th = flat_params(build_model(0.125, 0.0, 0))
+    calls = []
+    pieces = [([lambda t, f=f: calls.append(1) or f(t) for f in fm.loss_pieces(x[h], y[h])], len(h))
+              for h in halves(60, 2)]
+    per_draw = sum(len(p) for p, _ in pieces)
+    r = G.train_objective(fm, pieces, th, 1000)
+    assert len(calls) == 2 * per_draw and r.mask_floor == 0.0
+    calls.clear()
+    fm_drop = FlatModel(0.125, 0.5, batch_size=64)
+    pieces = [([lambda t, f=f: calls.append(1) or f(t) for f in fm_drop.loss_pieces(x[h], y[h])], len(h))
+              for h in halves(60, 2)]
+    assert G.train_objective(fm_drop, pieces, th, 1000).mask_floor > 0
+    assert len(calls) == G.DROPOUT_MASKS * per_draw
+
+
+def test_the_probe_measures_the_training_objective_at_the_spread_snapshots_only(digits, tmp_path):  # noqa: F811
+    trajs = _tiny_runs(digits, tmp_path, n_runs=1, epochs=G.OBJECTIVE_SNAPSHOTS + 3)
+    opts = ProbeOptions(interp_points=0, probe_subset=60, hessian_epochs="", spectrum_epochs="",
+                        surface_grid=0, disagreement=False, batch_size=256)
+    res = run_probes(trajs, tmp_path / "f", width=0.125, dropout=0.5, weight_decay=1e-4, data=digits,
+                     options=opts, sgd=[SGD(LR, 0.9, BS, N_TRAIN)], progress=False)
+    ev, tr = res.series["grad_norm_run0"], res.series["grad_norm_train_objective_run0"]
+    assert list(ev[0]) == list(trajs[0].epochs)
+    assert list(tr[0]) == list(trajs[0].epochs[G.objective_indices(trajs[0].T)])
+    assert res.metrics["grad_norm_final_train_objective_run0"] == tr[1][-1]
+    assert (tmp_path / "f" / "stationarity.png").is_file()

@@ -1,6 +1,7 @@
-"""The full-batch gradients the stationarity probe reads at every snapshot, on the probe subset, each
-with its sampling floor: in eval mode (the deterministic network), and of the training objective, the
-loss SGD descends, with dropout on, as the mean over ``DROPOUT_MASKS`` seeded draws of the masks.
+"""The full-batch gradients the stationarity probe reads along a run, on the probe subset, each with its
+sampling floor: in eval mode (the deterministic network) at every snapshot, and of the training
+objective, the loss SGD descends, with dropout on, as the mean over ``DROPOUT_MASKS`` seeded draws of
+the masks, at ``OBJECTIVE_SNAPSHOTS`` snapshots.
 
 The training objective's floor. Its gradient ĝ = (1/K)·Σ_k ĝ^k is the mean of K full-batch gradients
 on the same subset, each with its own masks, and it estimates the gradient g of the expected dropout
@@ -30,6 +31,18 @@ from weightspace.analysis.probes.base import ProbeInputs
 # the CPU's 1,000-image subset, it is 0.15 of a 0.25 floor (a third of floor², the subset the rest),
 # for 8 gradients per snapshot; halving it would take four times as many.
 DROPOUT_MASKS = 8
+# The training objective costs DROPOUT_MASKS gradients per snapshot, so it is measured at this many
+# snapshots spread evenly over the run (the first two and the last among them; half in the second
+# half, which the verdict reads), while the eval-mode gradient is measured at every snapshot.
+OBJECTIVE_SNAPSHOTS = 16
+
+
+def objective_indices(T: int, n: int = OBJECTIVE_SNAPSHOTS) -> np.ndarray:
+    """The snapshots (indices of T) where the training objective is measured: at most ``n`` spread
+    evenly, with the first two (the early peak) and the last; all of them when T ≤ n."""
+    if T <= n:
+        return np.arange(T)
+    return np.unique(np.concatenate([[0, 1, T - 1], np.round(np.linspace(0, T - 1, n - 1)).astype(int)]))
 
 
 @contextmanager
@@ -102,14 +115,24 @@ def train_objective(model: FlatModel, pieces, theta: torch.Tensor, train_size: i
     if masks < 2:
         raise ValueError(f"masks: at least 2 draws give the masks' variance, got {masks}")
     (_, na), (_, nb) = pieces
-    whole, diff, loss = _Mean(), _Mean(), 0.0
+    whole, diff = _Mean(), _Mean()
+    draws = []
     with model.dropout_on():
         for k in range(masks):
             with seeded(model.device, seed + k):
                 lk, ga, gb = halves_gradient(pieces, theta)
-            whole.add((na * ga + nb * gb) / (na + nb))
+            g = (na * ga + nb * gb) / (na + nb)
+            if k == 1 and torch.equal(g, draws[0][1]):
+                # Two seeds, the same bits: nothing in train mode draws random numbers (no dropout, or
+                # p = 0), so every further draw would repeat them and the masks add no noise.
+                break
+            draws.append((lk, g))
+            whole.add(g)
             diff.add(ga - gb)
-            loss += lk / masks
+    if len(draws) == 1:
+        (lk, g), = draws
+        return Gradient(lk, g, sampling_floor(float(diff.mean.norm()), na, nb, train_size), 0.0)
+    loss = sum(lk for lk, _ in draws) / len(draws)
     mask = math.sqrt(whole.var_of_mean)
     d = math.sqrt(max(float(diff.mean.dot(diff.mean)) - diff.var_of_mean, 0.0))
     return Gradient(loss, whole.mean, math.hypot(sampling_floor(d, na, nb, train_size), mask), mask)
@@ -211,23 +234,28 @@ def run_gradients(inp: ProbeInputs, i: int, pieces, wd_piece) -> RunGradients:
     """Both gradients at every snapshot of run i; ``pieces``: the CE pieces of the two halves and their
     sizes; ``wd_piece``: the weight-decay term, the same in both modes."""
     tr, sgd = inp.trajs[i], inp.sgd[i]
-    cols = {mode: [np.zeros(tr.T) for _ in range(5)] for mode in ("eval", "train")}
-    wnorm = np.zeros(tr.T)
+    at = {"eval": np.arange(tr.T), "train": objective_indices(tr.T)}
+    cols = {mode: [np.zeros(len(idx)) for _ in range(5)] for mode, idx in at.items()}
+    wnorm = 0.0
     for t in range(tr.T):
         th = inp.theta(i, t)
         wd = gradient(wd_piece, th)[1].double()
-        measured = {"eval": eval_mode(pieces, th, inp.train_size),
-                    "train": train_objective(inp.model, pieces, th, inp.train_size, seed=inp.options.seed)}
-        for mode, r in measured.items():
+        for mode, idx in at.items():
+            if t not in idx:
+                continue
+            r = (eval_mode(pieces, th, inp.train_size) if mode == "eval" else
+                 train_objective(inp.model, pieces, th, inp.train_size, seed=inp.options.seed))
+            j = int(np.searchsorted(idx, t))
             g, gce, floor, loss, mask = cols[mode]
-            g[t], gce[t] = float((r.ce + wd).norm()), float(r.ce.norm())
-            floor[t], loss[t], mask[t] = r.floor, r.loss, r.mask_floor
-        wnorm[t] = float(th.double().norm())
+            g[j], gce[j] = float((r.ce + wd).norm()), float(r.ce.norm())
+            floor[j], loss[j], mask[j] = r.floor, r.loss, r.mask_floor
+        wnorm = float(th.double().norm())
     steps, sl = tr.metric("step_length")
 
-    def run(g, gce, floor, loss, **more) -> RunGradients:
-        return RunGradients(tr.name, np.asarray(tr.epochs), g, gce, floor, loss, inp.weight_decay * wnorm[-1],
-                            None if sgd is None else sgd.drift(g), steps, sl,
+    def run(mode, g, gce, floor, loss, **more) -> RunGradients:
+        return RunGradients(tr.name, np.asarray(tr.epochs)[at[mode]], g, gce, floor, loss,
+                            inp.weight_decay * wnorm, None if sgd is None else sgd.drift(g), steps, sl,
                             None if sgd is None else sgd.drift_factor, **more)
 
-    return run(*cols["eval"][:4], train_objective=run(*cols["train"][:4], mask_floor=cols["train"][4]))
+    return run("eval", *cols["eval"][:4],
+               train_objective=run("train", *cols["train"][:4], mask_floor=cols["train"][4]))

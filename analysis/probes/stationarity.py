@@ -246,9 +246,10 @@ def _gradients(r: StationarityResult, out: Path) -> Path:
     for i, g in enumerate(r.runs):
         col = colour(i, len(r.runs))
         ep, t = np.maximum(g.epochs, 0), g.train_objective
+        tep = None if t is None else np.maximum(t.epochs, 0)
         if t is not None:
-            axg.plot(ep, t.grad_norm, "-^", ms=3, color=col, label=f"{g.name}: CE + wd/2‖θ‖², {train}")
-            axg.plot(ep, t.floor, "-.", color=col,
+            axg.plot(tep, t.grad_norm, "-^", ms=3, color=col, label=f"{g.name}: CE + wd/2‖θ‖², {train}")
+            axg.plot(tep, t.floor, "-.", color=col,
                      label=f"{g.name}: its sampling floor (probe subset and masks)")
         axg.plot(ep, g.grad_norm, "-o", ms=2, color=col, alpha=0.6,
                  label=f"{g.name}: CE + wd/2‖θ‖², eval mode")
@@ -261,7 +262,7 @@ def _gradients(r: StationarityResult, out: Path) -> Path:
                      label=f"{g.name}: observed ‖θ_t − θ_(t−1)‖")
         for run, style, mode in ((t, "-.", train), (g, ":", "eval mode")):
             if run is not None and run.drift is not None:
-                axs.plot(ep, run.drift, style, color=col,
+                axs.plot(np.maximum(run.epochs, 0), run.drift, style, color=col,
                          label=f"{g.name}: mean-gradient drift lr/(1−m)·steps·‖∇‖, {mode}")
     axg.set_yscale("log")
     axg.set(xlabel="epoch", ylabel="full-batch gradient norm (probe subset)", title="Stationarity: ‖∇L(θ_t)‖")
