@@ -33,7 +33,7 @@ def measure(n: int, epochs: int, server: str | None) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="ray-logging-"))
     uri = server or f"sqlite:///{tmp / 'mlflow.db'}"
     exp = f"ray-logging-{n}-{uuid.uuid4().hex[:6]}"
-    ray.init(num_cpus=n, include_dashboard=False, object_store_memory=200 * 1024 * 1024)
+    ray.init(address="local", num_cpus=n, include_dashboard=False, object_store_memory=200 * 1024 * 1024)
     try:
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
                "WEIGHTSPACE_CACHE": str(tmp / "cache")}

@@ -11,20 +11,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray  # the test extra installs it: these tests run in CI, never skipped
 from test_reliability import SLOW, assert_same_as_uninterrupted, wait_for_checkpoint
 
-from conftest import REPO, TINY
+from conftest import REPO, SERVER_URI, TINY, make_store
 from weightspace.tracking.runs import load_trajectory
 from weightspace.workflows.ray_executor import parse_resources
 
 pytestmark = pytest.mark.e2e
-ray = pytest.importorskip("ray")   # the test extra installs it; CI runs these tests
+
+
+@pytest.fixture
+def tracking(tmp_path):
+    """The PostgreSQL-backed server where CI starts one (WEIGHTSPACE_TEST_SERVER_URI), else sqlite."""
+    return make_store("server" if SERVER_URI else "sqlite", tmp_path)
 
 
 @pytest.fixture(scope="module")
 def cluster():
     """A local Ray head of this machine's two cores, owned (and shut down) by this test process."""
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 * 1024,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 * 1024,
              configure_logging=False)
     try:
         yield ray.get_runtime_context().gcs_address
@@ -39,12 +45,14 @@ def test_resources_are_cpus_and_a_gpu_fraction(text, want):
     assert parse_resources(text) == want
 
 
-def test_paper_suite_on_ray_equals_sequential_bitwise(store, cluster):
+def test_paper_suite_on_ray_equals_sequential_bitwise(tracking, cluster):
+    store = tracking
     params = {**TINY, "replicas": 2, "epochs": 2, "pretrain_epochs": 1}
     got = {}
     for mode, analysis in (("sequential", 0), ("ray", 1)):
-        store.client().create_experiment(mode)
-        store.experiment = store.env["MLFLOW_EXPERIMENT_NAME"] = mode
+        name = f"{tracking.experiment}-{mode}"
+        store.client().create_experiment(name)
+        store.experiment = store.env["MLFLOW_EXPERIMENT_NAME"] = name
         store.env["RAY_ADDRESS"] = cluster
         store.mlflow_run("paper", {**params, "siblings": mode, "analysis": analysis})
         runs = store.runs()
