@@ -7,7 +7,7 @@ PY="${PYTHON:-python3}"
 if [[ ! -x .venv/bin/python ]]; then
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import weightspace, mlflow, torch, torchvision, optuna, sklearn, pytest, xdist" 2>/dev/null; then
+if ! .venv/bin/python -c "import weightspace, mlflow, torch, torchvision, optuna, sklearn, pytest, xdist, ray" 2>/dev/null; then
   .venv/bin/pip install -q --upgrade pip
   # torch/torchvision first and pinned: the versions this project is tested with
   # (and, on the development machines, the ones available offline).

@@ -2,8 +2,8 @@
 
     run ENTRY --name value ...      run an entry point in this process (as MLproject does)
     init-store                      create the tracking store's schema (before parallel use)
-    launch ENTRY NAME=v1,v2 [--project DIR] [-- mlflow run args]
-                                    start one `mlflow run` per value, all at once
+    launch ENTRY NAME=v1,v2 [--project DIR] [--executor ray [--ray_resources CPUS:GPU]] [-- mlflow run args]
+                                    start one `mlflow run` per value, all at once (ray: one Ray task each)
     flags TUNE_RUN_ID               a tune run's best parameters as -P flags
     export RUN_ID DIR [--analysis-run-id ID]
                                     a run's metrics.json, report.md and figures/ as files
@@ -26,6 +26,10 @@ def main(argv: list[str]) -> int:
         from .tracking import store
         return lambda a: store.main([*head, *a])
 
+    def launch(a):
+        from .workflows.ray_executor import launch_main
+        return launch_main(a)
+
     def flags(a):
         from .workflows.tuning import flags_main
         return flags_main(["flags", *a])
@@ -34,7 +38,7 @@ def main(argv: list[str]) -> int:
         from .tracking import export
         return export.main(a)
 
-    commands = {"run": run, "init-store": store("init"), "launch": store("launch"), "flags": flags,
+    commands = {"run": run, "init-store": store("init"), "launch": launch, "flags": flags,
                 "export": export}
     if not argv or argv[0] not in commands:
         return _usage()

@@ -55,20 +55,29 @@ def main(argv: list[str]) -> int:
     if argv[0] == "init":
         print(f"initialised {init_store()}")
         return 0
-    if len(argv) < 3 or "=" not in argv[2]:
-        print("weightspace: error: launch needs ENTRY NAME=v1,v2,...", file=sys.stderr)
+    parsed = parse_launch(argv[1:])
+    if parsed is None:
         return 2
-    rest, project = argv[3:], "."
+    entry, name, values, rest, project = parsed
+    t0 = time.time()
+    failed = launch(entry, name, values, rest, project)
+    print(f"weightspace: {len(values)} runs, {failed} failed, {time.time() - t0:.0f} s", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def parse_launch(argv: list[str]) -> tuple[str, str, list[str], list[str], str] | None:
+    """(entry, name, values, mlflow run args, project) of ``ENTRY NAME=v1,v2 [--project DIR] [-- args]``;
+    None, after saying why, when ``argv`` is not that."""
+    if len(argv) < 2 or "=" not in argv[1]:
+        print("weightspace: error: launch needs ENTRY NAME=v1,v2,...", file=sys.stderr)
+        return None
+    rest, project = argv[2:], "."
     if rest[:1] == ["--project"] and len(rest) > 1:
         project, rest = rest[1], rest[2:]
     if rest and rest[0] == "--":
         rest = rest[1:]
-    name, values = argv[2].split("=", 1)
-    t0 = time.time()
-    failed = launch(argv[1], name, [v for v in values.split(",") if v], rest, project)
-    print(f"weightspace: {len(values.split(','))} runs, {failed} failed, {time.time() - t0:.0f} s",
-          file=sys.stderr)
-    return 1 if failed else 0
+    name, values = argv[1].split("=", 1)
+    return argv[0], name, [v for v in values.split(",") if v], rest, project
 
 
 if __name__ == "__main__":

@@ -36,10 +36,11 @@ from .analysis_runs import (
 )
 from .entry_run import entry_run, in_child_run
 from .pool import Job, Pool, slots
+from .ray_executor import RESOURCES_ALLOWED, RESOURCES_HELP, RayPool, connect, parse_resources
 from .suite_batch import train_suite_batched
 from .training import UNFINISHED, ensure_pretrain, newest_run, run_child, runs_with_key
 
-SIBLING_MODES = ("sequential", "batched", "processes")
+SIBLING_MODES = ("sequential", "batched", "processes", "ray")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,10 +53,13 @@ class SuiteOptions:
     siblings: str = one_of(
         *SIBLING_MODES,
         extra=" (batched: the whole suite as one batch of models, torch.func, for GPUs; "
-              "processes: every run and analysis of the suite a process on one pool of cores, for CPUs)",
+              "processes: every run and analysis of the suite a process on one pool of cores, for CPUs; "
+              "ray: every run and family analysis a task on the Ray cluster at RAY_ADDRESS, or a local one)",
         help="how the suite's runs train: one after another, all in one vmapped batch (clones join "
              "at their fork), or all in parallel processes (each family's analysis as soon as it is "
              "trained)")("sequential")
+    ray_resources: str = Decl(str, RESOURCES_ALLOWED, RESOURCES_HELP,
+                              lambda v: parse_resources(v) is not None)("1:0.25")
     analysis: int = int_range(0, 1, "1: analyse each family when the suite is trained",
                               allowed="0 or 1")(1)
 
@@ -63,7 +67,7 @@ class SuiteOptions:
 PAPER = Entry("paper", "paper: the whole suite as child runs of one parent, then one analysis per family.",
               (SuiteOptions, TrainConfig),
               ("replicas", "epochs", "snapshot_every", "single_snapshot_every", "init_seed",
-               "pretrain_epochs", "siblings", "analysis", *COMMON),
+               "pretrain_epochs", "siblings", "ray_resources", "analysis", *COMMON),
               defaults={"snapshot_every": 10, "pretrain_epochs": 10})
 
 
@@ -160,8 +164,10 @@ def child_argv(cfg: TrainConfig, start_from: str | None = None) -> list[str]:
 
 
 def pooled_suite(client: MlflowClient, parent_id: str, fams: dict[str, list[TrainConfig]],
-                 opts: AnalysisOptions | None, progress: bool = True) -> dict[str, list[str]]:
-    """The whole suite through one pool of CPU slots (``siblings=processes``).
+                 opts: AnalysisOptions | None, progress: bool = True, ray: str | None = None
+                 ) -> dict[str, list[str]]:
+    """The whole suite through one pool of CPU slots (``siblings=processes``), or as Ray tasks of the
+    resources ``ray`` (``siblings=ray``, see ``ray_executor``).
 
     Every training run is a child process, and so is each family's analysis, which starts as
     soon as its family is trained, while other families still train; the pretraining runs in
@@ -209,7 +215,11 @@ def pooled_suite(client: MlflowClient, parent_id: str, fams: dict[str, list[Trai
     fixed = max(1, slots() // max(1, len(train)))
     for j in train:
         j.fixed = fixed
-    Pool(client, jobs, child_env={"WEIGHTSPACE_PROGRESS": "0"}, progress=progress).run()
+    if ray is not None:
+        gpu = next(iter(fams.values()))[0].device != "cpu"
+        RayPool(client, jobs, parse_resources(ray), gpu=gpu, progress=progress).run()
+    else:
+        Pool(client, jobs, child_env={"WEIGHTSPACE_PROGRESS": "0"}, progress=progress).run()
     return ids
 
 
@@ -229,6 +239,8 @@ def main(argv: list[str]) -> None:
     opts = SuiteOptions(**pick(SuiteOptions, values))
     fams = suite(values)   # every configuration of the suite is valid before the store is touched
     with entry_run("paper") as (c, run_id, _):
+        if opts.siblings == "ray":
+            connect()   # before any child run exists: a cluster that cannot be reached fails the suite here
         have = c.get_run(run_id).data.params
         c.log_batch(run_id, tags=[RunTag(T.TAG_EXPERIMENT, "paper"), RunTag("mlflow.runName", "paper")],
                     params=[Param(k, v) for k, v in as_strings(values).items() if k not in have])
@@ -236,8 +248,9 @@ def main(argv: list[str]) -> None:
         # On a GPU the analyses probe the whole training set, so no gradient verdict lacks samples.
         whole = 0 if resolve_device(dev).type == "cuda" else -1
         analysis = AnalysisOptions(device=dev, probe_subset=whole) if opts.analysis else None
-        if opts.siblings == "processes":  # training and analyses through one pool of CPU slots
-            pooled_suite(c, run_id, fams, analysis, progress=wants_bars())
+        if opts.siblings in ("processes", "ray"):  # training and analyses as jobs of one pool
+            pooled_suite(c, run_id, fams, analysis, progress=wants_bars(),
+                         ray=opts.ray_resources if opts.siblings == "ray" else None)
         else:
             ids = run_suite(c, run_id, fams, opts.siblings, progress=wants_bars())
             if analysis is not None:

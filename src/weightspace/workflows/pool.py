@@ -85,6 +85,8 @@ def threads_for(free: int, ready: int) -> int:
 
 
 class Pool:
+    forks = True   # cli jobs are forks of a server that imported weightspace once
+
     def __init__(self, client: MlflowClient, jobs: list[Job], cores: int | None = None, *,
                  child_env: dict[str, str] | None = None, poll: float = 0.2, progress: bool = True):
         names = [j.name for j in jobs]
@@ -100,7 +102,7 @@ class Pool:
         self.running: list[Job] = []
         self.bar = tqdm(total=len(jobs), desc="suite", unit="job", disable=not progress, file=sys.stderr)
         self._tmp = tempfile.TemporaryDirectory(prefix="weightspace-pool-")
-        if CAN_FORK and any(j.cli is not None for j in jobs):
+        if self.forks and CAN_FORK and any(j.cli is not None for j in jobs):
             forked()   # the server imports while the first jobs start
 
     # -- scheduling --------------------------------------------------------------------------------
@@ -229,6 +231,13 @@ class Pool:
                     self.bar.update(1)
                     changed = True
 
+    def _close_waiting_killed(self) -> None:
+        for job in self._waiting():
+            try:
+                self._close_unstarted(job, "not started: the suite was interrupted", "KILLED")
+            except Exception:  # noqa: BLE001 - the store may be what failed; the interrupt goes on
+                pass
+
     def _close_unstarted(self, job: Job, why: str, status: str) -> None:
         """A job's run that never ran: ended ``status``, with the reason as its error tag."""
         if job.run_id:
@@ -263,11 +272,7 @@ class Pool:
 
     def _stop_children(self) -> None:
         """Interrupted: end the running children and close every run KILLED, the never-started ones too."""
-        for job in self._waiting():
-            try:
-                self._close_unstarted(job, "not started: the suite was interrupted", "KILLED")
-            except Exception:  # noqa: BLE001 - the store may be what failed; the interrupt goes on
-                pass
+        self._close_waiting_killed()
         for job in self.running:
             if job._proc is not None and job.exit_code() is None:
                 job._proc.terminate()
