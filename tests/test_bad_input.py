@@ -65,11 +65,13 @@ COMMON = {
 EPOCHS = (INT_JUNK + ["0", "-1", "100001", "9" * 30], ["1", "100000"])  # 1 .. 100000
 SNAPSHOT_EVERY = (INT_JUNK + ["0", "-1", "100001"], ["1", "7", "100000"])  # 1 .. 100000
 CHECKPOINT_EVERY = (INT_JUNK + ["-1", "100001"], ["0", "1", "5", "100000"])  # 0 (auto) .. 100000
+PREDICTIONS_SUBSET = (INT_JUNK + ["-1", "1000001"], ["0", "1", "1000000"])  # 0 (none) .. 10**6
 STEP_CAPTURE = (INT_JUNK + ["2", "-1", "on"], ["0", "1"])  # 1 is refused at training time off CUDA
 # empty (do not register) or a model name of up to 100 of [A-Za-z0-9_.-]
 REGISTER_MODEL = (["has space", "a/b", "x" * 101], ["", "my_model-1.0"])
 TRAIN = {**SEEDS, "epochs": EPOCHS, "snapshot_every": SNAPSHOT_EVERY, "checkpoint_every": CHECKPOINT_EVERY,
-         "step_capture": STEP_CAPTURE, "register_model": REGISTER_MODEL, **COMMON}
+         "predictions_subset": PREDICTIONS_SUBSET, "step_capture": STEP_CAPTURE,
+         "register_model": REGISTER_MODEL, **COMMON}
 # Clones (and the paper's clone family) pretrain for pretrain_epochs (default 10) of the epochs
 # (default 200), counted from the start: 1 <= pretrain_epochs < epochs.
 PRETRAIN_EPOCHS = (INT_JUNK + ["0", "-1", "200", "100001"], ["1", "199"])
@@ -89,6 +91,7 @@ TABLE: dict[str, dict[str, tuple[list[str], list[str]]]] = {
         "epochs": CLONE_EPOCHS,
         "snapshot_every": SNAPSHOT_EVERY,
         "checkpoint_every": CHECKPOINT_EVERY,
+        "predictions_subset": PREDICTIONS_SUBSET,
         "step_capture": STEP_CAPTURE,
         "register_model": REGISTER_MODEL,
         "single_snapshot_every": (INT_JUNK + ["0", "-1"], ["1", "5"]),
@@ -107,6 +110,7 @@ TABLE: dict[str, dict[str, tuple[list[str], list[str]]]] = {
         "epochs": (CLONE_EPOCHS[0], ["21", "100000"]),  # above the default spawn epochs
         "snapshot_every": SNAPSHOT_EVERY,
         "checkpoint_every": CHECKPOINT_EVERY,
+        "predictions_subset": PREDICTIONS_SUBSET,
         "step_capture": STEP_CAPTURE,
         "register_model": REGISTER_MODEL,
         "init_seed": SEEDS["init_seed"],

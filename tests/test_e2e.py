@@ -43,6 +43,10 @@ def check_run(store, run, experiment, first_epoch, last_epoch, snapshot_epochs):
     snaps = sorted(a for a in arts if a.startswith("trajectory/epoch_"))
     assert snaps == [f"trajectory/epoch_{e:04d}.npy" for e in snapshot_epochs]
     assert {"trajectory/layout.json", "trajectory/manifest.json", "model/model.safetensors"} <= set(arts)
+    # the predictions on the fixed test subset: one file per snapshot, beside the subset they are of
+    preds = sorted(a for a in arts if a.startswith("predictions/"))
+    want = ["predictions/subset.json", *(f"predictions/epoch_{e:04d}.npy" for e in snapshot_epochs)]
+    assert preds == sorted(want)
     X, epochs = load_trajectory(rid, c)
     assert epochs.tolist() == snapshot_epochs
     assert X.dtype == np.float32 and X.shape == (len(snapshot_epochs), int(p["n_params"]))

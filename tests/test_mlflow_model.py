@@ -124,7 +124,8 @@ def test_loading_a_trajectory_shows_one_progress_bar_at_most(finished, tmp_path,
                                                             terminal, setting, want):
     """MLflow draws a "Downloading artifacts" bar per download through an HTTP artifact store: one
     call of load_trajectory downloads twice (manifest, directory) and allows a bar for the second
-    only, and only on a terminal with WEIGHTSPACE_PROGRESS not 0."""
+    only, and only on a terminal with WEIGHTSPACE_PROGRESS not 0; trajectory() adds the predictions'
+    directory, without a bar."""
     from weightspace.tracking import runs
 
     store, run = finished
@@ -136,4 +137,8 @@ def test_loading_a_trajectory_shows_one_progress_bar_at_most(finished, tmp_path,
     X, epochs = runs.load_trajectory(run.info.run_id, client, tmp_path / "cache")
     assert X.shape[0] == len(epochs) == 3
     assert client.bars == [("trajectory/manifest.json", "false"), ("trajectory", want)]
+    # trajectory() reads the predictions too: one more download, small, never with a bar
+    client.bars.clear()
+    assert runs.trajectory(run.info.run_id, client, tmp_path / "cache").predictions is not None
+    assert client.bars == [("trajectory/manifest.json", "false"), ("predictions", "false")]
     assert "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ  # restored afterwards

@@ -97,8 +97,8 @@ def test_sigkill_then_resume_is_bitwise_identical(any_store):
 
 
 def assert_same_as_uninterrupted(s, rid: str, params: dict) -> None:
-    """The resumed run ``rid`` equals a fresh run of ``params``: trajectory bitwise, each metric's
-    steps (none duplicated or missing) and values (epoch_seconds aside)."""
+    """The resumed run ``rid`` equals a fresh run of ``params``: trajectory and predictions bitwise, each
+    metric's steps (none duplicated or missing) and values (epoch_seconds aside)."""
     s.mlflow_run("single", params)
     ref = [r for r in s.runs(status="FINISHED") if r.info.run_id != rid][0].info.run_id
     c = s.client()
@@ -108,6 +108,10 @@ def assert_same_as_uninterrupted(s, rid: str, params: dict) -> None:
     epochs = int(params["epochs"])
     assert ea.tolist() == eb.tolist() == list(range(epochs + 1))
     assert np.array_equal(Xa, Xb)  # bitwise
+    # the predictions too: one file per snapshot epoch, the same bytes
+    pa, pb = trajectory(rid, c).predictions, trajectory(ref, c).predictions
+    assert pa.epochs.tolist() == pb.epochs.tolist() == list(range(epochs + 1))
+    assert pa.probs.tobytes() == pb.probs.tobytes() and np.array_equal(pa.indices, pb.indices)
     for m in METRICS:
         ha, hb = history(c, rid, m), history(c, ref, m)
         steps = [st for st, _ in ha]

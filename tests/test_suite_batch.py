@@ -27,6 +27,10 @@ TRAINED = ("single", "different_init", "same_init", "pretrain", "clone")
 # Rounding differences grow with the epochs trained; at this size and length the largest seen is
 # 6e-5 of weights of order 0.1 to 1, and the explained variance agrees to 1e-5.
 WEIGHT_BOUND, EVR_BOUND = 5e-4, 1e-4
+# Predictions of such weights: a probability moves by at most twice the largest change of its logits
+# (dp_i = p_i (dz_i - sum_j p_j dz_j)), plus a float16 rounding (2**-11) on each side. The largest gap
+# seen here is 1.2e-4, one float16 step of a probability in [0.25, 0.5).
+PROB_BOUND = 2e-3
 
 
 def suite_runs(store, experiment: str) -> dict[str, object]:
@@ -49,6 +53,16 @@ def trajectories(store, runs) -> dict[str, tuple[np.ndarray, list[int]]]:
     return out
 
 
+def predictions(store, runs) -> dict[str, object]:
+    """Each run's predictions, logged at every one of its snapshot epochs."""
+    out = {}
+    for name, r in runs.items():
+        t = trajectory(r.info.run_id, store.client())
+        assert t.predictions is not None and t.predictions.epochs.tolist() == t.epochs.tolist(), name
+        out[name] = t.predictions
+    return out
+
+
 def test_batched_suite_agrees_with_run_by_run_within_the_rounding_bound(store):
     batched = run_suite(store, "batched", {**SUITE, "siblings": "batched"})
     alone = run_suite(store, "sequential", {**SUITE, "siblings": "sequential"})
@@ -67,6 +81,12 @@ def test_batched_suite_agrees_with_run_by_run_within_the_rounding_bound(store):
         else:   # each mode's clones fork from its own pretraining run's last state
             pre_name = next(n for n in a if n.startswith("pretrain"))
             assert np.array_equal(Xa[0], a[pre_name][0][-1]) and np.array_equal(Xb[0], b[pre_name][0][-1])
+    pa, pb = predictions(store, batched), predictions(store, alone)
+    for name in pa:
+        assert np.array_equal(pa[name].indices, pb[name].indices), name   # one subset for every sibling
+        assert np.array_equal(pa[name].indices, pa["single-init0-shuffle0"].indices), name
+        gap = np.abs(pa[name].probs.astype(np.float64) - pb[name].probs).max()
+        assert gap <= PROB_BOUND, (name, gap)
     for name in ("single-init0-shuffle0",):
         ta, tb = (trajectory(r.info.run_id, store.client()) for r in (batched[name], alone[name]))
         assert abs(trajectory_pca(ta).evr_top(2) - trajectory_pca(tb).evr_top(2)) <= EVR_BOUND
@@ -85,7 +105,8 @@ def wait_for_suite_checkpoint(store, parent_id: str, epoch: int, timeout: float 
 
 def test_batched_suite_is_reproducible_and_resumes_bitwise_after_a_kill(store):
     params = {**SUITE, "epochs": "10", "siblings": "batched"}
-    first = trajectories(store, run_suite(store, "first", params))
+    first_runs = run_suite(store, "first", params)
+    first, first_pred = trajectories(store, first_runs), predictions(store, first_runs)
     second = trajectories(store, run_suite(store, "second", params))
     assert first.keys() == second.keys()
     for name in first:
@@ -112,5 +133,6 @@ def test_batched_suite_is_reproducible_and_resumes_bitwise_after_a_kill(store):
     client = store.client()
     for name, r in resumed.items():
         assert np.array_equal(got[name][0], first[name][0]) and got[name][1] == first[name][1], name
+        assert predictions(store, {name: r})[name].probs.tobytes() == first_pred[name].probs.tobytes(), name
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")]
         assert len(steps) == len(set(steps)), (name, sorted(steps))   # no epoch logged twice

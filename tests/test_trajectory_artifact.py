@@ -64,7 +64,8 @@ def test_from_arrays_names_its_files_as_the_writer_does(tmp_path):
 def test_an_entry_point_run_and_a_recorded_run_store_the_same_manifest_schema(env, tmp_path):  # noqa: F811
     env.mlflow_run("single", {**TINY, "epochs": "2"})
     model = mlp()
-    with weightspace.record(model, group="schema", seed=0, epochs=2) as rec:
+    data = (torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2]))   # predictions, as the entry point logs
+    with weightspace.record(model, group="schema", seed=0, epochs=2, predictions=data) as rec:
         for e in (1, 2):
             step(model)
             rec.epoch_end(e)
@@ -81,8 +82,12 @@ def test_an_entry_point_run_and_a_recorded_run_store_the_same_manifest_schema(en
 
     entry_point, recorded = manifests["single"], manifests["recorded"]
     assert schema(entry_point) == schema(recorded)
-    assert schema(recorded) == ({"complete": "bool", "epochs": "list", "files": "dict", "format": "str"},
+    assert schema(recorded) == ({"complete": "bool", "epochs": "list", "files": "dict", "format": "str",
+                                 "predictions": "dict"},
                                 {("epoch", "int"), ("sha256", "str"), ("size", "int")}, {"int"})
+    for m in manifests.values():    # the predictions are listed as the snapshots are, plus subset.json
+        assert set(m["predictions"]) == {"subset.json", "epoch_0000.npy", "epoch_0001.npy", "epoch_0002.npy"}
+        assert {k for info in m["predictions"].values() for k in info} == {"epoch", "sha256", "size"}
     assert entry_point["format"] == recorded["format"] == A.FORMAT
     assert entry_point["complete"] and recorded["complete"]
     assert entry_point["epochs"] == recorded["epochs"] == [0, 1, 2]

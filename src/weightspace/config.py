@@ -43,7 +43,9 @@ VARYING = {
 # Fields that say where or how to run, not what to run.
 # pretrain_run_id too: which pretraining run a clone starts from is fixed by the configuration
 # (init, hyperparameters, pretrain_epochs), whether it was found automatically or named.
-PLUMBING = ("device", "data_dir", "experiment", "pretrain_run_id", "checkpoint_every", "register_model")
+# predictions_subset too: what a run records beside its trajectory, never the trajectory itself.
+PLUMBING = ("device", "data_dir", "experiment", "pretrain_run_id", "checkpoint_every", "register_model",
+            "predictions_subset")
 
 MAX_EPOCHS = 100_000
 SEED_RANGE = "an integer from 0 to 2**31-1"
@@ -99,6 +101,10 @@ def checkpoint_period(checkpoint_every: int, device_type: str) -> int:
     return checkpoint_every or (GPU_CHECKPOINT_EVERY if device_type == "cuda" else 1)
 
 
+PREDICTIONS_SUBSET = int_range(0, 1_000_000,
+                               "at each snapshot, log the class probabilities on a fixed test subset of this "
+                               "many images (predictions/epoch_NNNN.npy, float16; all of them when the test "
+                               "set is smaller)", "an integer from 0 to 1000000 (0: no predictions)")
 STEP_CAPTURE = int_range(0, 1, "1: record the training step once as a CUDA graph and replay it (CUDA only; "
                                 "one launch per step instead of 50-60); 0: launch every kernel", "0 or 1")
 REGISTER_MODEL = Decl(str, "empty (do not register) or a model name of up to 100 of A-Z a-z 0-9 _ . -",
@@ -137,6 +143,7 @@ class TrainConfig(Placement):
     weight_decay: float = WEIGHT_DECAY(1e-5)
     dropout: float = DROPOUT(0.5)
     checkpoint_every: int = CHECKPOINT_EVERY(0)
+    predictions_subset: int = PREDICTIONS_SUBSET(1000)
     # Not plumbing: a replayed CUDA graph is not known to train the same numbers as eager
     # launches, so a run with step_capture=1 is no sibling of one without.
     step_capture: int = STEP_CAPTURE(0)
@@ -228,7 +235,7 @@ TRAIN_DECLS: dict[str, Decl] = {f.name: decl_of(f) for f in declared(TrainConfig
 # -- the training entry points: the parameters each takes, in MLproject order, and where it differs --
 DATA_MODEL = ("dataset", "data_dir", "train_subset", "width", "precision", "device")
 COMMON = (*DATA_MODEL, "batch_size", "lr", "momentum", "weight_decay", "dropout", "checkpoint_every",
-          "step_capture", "register_model")
+          "predictions_subset", "step_capture", "register_model")
 SCHEDULE = ("epochs", "snapshot_every")
 TRAINING_ENTRIES: dict[str, Entry] = {e.name: e for e in (
     Entry("single", "single: one model, a snapshot every epoch.", (TrainConfig,),

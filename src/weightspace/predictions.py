@@ -9,8 +9,12 @@ that the writer, the reader and the analysis's tests share one shape and one cho
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:   # torch only where predictions are computed: the analysis reads them without it
+    import torch
 
 DIR = "predictions"
 SUBSET = "subset.json"
@@ -52,3 +56,32 @@ class Predictions:
         if not len(hit):
             raise KeyError(f"no predictions at epoch {epoch}")
         return self.probs[hit[0]].astype(np.float64)
+
+
+def probabilities(model: torch.nn.Module, x: torch.Tensor, batch: int = 0) -> np.ndarray:
+    """(N, C) class probabilities of ``model`` on ``x`` in eval mode, as stored (``DTYPE``).
+
+    Leaves the model's training mode and every random stream as it found them: eval mode draws
+    no dropout mask, and ``fork_rng`` restores the global generators after a model that draws
+    anyway, so recording predictions never changes what trains next.
+    """
+    import torch
+
+    batch = batch or (2048 if x.device.type == "cuda" else 256)    # as Trainer.evaluate
+    cuda = [x.device.index or 0] if x.device.type == "cuda" else []
+    modes = [(m, m.training) for m in model.modules()]   # each one's own: a user may freeze some
+    model.eval()
+    try:
+        out = []
+        with torch.random.fork_rng(devices=cuda), torch.no_grad():
+            for i in range(0, len(x), batch):
+                logits = model(x[i:i + batch])
+                if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+                    shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+                    raise ValueError(f"predictions: the model's output is {shape}, "
+                                     "not (inputs, classes) logits")
+                out.append(torch.softmax(logits.float(), dim=1))
+    finally:
+        for m, training in modes:
+            m.training = training
+    return torch.cat(out).cpu().numpy().astype(DTYPE)

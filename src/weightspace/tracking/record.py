@@ -9,7 +9,8 @@
 The run gets what the entry points' runs get, written by the same ``TrajectoryRecorder``:
 ``trajectory/epoch_NNNN.npy`` (epoch 0 on entry), ``trajectory/layout.json``,
 ``trajectory/manifest.json`` (sha256 per file and ``complete``), the metrics ``weight_norm``,
-``distance_from_init``, ``step_length`` and ``epoch_seconds`` beside the user's (step=epoch), and
+``distance_from_init``, ``step_length`` and ``epoch_seconds`` beside the user's (step=epoch),
+``predictions/`` when given ``predictions=(inputs, labels)``, and
 the tags ``weightspace.experiment=recorded``, ``weightspace.group`` and the seed. The training
 thread only copies the flat vector and computes the weight statistics; serialising, hashing
 and uploads run on the ordered background uploader.
@@ -34,6 +35,7 @@ from .. import tracking as T
 from ..model import Layout, flat_params
 from ..params import one_line
 from .experiment import default_experiment_id, get_or_create
+from .predictions_artifact import given_subset
 from .recorder import TrajectoryRecorder
 from .trajectory_artifact import SNAPSHOT_DTYPES
 
@@ -93,7 +95,7 @@ class Recording:
                  epochs: int | None = None, parameters: Selection = None, dtype: str = "float32",
                  experiment: str | None = None, run_name: str | None = None, probe: str | None = None,
                  params: Mapping[str, object] | None = None, max_bytes: int | None = DEFAULT_MAX_BYTES,
-                 asynchronous: bool = True):
+                 asynchronous: bool = True, predictions: tuple[torch.Tensor, torch.Tensor] | None = None):
         if not isinstance(group, str) or not group.strip():
             raise ValueError("weightspace.record: group must be a non-empty string (the siblings' group)")
         if not isinstance(snapshot_every, int) or snapshot_every < 1:
@@ -116,6 +118,8 @@ class Recording:
                              f"{', ...' if len(meta) > 3 else ''}) are on the meta device and hold no "
                              "values; materialise the model first (model.to_empty(device=...), then "
                              "initialise it)")
+        # Checked and moved to the model's device now, before any run exists.
+        self.subset = None if predictions is None else given_subset(predictions, self.kept[0][1].device)
         total = sum(p.numel() for p in model.parameters())
         self.layout, self.layout_json = layout_of(self.kept, dtype, how, total)
         self.snapshot_bytes = self.layout.size * SNAPSHOT_DTYPES[dtype]().itemsize
@@ -148,7 +152,8 @@ class Recording:
         try:
             self.up = T.Uploader(self.client, self.run_id, asynchronous=self.asynchronous)
             theta0 = self._theta()
-            self.recorder = TrajectoryRecorder(self.up, self.layout_json, theta0, dtype=self.dtype)
+            self.recorder = TrajectoryRecorder(self.up, self.layout_json, theta0, dtype=self.dtype,
+                                               subset=self.subset)
             self._epoch(0, {}, theta0)
             self.t_last = time.perf_counter()
         except BaseException as e:
@@ -185,7 +190,22 @@ class Recording:
         snapshot = epoch % self.every == 0 or epoch == self.epochs
         if snapshot:
             self._reserve(epoch)
-        self.recorder.epoch(epoch, theta, metrics, snapshot)
+        self.recorder.epoch(epoch, theta, metrics, snapshot, self._probs() if snapshot else None)
+
+    def _probs(self):
+        """The model's class probabilities on the given inputs (eval mode, RNG untouched), or None."""
+        if self.subset is None:
+            return None
+        n, top = len(self.subset.labels), int(self.subset.labels.max())
+        try:
+            probs = self.subset.probabilities(self.model)
+        except ValueError as e:
+            raise ValueError(f"weightspace.record: {e}") from None
+        if probs.shape[0] != n or top >= probs.shape[1]:
+            raise ValueError(f"weightspace.record: predictions: the model maps the {n} inputs to outputs of "
+                             f"shape {probs.shape}; expected ({n}, classes) with classes > the largest "
+                             f"label ({top})")
+        return probs
 
     def _reserve(self, epoch: int) -> None:
         """Count the epoch's snapshot against ``max_bytes``, before anything of the epoch is logged."""
@@ -199,7 +219,10 @@ class Recording:
             if exc is None:
                 if self.last_epoch not in self.snapped:   # the last epoch is always stored
                     self._reserve(self.last_epoch)
-                    self.recorder.epoch(self.last_epoch, self.recorder.prev, None, snapshot=True)
+                    # Its predictions only while the model is still the one of the last epoch_end.
+                    same = torch.equal(self._theta(), self.recorder.prev)
+                    self.recorder.epoch(self.last_epoch, self.recorder.prev, None, snapshot=True,
+                                        probs=self._probs() if same else None)
                 self.recorder.finish()
                 self.up.close()
             else:
@@ -246,7 +269,9 @@ class Recording:
         params = {"seed": str(self.seed), "snapshot_every": str(self.every), "snapshot_dtype": self.dtype,
                   "n_params": str(self.layout.size), "model_class": type(self.model).__name__,
                   "resolved_device": device, **({"epochs": str(self.epochs)} if self.epochs else {}),
-                  **({"probe": self.probe} if self.probe else {}), **self.user_params}
+                  **({"probe": self.probe} if self.probe else {}),
+                  **({"predictions_subset": str(len(self.subset.labels))} if self.subset else {}),
+                  **self.user_params}
         have = self.client.get_run(self.run_id).data.params
         new = [Param(k, v) for k, v in params.items() if k not in have]
         run_tags = [RunTag(k, v) for k, v in tags.items()]
@@ -272,6 +297,7 @@ def record(model: nn.Module, *, group: str, seed: int = 0, snapshot_every: int =
     Keywords: ``epochs`` (the last epoch, stored and checked), ``parameters`` (names or a predicate;
     default all), ``dtype`` ("float32" or "float16"), ``experiment`` and ``run_name`` (for a run it
     starts; inside an active run it logs there), ``probe`` ("package.module:function" for the
-    analysis' probes), ``params`` (more params to log), ``max_bytes`` (the trajectory's budget).
+    analysis' probes), ``params`` (more params to log), ``max_bytes`` (the trajectory's budget),
+    ``predictions`` (``(inputs, labels)``: log the class probabilities on them at each snapshot).
     """
     return Recording(model, group=group, seed=seed, snapshot_every=snapshot_every, **kw)

@@ -7,7 +7,8 @@
 A run's ``trajectory/`` directory is read by ``trajectory_artifact``: downloaded in one call
 into a local cache keyed by run id and by the checksum of its manifest, every file checked
 against the sha256 recorded when it was logged, so a corrupted or truncated snapshot is
-reported with its run and file instead of being analysed.
+reported with its run and file instead of being analysed. Its ``predictions/``, when the manifest
+lists them, are checked the same way and cached beside the snapshots (``predictions_artifact``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from mlflow.tracking import MlflowClient
 from .. import tracking as T
 from ..config import read_params
 from ..trajectories import Trajectory
+from .predictions_artifact import read_predictions
 from .trajectory_artifact import TrajectoryError, default_cache_dir, read_trajectory
 
 METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "weight_norm", "distance_from_init",
@@ -83,30 +85,33 @@ def metric_histories(client: MlflowClient, run_id: str,
     return out
 
 
-def trajectory(run: Run | str, client: MlflowClient | None = None, cache_dir: Path | None = None):
-    """The run as a ``weightspace.trajectories.Trajectory`` (files in the local cache)."""
+def trajectory(run: Run | str, client: MlflowClient | None = None, cache_dir: Path | None = None,
+               predictions: bool = True):
+    """The run as a ``weightspace.trajectories.Trajectory`` (files in the local cache), with its
+    verified ``predictions`` when it logged some and ``predictions`` is true (else None)."""
     client = client or MlflowClient()
     if isinstance(run, str):
         try:
             run = client.get_run(run)
         except MlflowException:
             raise TrajectoryError(f"run {run}: no such run in this tracking store") from None
-    epochs, files, layout = read_trajectory(run, client, cache_dir)
+    epochs, files, layout, manifest = read_trajectory(run, client, cache_dir)
     rid, tags = run.info.run_id, run.data.tags
+    probs = read_predictions(rid, client, files[0].parent, manifest) if predictions else None
     return Trajectory(
         run_id=rid, name=run.info.run_name or rid,
         experiment=tags.get(T.TAG_EXPERIMENT, ""),
         init_seed=_seed(run, "init_seed"), shuffle_seed=_seed(run, "shuffle_seed"),
         epochs=epochs, files=files,
         metrics=metric_histories(client, rid), params=read_params(run.data.params),
-        layout=layout,
+        layout=layout, predictions=probs,
     )
 
 
 def load_trajectory(run_id: str, client: MlflowClient | None = None, cache_dir: Path | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
     """The run's snapshots as a (T, P) float32 array, and their epochs (T,)."""
-    tr = trajectory(run_id, client, cache_dir)
+    tr = trajectory(run_id, client, cache_dir, predictions=False)   # the weights alone
     return tr.stack(), tr.epochs
 
 

@@ -1,9 +1,10 @@
 """The logging side of one training run: the trajectory recorder plus parameters, checkpoint and resume.
 
 A ``RunSession`` owns one MLflow run and its ordered uploader. It starts (or resumes) the
-run, then turns each trained epoch into, in this order: the metrics batch and the snapshot
-when due (through the ``TrajectoryRecorder`` that ``weightspace.record`` uses too), and last
-the checkpoint, so a checkpoint is only ever visible after everything of its epoch is stored.
+run, then turns each trained epoch into, in this order: the metrics batch and, when due, the
+snapshot with its predictions on the fixed test subset (through the ``TrajectoryRecorder`` that
+``weightspace.record`` uses too), and last the checkpoint, so a checkpoint is only ever visible
+after everything of its epoch is stored.
 Siblings trained together each log through their own session. A run that only needs metrics
 (an Optuna trial) sets ``record=False``.
 """
@@ -27,6 +28,7 @@ from ..model import Layout, n_params
 from ..train import Trainer, is_finite
 from .datasets import log_datasets
 from .model_export import register_model, save_mlflow_model
+from .predictions_artifact import fixed_subset
 from .progress import mlflow_bar
 from .recorder import TrajectoryRecorder
 from .trajectory_artifact import first_snapshot, stored_manifest
@@ -186,8 +188,10 @@ class RunSession:
                            f"epoch {trainer.epoch}; the metrics it stored for {len(self.done)} epochs are "
                            "kept, not logged again", file=sys.stderr)
         self.first = trainer.epoch
+        data = trainer.data
+        self.subset = fixed_subset(data.x_test, data.y_test, cfg.predictions_subset, cfg.dataset)
         self.recorder = TrajectoryRecorder(self.up, self.layout.to_json(), theta0,
-                                           existing=stored_manifest(client, run_id))
+                                           existing=stored_manifest(client, run_id), subset=self.subset)
         # A fresh run's first epoch (the init, or a clone's fork) is always a snapshot; a resumed
         # run's is one only when the schedule says so, as in an uninterrupted run.
         self.snap_epochs = set(cfg.snapshot_epochs()) | (set() if resumed else {self.first})
@@ -209,7 +213,10 @@ class RunSession:
         """The epoch's metrics, unless an earlier attempt of the run logged them; its snapshot when due."""
         theta = self.trainer.theta()
         metrics = None if epoch in self.done else self._metrics(epoch, seconds)
-        return self.recorder.epoch(epoch, theta, metrics, snapshot=epoch in self.snap_epochs)
+        snapshot = epoch in self.snap_epochs
+        # On the training thread, in eval mode, drawing from no generator: training goes on unchanged.
+        probs = self.subset.probabilities(self.trainer.model) if snapshot and self.subset else None
+        return self.recorder.epoch(epoch, theta, metrics, snapshot=snapshot, probs=probs)
 
     def _metrics(self, epoch: int, seconds: float | None) -> dict[str, float]:
         m = self.trainer.epoch_metrics()

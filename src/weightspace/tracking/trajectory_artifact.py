@@ -3,7 +3,8 @@
     trajectory/layout.json      the flat vector's layout, stored first
     trajectory/epoch_NNNN.npy   one snapshot: a flat float32 or float16 vector, saved without pickle
     trajectory/manifest.json    {"format": FORMAT, "complete": bool, "epochs": [int],
-                                 "files": {name: {"epoch": int, "sha256": hex, "size": int}}}
+                                 "files": {name: {"epoch": int, "sha256": hex, "size": int}},
+                                 "predictions": {...}}   optional: predictions_artifact.py
 
 The writer gets private copies of the flat vector on the training thread; saving, hashing and
 uploading happen in order on the uploader's thread. The manifest is uploaded after each file,
@@ -24,7 +25,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping, TypeVar
 
 import numpy as np
 import torch
@@ -49,16 +50,19 @@ _SNAPSHOT = re.compile(r"epoch_(\d{4,9})\.npy")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # What a snapshot may be stored as; the analysis upcasts float16 to float32.
 SNAPSHOT_DTYPES = {"float32": np.float32, "float16": np.float16}
+T = TypeVar("T")
 
 
 class TrajectoryError(RuntimeError):
     """A run's trajectory cannot be used. The message names the run and the file."""
 
 
-def manifest_doc(files: Mapping[str, dict], complete: bool) -> dict:
-    """manifest.json as the writer stores it."""
-    return {"format": FORMAT, "complete": complete, "epochs": sorted(v["epoch"] for v in files.values()),
-            "files": files}
+def manifest_doc(files: Mapping[str, dict], complete: bool,
+                 predictions: Mapping[str, dict] | None = None) -> dict:
+    """manifest.json as the writer stores it; ``predictions`` only when the run logs some."""
+    doc = {"format": FORMAT, "complete": complete, "epochs": sorted(v["epoch"] for v in files.values()),
+           "files": files}
+    return {**doc, "predictions": predictions} if predictions else doc
 
 
 # -- the writer ---------------------------------------------------------------------------------
@@ -74,6 +78,7 @@ class TrajectoryWriter:
             raise ValueError(f"snapshot dtype must be one of {', '.join(SNAPSHOT_DTYPES)}, got {dtype!r}")
         self.up, self.dtype = up, SNAPSHOT_DTYPES[dtype]
         self.files: dict[str, dict] = dict((existing or {}).get("files", {}))
+        self.predictions: dict[str, dict] = dict((existing or {}).get("predictions") or {})
         self.complete = False
         up.text(layout_json, LAYOUT)
 
@@ -100,7 +105,8 @@ class TrajectoryWriter:
         """Upload the manifest as it stands when the uploader reaches this job (after every earlier file)."""
         def job() -> None:
             local = Path(tempfile.mkdtemp(dir=self.up.spool)) / "manifest.json"
-            local.write_text(json.dumps(manifest_doc(self.files, self.complete), indent=1, sort_keys=True))
+            doc = manifest_doc(self.files, self.complete, self.predictions)
+            local.write_text(json.dumps(doc, indent=1, sort_keys=True))
             self.up.client.log_artifact(self.up.run_id, str(local), DIR)
             local.unlink(missing_ok=True)
         self.up.call(job, MANIFEST)
@@ -172,19 +178,25 @@ def fetch_trajectory_dir(run_id: str, client: MlflowClient, cache_dir: Path | No
     check_schedule(run_id, manifest["epochs"], read_params(run.data.params),
                    run.data.tags.get(TAG_EXPERIMENT, ""))
     target = cache / f"{run_id}-{hashlib.sha256(raw).hexdigest()[:16]}"
-    if not target.is_dir():
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            # One call for the whole directory, not one per file.
-            got = download(client, run_id, DIR, Path(tmp), bar=True)
-            verify(run_id, got, manifest)
-            try:
-                os.replace(got, target)
-            except OSError:  # another process cached it meanwhile
-                if not target.is_dir():
-                    raise
-    else:
-        verify(run_id, target, manifest)
+    cached(client, run_id, DIR, target, lambda d: verify(run_id, d, manifest), bar=True)
     return target, manifest
+
+
+def cached(client: MlflowClient, run_id: str, folder: str, target: Path, check: Callable[[Path], T],
+           bar: bool = False) -> T:
+    """The run's artifact ``folder`` at ``target``: downloaded in one call (not one per file) unless
+    there already, and ``check``ed either way before it is used; returns what ``check`` returns."""
+    if target.is_dir():
+        return check(target)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        got = download(client, run_id, folder, Path(tmp), bar=bar)
+        out = check(got)
+        try:
+            os.replace(got, target)
+        except OSError:  # another process cached it meanwhile
+            if not target.is_dir():
+                raise
+    return out
 
 
 def verify(run_id: str, directory: Path, manifest: dict) -> None:
@@ -207,8 +219,9 @@ def verify(run_id: str, directory: Path, manifest: dict) -> None:
 
 
 def read_trajectory(run: Run, client: MlflowClient, cache_dir: Path | None = None
-                    ) -> tuple[np.ndarray, list[Path], dict | None]:
-    """The run's verified snapshots: their epochs (increasing), local files, and parsed layout.json."""
+                    ) -> tuple[np.ndarray, list[Path], dict | None, dict]:
+    """The run's verified snapshots: their epochs (increasing), local files, parsed layout.json, and the
+    checked manifest."""
     rid = run.info.run_id
     directory, manifest = fetch_trajectory_dir(rid, client, cache_dir, run)
     items = sorted(manifest["files"].items(), key=lambda kv: kv[1]["epoch"])
@@ -217,7 +230,7 @@ def read_trajectory(run: Run, client: MlflowClient, cache_dir: Path | None = Non
     if layout is not None and not isinstance(layout, dict):
         raise TrajectoryError(f"run {rid}: {LAYOUT} is not a JSON object; refused")
     epochs = np.array([v["epoch"] for _, v in items], dtype=np.int64)
-    return epochs, [opened_under(rid, directory, k) for k, _ in items], layout
+    return epochs, [opened_under(rid, directory, k) for k, _ in items], layout, manifest
 
 
 # -- the reader's checks ------------------------------------------------------------------------
@@ -230,12 +243,13 @@ def parse_json(run_id: str, path: str, raw: bytes | str) -> object:
         raise TrajectoryError(f"run {run_id}: {path} is not valid JSON ({str(e)[:200]})") from None
 
 
-def opened_under(run_id: str, directory: Path, name: str) -> Path:
-    """``directory / name`` resolved, refused unless it stays directly in ``directory``."""
+def opened_under(run_id: str, directory: Path, name: str, folder: str = DIR) -> Path:
+    """``directory / name`` (the artifact ``folder/name``) resolved, refused unless it stays directly in
+    ``directory``."""
     root = directory.resolve()
     p = (root / name).resolve()
     if p.parent != root:
-        raise TrajectoryError(f"run {run_id}: {DIR}/{name} resolves outside the run's download directory "
+        raise TrajectoryError(f"run {run_id}: {folder}/{name} resolves outside the run's download directory "
                               f"({p}); refused")
     return p
 
