@@ -132,6 +132,22 @@ def test_the_gradient_test_per_snapshot():
     assert sp.critical_at(None, 0, 5)[0] is None
 
 
+def test_the_training_objectives_test_is_read_at_its_own_snapshots():
+    """The training objective is measured at a spread of the snapshots only: its test is read where
+    it was measured, and left out where it was not."""
+    ep = np.arange(40)
+    ev = RunGradients("r", ep, np.full(40, 3.0), np.full(40, 3.0), np.ones(40), np.ones(40), 0.0, None, ep,
+                      np.ones(40))
+    few = np.array([0, 1, 20, 39])
+    ev.train_objective = RunGradients("r", few, np.array([1, 1, 1, 1.5]), np.ones(4), np.ones(4), np.ones(4),
+                                      0.0, None, ep, np.ones(40))
+    stat = StationarityResult(["r"], 10, 100, [ev], {}, None, None)
+    at, text = sp.critical_at(stat, 0, 39)
+    assert at is False and "the training objective's (dropout on) 1.5x its floor (at it)" in text
+    at, text = sp.critical_at(stat, 0, 30)
+    assert at is False and "training objective" not in text
+
+
 def test_unconverged_lanczos_is_said_in_the_row():
     """A quadratic with λ = −2 … 3: ARPACK held to one restart at a tolerance it cannot reach."""
     q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((40, 40)))

@@ -287,9 +287,13 @@ def test_a_model_that_draws_no_random_numbers_takes_one_draw_and_has_no_mask_flo
 
 
 def test_the_probe_measures_the_training_objective_at_the_spread_snapshots_only(digits, tmp_path):  # noqa: F811
-    trajs = _tiny_runs(digits, tmp_path, n_runs=1, epochs=G.OBJECTIVE_SNAPSHOTS + 3)
-    opts = ProbeOptions(interp_points=0, probe_subset=60, hessian_epochs="", spectrum_epochs="",
-                        surface_grid=0, disagreement=False, batch_size=256)
+    last = G.OBJECTIVE_SNAPSHOTS + 3
+    trajs = _tiny_runs(digits, tmp_path, n_runs=1, epochs=last)
+    # the spectrum reads both gradient tests at its snapshots: one where the training objective was
+    # measured (the last), one where it was not
+    opts = ProbeOptions(interp_points=0, probe_subset=60, hessian_epochs="",
+                        spectrum_epochs=f"{last - 2},{last}", surface_grid=0, disagreement=False,
+                        batch_size=256)
     res = run_probes(trajs, tmp_path / "f", width=0.125, dropout=0.5, weight_decay=1e-4, data=digits,
                      options=opts, sgd=[SGD(LR, 0.9, BS, N_TRAIN)], progress=False)
     ev, tr = res.series["grad_norm_run0"], res.series["grad_norm_train_objective_run0"]
@@ -297,3 +301,5 @@ def test_the_probe_measures_the_training_objective_at_the_spread_snapshots_only(
     assert list(tr[0]) == list(trajs[0].epochs[G.objective_indices(trajs[0].T)])
     assert res.metrics["grad_norm_final_train_objective_run0"] == tr[1][-1]
     assert (tmp_path / "f" / "stationarity.png").is_file()
+    assert not [c for c in res.claims if "failed" in c.verdict], [c.verdict for c in res.claims]
+    assert "hessian_lambda_min_run0" in res.series or "hessian_lambda_min_last_run0" in res.metrics

@@ -99,8 +99,10 @@ def critical_at(stat: StationarityResult | None, run: int, epoch: int) -> tuple[
     if not len(hit):
         return None, f"no gradient norm at epoch {epoch}"
     norm, floor = float(g.grad_norm[hit[0]]), float(g.floor[hit[0]])
-    t = g.train_objective
-    beside = "" if t is None else _train_test(float(t.grad_norm[hit[0]]), float(t.floor[hit[0]]))
+    t, beside = g.train_objective, ""
+    at_t = [] if t is None else np.flatnonzero(np.asarray(t.epochs) == epoch)
+    if len(at_t):   # the training objective is measured at a spread of the snapshots only
+        beside = _train_test(float(t.grad_norm[at_t[0]]), float(t.floor[at_t[0]]))
     if not floor > 0:
         return None, (f"eval-mode ‖∇‖ = {norm:.3g} on the whole training set: no sampling floor to be at, "
                       f"and no threshold for zero{beside}")
