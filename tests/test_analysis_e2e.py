@@ -59,6 +59,13 @@ def test_paper_ends_with_one_analysis_per_family(suite):
         assert "figures/fig3a_distance_from_origin.png" in files
         if fam != "single":  # the issue-4 probes ran too
             assert "figures/interp_pairs.png" in files and "pair_barrier_frankle_mean" in r.data.metrics
+        # every training run logged its predictions, so function space is measured for real
+        m = r.data.metrics
+        assert 0 < m["inpca_evr_top2"] <= 1 and 0 <= m["inpca_neg_frac"] < 1, fam
+        assert "figures/inpca_paths.png" in files, files
+        if fam != "single":
+            assert 0 <= m["pred_disagreement_final_mean"] <= 1
+            assert "figures/pred_disagreement_over_epochs.png" in files
     # the claims table is printed to the terminal as well: each family's top-2 row shows the
     # measured share and a random-walk null's, as logged in its metrics
     rows = [line for line in suite.paper_stderr.splitlines() if line.startswith("top-2")]
@@ -301,6 +308,7 @@ def test_paper_analysis_compares_the_experiments(suite):
     assert fam.info.status == "FINISHED" and fam.info.run_name == "analysis-families"
     files = arts(c, fam.info.run_id)
     assert "figures/families_distances.png" in files and "report.md" in files
+    assert "figures/inpca_all_families.png" in files, files
     m = fam.data.metrics
     means = {f: m[f"families_final_pairwise_dist_mean_{f}"] for f in ("different_init", "same_init", "clone")}
     for f, v in means.items():
