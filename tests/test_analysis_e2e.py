@@ -274,6 +274,9 @@ def test_export_writes_what_the_store_holds(suite, tmp_path):
     evr = PCA(svd_solver="full").fit(X).explained_variance_ratio_
     assert m["pca_evr_top2"] == pytest.approx(evr[:2].sum(), rel=1e-5)
     assert m["null_evr_top2"] == pytest.approx(null_evr(epochs)[:2].sum(), rel=1e-9)
+    ana = c.get_run(m["analysis_run_id"])
+    assert ana.data.tags["weightspace.source_run_ids"] == rid and ana.info.status == "FINISHED"
+    assert m["analysis_metrics"] == ana.data.metrics and "pca_evr_top2_pvalue" in m["analysis_metrics"]
     assert m["distance_from_init_epoch4"] == pytest.approx(np.linalg.norm(X[-1] - X[0]), rel=1e-5)
     loss = {h.step: h.value for h in c.get_metric_history(rid, "train_loss")}
     assert m["train_loss_epoch4"] == loss[4] and m["train_loss_by_epoch"] == {"1": loss[1], "4": loss[4]}

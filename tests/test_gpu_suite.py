@@ -59,7 +59,10 @@ def test_the_export_has_a_folder_per_analysis_with_its_metrics_report_and_figure
         assert m["family"] == family and m["params"]["siblings"] == "batched"
         assert (d / "report.md").read_text().startswith("#") or (d / "report.md").stat().st_size > 0
         assert list((d / "figures").glob("*.png")), family
+        # function space at paper scale too: every run of the batch logged its predictions
         if family == "families":
             assert len(m["source_run_ids"]) == 3 * 2 and "families_final_pairwise_dist_ratio" in m
+            assert "families_inpca_evr_top2" in m and (d / "figures" / "inpca_all_families.png").is_file()
         else:
             assert "pca_evr_top2" in m and len(m["source_run_ids"]) == (1 if family == "single" else 2)
+            assert "inpca_evr_top2" in m and (d / "figures" / "inpca_paths.png").is_file()

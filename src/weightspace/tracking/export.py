@@ -4,9 +4,9 @@
     python -m weightspace export --suite PAPER_RUN_ID docs/paper-scale/suite
 
 Writes ``DIR/metrics.json`` with every value read from the tracking store (never typed by
-hand), and ``DIR/report.md`` and ``DIR/figures/*.png`` copied from the analysis run's
-artifacts. The analysis run is the newest FINISHED one whose ``weightspace.source_run_ids``
-names exactly this run, unless given.
+hand; all of the analysis run's metrics under ``analysis_metrics``), and ``DIR/report.md`` and
+``DIR/figures/*.png`` copied from the analysis run's artifacts. The analysis run is the newest
+FINISHED one whose ``weightspace.source_run_ids`` names exactly this run, unless given.
 """
 
 from __future__ import annotations
@@ -98,6 +98,9 @@ def export_metrics(client: MlflowClient, run, analysis_id: str) -> dict:
         "wall_seconds": (run.info.end_time - run.info.start_time) / 1000.0,
         "machine": run.data.tags.get(T.TAG_MACHINE) or T.machine(),
         "machine_source": "run tag" if run.data.tags.get(T.TAG_MACHINE) else "the exporting host",
+        # every metric of the analysis as it logged them: the verdicts' p-values and walks' ranges,
+        # the increments, the probes and function space, beside the headline keys above
+        "analysis_metrics": dict(sorted(am.items())),
     }
     return out
 
