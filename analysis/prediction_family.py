@@ -28,8 +28,8 @@ NULL_DRAWS = 5          # seeded draws of the permuted null: its spread, at the 
 NULL_K = (1, 2, 10)     # the top-k within-run shares drawn for the null
 NULL_SEED = 0
 ACC_TOL = 0.005         # a checkpoint has "the same accuracy" as its final within half a point
-NO_PREDICTIONS = ("no run logged predictions (runs from before they were logged, or recorded without "
-                  "test data)")
+NO_PREDICTIONS = ("no run logged predictions (runs from before they were logged, or weightspace.record "
+                  "given no predictions=(inputs, labels))")
 
 
 @dataclass

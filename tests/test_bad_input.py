@@ -99,6 +99,9 @@ TABLE: dict[str, dict[str, tuple[list[str], list[str]]]] = {
         "init_seed": (SEEDS["init_seed"][0], ["0", "12345"]),
         "pretrain_epochs": PRETRAIN_EPOCHS,
         "siblings": (["parallel", "SEQUENTIAL", "", HUGE], ["sequential", "batched", "processes"]),
+        # CPUS >= 1 and a GPU fraction in (0, 1]
+        "ray_resources": (["abc", "", "0", "-1", "1:0", "1:1.5", "1:x", "1.5", HUGE],
+                          ["1", "1:0.25", "16:1"]),
         "analysis": (INT_JUNK + ["2", "-1", "yes"], ["0", "1"]),
         **COMMON,
     },

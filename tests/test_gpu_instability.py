@@ -28,7 +28,8 @@ def test_the_sweep_comes_back_with_its_barriers_report_and_figure(tmp_path):
     summary = (out / "summary.md").read_text()
     assert step_statuses(summary) == {"0": "ok", "5": "ok"}, summary
     assert "FINISHED: barrier by k 0: " in summary and ", 1: " in summary, summary
-    assert sorted(f.name for f in out.iterdir()) == ["instability.tar", "instability.txt", "log.txt", "summary.md"]
+    files = sorted(f.name for f in out.iterdir())
+    assert files == ["instability.tar", "instability.txt", "log.txt", "summary.md"]
     with tarfile.open(out / "instability.tar") as tar:
         tar.extractall(tmp_path / "x", filter="data")
     got = tmp_path / "x" / "instability"

@@ -80,8 +80,9 @@ def test_without_predictions_rows_say_why_and_nothing_else_changes(analysed):
     _, with_p, res, tmp = analysed
     assert not [k for k in res.metrics if k.startswith(NEW)]
     for text in (MANIFOLD, DIFFERENT):
-        assert row(res, text).verdict == "n/a: no run logged predictions (runs from before they were " \
-                                         "logged, or recorded without test data)"
+        assert row(res, text).verdict == ("n/a: no run logged predictions (runs from before they were "
+                                          "logged, or weightspace.record given no predictions=(inputs, "
+                                          "labels))")
     assert with_p.metrics == res.metrics | {k: v for k, v in with_p.metrics.items() if k.startswith(NEW)}
     old = [c for c in with_p.claims if MANIFOLD not in c.claim and DIFFERENT not in c.claim]
     assert old == [c for c in res.claims if MANIFOLD not in c.claim and DIFFERENT not in c.claim]

@@ -120,8 +120,8 @@ def read_predictions(run_id: str, client: MlflowClient, directory: Path,
     epochs = check_section(run_id, section, manifest.get("epochs", []))
     target = directory / DIR
     indices, labels = cached(client, run_id, DIR, target, lambda d: verify(run_id, d, section))
-    probs = [np.load(opened_under(run_id, target, prediction_name(e), DIR), allow_pickle=False)
-             for e in epochs]
+    paths = [opened_under(run_id, target, prediction_name(e), DIR) for e in epochs]
+    probs = [np.load(p, allow_pickle=False) for p in paths]
     return Predictions(np.array(epochs, dtype=np.int64), np.stack(probs), labels, indices)
 
 
@@ -159,7 +159,8 @@ def verify(run_id: str, directory: Path, section: dict) -> tuple[np.ndarray, np.
     classes = set()
     for name in sorted(set(section) - {SUBSET}):
         try:
-            arr = np.load(opened_under(run_id, directory, name, DIR), mmap_mode="r", allow_pickle=False)
+            path = opened_under(run_id, directory, name, DIR)
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError) as e:
             raise TrajectoryError(f"run {run_id}: {DIR}/{name} is unreadable ({e})") from None
         if arr.dtype != DTYPE or arr.ndim != 2 or arr.shape[0] != len(labels) or arr.shape[1] < 1:
