@@ -28,7 +28,14 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from ..predictions import DIR, DTYPE, SUBSET, Predictions, prediction_name, probabilities, subset_indices
-from .trajectory_artifact import MANIFEST, TrajectoryError, cached, opened_under, parse_json
+from .trajectory_artifact import (
+    MANIFEST,
+    TrajectoryError,
+    cached,
+    opened_under,
+    parse_json,
+    stored_file,
+)
 from .uploader import Uploader, sha256_file
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -148,18 +155,12 @@ def check_section(run_id: str, section: object, snapshot_epochs: list) -> list[i
 def verify(run_id: str, directory: Path, section: dict) -> tuple[np.ndarray, np.ndarray]:
     """Every listed file present under ``directory`` with its size and sha256; the probabilities
     (N, C) float16 for the N images of ``subset.json``. Returns the subset's indices and labels."""
-    for name, info in sorted(section.items()):
-        p = opened_under(run_id, directory, name, DIR)
-        if not p.is_file():
-            raise TrajectoryError(f"run {run_id}: {DIR}/{name} is missing")
-        if p.stat().st_size != info["size"] or sha256_file(p) != info["sha256"]:
-            raise TrajectoryError(f"run {run_id}: {DIR}/{name} is corrupted or truncated "
-                                  "(sha256 differs from the one recorded when it was logged)")
-    indices, labels = _subset(run_id, opened_under(run_id, directory, SUBSET, DIR).read_bytes())
+    paths = {name: stored_file(run_id, directory, name, info, DIR, f"{DIR}/{name}")
+             for name, info in sorted(section.items())}
+    indices, labels = _subset(run_id, paths.pop(SUBSET).read_bytes())
     classes = set()
-    for name in sorted(set(section) - {SUBSET}):
+    for name, path in paths.items():
         try:
-            path = opened_under(run_id, directory, name, DIR)
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError) as e:
             raise TrajectoryError(f"run {run_id}: {DIR}/{name} is unreadable ({e})") from None

@@ -203,19 +203,25 @@ def verify(run_id: str, directory: Path, manifest: dict) -> None:
     """Every listed snapshot: present under ``directory``, its size and sha256, a flat float vector."""
     for name, info in sorted(manifest.get("files", {}).items()):
         check_name(run_id, name)
-        p = opened_under(run_id, directory, name)
-        if not p.is_file():
-            raise TrajectoryError(f"run {run_id}: snapshot {DIR}/{name} is missing")
-        if p.stat().st_size != info["size"] or sha256_file(p) != info["sha256"]:
-            raise TrajectoryError(f"run {run_id}: snapshot {DIR}/{name} is corrupted or truncated "
-                                  f"(sha256 differs from the one recorded when it was logged)")
+        label = f"snapshot {DIR}/{name}"
+        p = stored_file(run_id, directory, name, info, DIR, label)
         try:
             arr = np.load(p, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError) as e:
-            raise TrajectoryError(f"run {run_id}: snapshot {DIR}/{name} is unreadable ({e})") from None
+            raise TrajectoryError(f"run {run_id}: {label} is unreadable ({e})") from None
         if arr.ndim != 1 or arr.dtype not in (np.float32, np.float16):
-            raise TrajectoryError(f"run {run_id}: snapshot {DIR}/{name} is not a flat float32 or float16 "
-                                  "vector")
+            raise TrajectoryError(f"run {run_id}: {label} is not a flat float32 or float16 vector")
+
+
+def stored_file(run_id: str, directory: Path, name: str, info: dict, folder: str, label: str) -> Path:
+    """``folder/name`` under ``directory``, with the size and sha256 of its manifest entry ``info``."""
+    p = opened_under(run_id, directory, name, folder)
+    if not p.is_file():
+        raise TrajectoryError(f"run {run_id}: {label} is missing")
+    if p.stat().st_size != info["size"] or sha256_file(p) != info["sha256"]:
+        raise TrajectoryError(f"run {run_id}: {label} is corrupted or truncated "
+                              "(sha256 differs from the one recorded when it was logged)")
+    return p
 
 
 def read_trajectory(run: Run, client: MlflowClient, cache_dir: Path | None = None
