@@ -236,7 +236,6 @@ def run_gradients(inp: ProbeInputs, i: int, pieces, wd_piece) -> RunGradients:
     tr, sgd = inp.trajs[i], inp.sgd[i]
     at = {"eval": np.arange(tr.T), "train": objective_indices(tr.T)}
     cols = {mode: [np.zeros(len(idx)) for _ in range(5)] for mode, idx in at.items()}
-    wnorm = 0.0
     for t in range(tr.T):
         th = inp.theta(i, t)
         wd = gradient(wd_piece, th)[1].double()
@@ -249,7 +248,7 @@ def run_gradients(inp: ProbeInputs, i: int, pieces, wd_piece) -> RunGradients:
             g, gce, floor, loss, mask = cols[mode]
             g[j], gce[j] = float((r.ce + wd).norm()), float(r.ce.norm())
             floor[j], loss[j], mask[j] = r.floor, r.loss, r.mask_floor
-        wnorm = float(th.double().norm())
+    wnorm = float(th.double().norm())   # the last snapshot's
     steps, sl = tr.metric("step_length")
 
     def run(mode, g, gce, floor, loss, **more) -> RunGradients:
