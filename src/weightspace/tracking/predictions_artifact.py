@@ -17,7 +17,6 @@ the size and sha256 of its entry, and is loaded without unpickling.
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from mlflow.tracking import MlflowClient
 from ..predictions import DIR, DTYPE, SUBSET, Predictions, prediction_name, probabilities, subset_indices
 from .trajectory_artifact import (
     MANIFEST,
+    SHA256_HEX,
     TrajectoryError,
     cached,
     opened_under,
@@ -37,8 +37,6 @@ from .trajectory_artifact import (
     stored_file,
 )
 from .uploader import Uploader, sha256_file
-
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -141,7 +139,7 @@ def check_section(run_id: str, section: object, snapshot_epochs: list) -> list[i
     for name, info in section.items():
         shown = name if isinstance(name, str) and len(name) <= 60 else f"{str(name)[:57]}..."
         ok = isinstance(info, dict) and _count(info.get("size")) and isinstance(info.get("sha256"), str) \
-            and _SHA256.fullmatch(info["sha256"]) is not None
+            and SHA256_HEX.fullmatch(info["sha256"]) is not None
         if name != SUBSET:
             epoch = info.get("epoch") if isinstance(info, dict) else None
             ok = ok and _count(epoch) and prediction_name(epoch) == name and epoch in snapshot_epochs

@@ -47,7 +47,7 @@ LAYOUT, MANIFEST = f"{DIR}/layout.json", f"{DIR}/manifest.json"
 FORMAT = "weightspace-trajectory-1"
 SNAPSHOT_PATTERN = "epoch_NNNN.npy"     # snapshot_name's pattern, as error messages state it
 _SNAPSHOT = re.compile(r"epoch_(\d{4,9})\.npy")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")   # a manifest entry's sha256
 # What a snapshot may be stored as; the analysis upcasts float16 to float32.
 SNAPSHOT_DTYPES = {"float32": np.float32, "float16": np.float16}
 T = TypeVar("T")
@@ -288,7 +288,7 @@ def check_manifest(run_id: str, m: object) -> None:
     for name, info in files.items():
         check_name(run_id, name)
         ok = isinstance(info, dict) and _is_int(info.get("epoch")) and _is_int(info.get("size")) \
-            and isinstance(info.get("sha256"), str) and _SHA256.fullmatch(info["sha256"])
+            and isinstance(info.get("sha256"), str) and SHA256_HEX.fullmatch(info["sha256"])
         if not ok:
             raise TrajectoryError(f"{where}: entry {name!r} needs an epoch, a size and a sha256; refused")
         if snapshot_name(info["epoch"]) != name:
