@@ -461,6 +461,9 @@ def test_gradient_on_the_whole_training_set_has_no_floor(digits, tmp_path):
     [claim] = res.claims
     assert "the whole training set" in claim.measured
     assert "training objective" in claim.verdict and "measured on the whole training set" not in claim.verdict
+    # its null: what a zero gradient reads, the floor the verdict compares with
+    floor = m["grad_floor_late_train_objective_run0"]
+    assert claim.null == f"a zero gradient reads {floor:.3g} (the sampling floor)"
 
 
 # -- verdict rules, each on both sides of its threshold ----------------------------------------
@@ -475,7 +478,17 @@ def test_basins_verdict_on_both_sides():
     assert basins_verdict(2 * T, 0.5 * T).startswith("different basins only up to a permutation")
     assert basins_verdict(2 * T, 2 * T).startswith("supported")
     assert "even after" in basins_verdict(2 * T, 2 * T)
-    assert all(f"[threshold {T}]" in basins_verdict(r, a) for r, a in ((0, 0), (1, None), (1, 0), (1, 1)))
+    assert all(f"[threshold {T}: " in basins_verdict(r, a) and "no null: " in basins_verdict(r, a)
+               for r, a in ((0, 0), (1, None), (1, 0), (1, 1)))
+
+
+def test_monotone_verdict_states_its_rule_on_each_side():
+    from weightspace.analysis.probes.interpolation import monotone_verdict
+
+    assert monotone_verdict([True, True], 13).startswith("reproduced [rule: ")
+    assert monotone_verdict([True, False], 13).startswith("partly reproduced [rule: ")
+    assert monotone_verdict([False], 13).startswith("not reproduced [rule: ")
+    assert all("13 points; no null: " in monotone_verdict(m, 13) for m in ([True], [True, False], [False]))
 
 
 def test_critical_verdict_on_both_sides():

@@ -197,7 +197,8 @@ BARRIER_THRESHOLD = 0.02
 def basins_verdict(raw: float, aligned: float | None) -> str:
     """Different basins from the mean test-error barrier between sibling solutions (Frankle's
     definition), as recorded and (when measured) after permutation alignment."""
-    th = f" [threshold {BARRIER_THRESHOLD}]"
+    th = (f" [threshold {BARRIER_THRESHOLD}: Frankle et al.'s line for linearly connected; no null: a barrier "
+          f"belongs to the given pair of solutions]")
     if raw <= BARRIER_THRESHOLD:
         return f"not supported: linearly connected (error barrier within {BARRIER_THRESHOLD:.0%})" + th
     if aligned is None:
@@ -206,6 +207,16 @@ def basins_verdict(raw: float, aligned: float | None) -> str:
         return ("different basins only up to a permutation: a barrier separates the recorded solutions, "
                 "but after aligning their hidden units they are linearly connected") + th
     return "supported: error barriers separate the solutions, even after permutation alignment" + th
+
+
+def monotone_verdict(mono: list[bool], points: int) -> str:
+    """Goodfellow et al.'s observation, per run: the train loss never rises along the line."""
+    rule = (f" [rule: the train loss falls or stays between each pair of neighbouring points of the line, "
+            f"{points} points; no null: the paper says the line may be monotone, an observation, not a "
+            f"test against chance]")
+    if all(mono):
+        return "reproduced" + rule
+    return ("partly reproduced" if any(mono) else "not reproduced") + rule
 
 
 def claims(r: InterpolationResult) -> list[Claim]:
@@ -217,7 +228,7 @@ def claims(r: InterpolationResult) -> list[Claim]:
         "may be monotone",
         f"{int(sum(mono))}/{M} runs monotone in train loss; max train-loss bump above chord "
         f"{r.own_barriers('train_loss', 'chord').max():.3g}", "-",
-        "reproduced" if all(mono) else ("partly reproduced" if any(mono) else "not reproduced"))]
+        monotone_verdict(mono, len(r.own[0].alphas) if r.own else 0))]
     if r.pairs:
         fr = r.pair_barriers("test_error", "frankle")
         ch = r.pair_barriers("test_error", "chord").mean()

@@ -227,8 +227,10 @@ def claims(r: StationarityResult) -> list[Claim]:
         remedy = f"with {r.masks} dropout masks, whose floor it is on the whole training set"
     elif v["masks"] is not None and v["masks"] ** 2 > v["floor"] ** 2 / 2:
         remedy = f"with {r.masks} dropout masks, which make most of the floor ({v['masks']:.3g})"
+    # the null is a zero gradient: what it reads is the sampling floor of this estimate
+    null = f"a zero gradient reads {v['floor']:.3g} (the sampling floor)" if v["floor"] > 0 else "-"
     return [Claim("weights keep moving without reaching critical points",
-                  "no critical point (from distances)", measured, "-",
+                  "no critical point (from distances)", measured, null,
                   critical_verdict(v["late"], v["floor"], v["drift"], v["ratio"], of, how, remedy))]
 
 
