@@ -197,8 +197,8 @@ BARRIER_THRESHOLD = 0.02
 def basins_verdict(raw: float, aligned: float | None) -> str:
     """Different basins from the mean test-error barrier between sibling solutions (Frankle's
     definition), as recorded and (when measured) after permutation alignment."""
-    th = (f" [threshold {BARRIER_THRESHOLD}: Frankle et al.'s line for linearly connected; no null: a barrier "
-          f"belongs to the given pair of solutions]")
+    th = (f" [threshold {BARRIER_THRESHOLD}: Frankle et al.'s line for linearly connected; "
+          f"no null: a barrier belongs to the given pair of solutions]")
     if raw <= BARRIER_THRESHOLD:
         return f"not supported: linearly connected (error barrier within {BARRIER_THRESHOLD:.0%})" + th
     if aligned is None:
