@@ -228,7 +228,7 @@ def claims(r: InterpolationResult) -> list[Claim]:
         "may be monotone",
         f"{int(sum(mono))}/{M} runs monotone in train loss; max train-loss bump above chord "
         f"{r.own_barriers('train_loss', 'chord').max():.3g}", "-",
-        monotone_verdict(mono, len(r.own[0].alphas) if r.own else 0))]
+        monotone_verdict(mono, r.points))]
     if r.pairs:
         fr = r.pair_barriers("test_error", "frankle")
         ch = r.pair_barriers("test_error", "chord").mean()
